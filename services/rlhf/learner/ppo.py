@@ -1,0 +1,175 @@
+"""PPO for language models, as small pure functions (Ziegler et al. 2019; Ouyang et al. 2022).
+
+Every response tensor is (B, T): one row per sample, right-padded to the longest response,
+with `mask` 1.0 on real response tokens and 0.0 on padding. Reading order follows the algorithm:
+per-token rewards with the KL penalty -> GAE advantages -> whitening -> policy and value losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the positions where mask is 1."""
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance of x over the positions where mask is 1."""
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    # Bessel's correction, as the whitening in the PPO reference implementations does.
+    return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1.0)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Scale x to unit variance over the mask (and zero mean unless shift_mean=False); padding -> 0."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(pi_RL || pi_SFT) from samples of pi_RL (Schulman's k1 or k3)."""
+    logratio = logprobs - ref_logprobs  # log pi_RL/pi_SFT
+    if estimator == "k1":
+        return logratio
+    if estimator == "k3":
+        # (r - 1) - log r with r = pi_SFT/pi_RL: unbiased and always >= 0, lower variance than k1.
+        return torch.expm1(-logratio) + logratio
+    raise ValueError(f"unknown KL estimator {estimator!r} (choose k1 or k3)")
+
+
+def penalize_missing_eos(scores: torch.Tensor, ended_with_eos: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Subtract `penalty` from the score of every response that stopped at the length limit."""
+    return scores - penalty * (~ended_with_eos).to(scores.dtype)
+
+
+def kl_penalized_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards r_t = -beta * KL_t, plus the sequence score at the last response token.
+
+    Returns (rewards, kl), both (B, T) and zero on padding.
+    """
+    kl = kl_estimate(logprobs, ref_logprobs, estimator) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(dim=1).long() - 1).clamp(min=0)  # (B,) index of the last real token
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards * mask, kl
+
+
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over each response; the episode ends at its last token.
+
+    Returns (advantages, returns), (B, T), zero on padding.
+    """
+    # Zero rewards and values past the end: there every delta is 0, so no advantage leaks
+    # back across padding and the value after the last token counts as 0 (terminal).
+    rewards, values = rewards * mask, values * mask
+    lastgaelam = torch.zeros_like(rewards[:, 0])
+    advantages_reversed = []
+    T = rewards.shape[1]
+    for t in reversed(range(T)):
+        nextvalues = values[:, t + 1] if t + 1 < T else torch.zeros_like(lastgaelam)
+        delta = rewards[:, t] + gamma * nextvalues - values[:, t]
+        lastgaelam = delta + gamma * lam * lastgaelam
+        advantages_reversed.append(lastgaelam)
+    advantages = torch.stack(advantages_reversed[::-1], dim=1) * mask
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate objective, as a loss. Returns (loss, clipfrac, approxkl)."""
+    logratio = logprobs - old_logprobs
+    ratio = torch.exp(logratio)
+    pg_losses = -advantages * ratio
+    pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((pg_losses2 > pg_losses).float(), mask)
+        approxkl = masked_mean((ratio - 1) - logratio, mask)  # k3 estimate of KL(old || new)
+    return loss, clipfrac, approxkl
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range_value: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped within clip_range of the old value.
+
+    Returns (loss, value clipfrac).
+    """
+    values_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    vf_losses = (values - returns) ** 2
+    vf_losses2 = (values_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(vf_losses, vf_losses2), mask)
+    with torch.no_grad():
+        vf_clipfrac = masked_mean((vf_losses2 > vf_losses).float(), mask)
+    return loss, vf_clipfrac
+
+
+def ptx_loss(logprobs: torch.Tensor, mask: torch.Tensor, ptx_coef: float) -> torch.Tensor:
+    """PPO-ptx: -gamma * mean log pi_RL(x) over pretraining tokens (maximising the objective term)."""
+    return -ptx_coef * masked_mean(logprobs, mask)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position: (..., V) -> (...)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 no better than a constant, < 0 worse."""
+    var_returns = masked_var(returns, mask)
+    return 1.0 - masked_var(returns - values, mask) / var_returns
+
+
+@dataclass
+class FixedKLController:
+    """A constant beta."""
+
+    value: float
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Nothing to adapt."""
+
+
+@dataclass
+class AdaptiveKLController:
+    """Ziegler et al. (2019): move beta so the observed KL tracks `target` over `horizon` samples.
+
+    beta <- beta * (1 + clip(KL/target - 1, -0.2, 0.2) * n_steps / horizon)
+    """
+
+    value: float
+    target: float
+    horizon: int
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Adapt beta after a batch of n_steps samples whose mean KL was current_kl."""
+        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
