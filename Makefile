@@ -1,0 +1,45 @@
+# `make test` and `make demo` work on a fresh machine: they create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test lint protos demo bench e2e-kind image clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: pip takes the CPU wheel where one lies on disk.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not e2e_kind" $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+
+protos: install
+	$(PY) scripts/gen_protos.py
+
+demo: install
+	$(VENV)/bin/rlhf demo $(DEMO_ARGS)
+
+bench: install
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+e2e-kind: install
+	$(PY) -m pytest -m e2e_kind tests/e2e -v
+
+image:
+	docker build -t rlhf:dev .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

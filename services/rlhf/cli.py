@@ -1,0 +1,74 @@
+"""The `rlhf` command line: one entry point, with subcommands registered by each package.
+
+    rlhf tiny-model --out models/tiny
+    rlhf data synth --out data
+    rlhf train sft|rm|ppo ...
+    rlhf serve reward|policy|reference ...
+
+Each package contributes its commands through a module with `register(commands)`;
+heavy imports (torch, transformers) happen inside the handlers so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+
+from rlhf.core.errors import UserError
+
+# Packages that contribute commands, in --help order.
+COMMAND_MODULES = [
+    "rlhf.core.commands",
+]
+
+
+@dataclass
+class Commands:
+    """Where a package hangs its subcommands: top level, `rlhf train X` or `rlhf serve X`."""
+
+    top: argparse._SubParsersAction
+    train: argparse._SubParsersAction
+    serve: argparse._SubParsersAction
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description="RLHF as gRPC services: SFT, reward model, PPO.")
+    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    train = top.add_parser("train", help="train a stage: sft, rm or ppo").add_subparsers(
+        dest="stage", metavar="STAGE", required=True
+    )
+    serve = top.add_parser("serve", help="serve a model over gRPC: reward, policy or reference").add_subparsers(
+        dest="service", metavar="SERVICE", required=True
+    )
+    commands = Commands(top=top, train=train, serve=serve)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from rlhf.core.logs import configure_logging
+
+    configure_logging(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"rlhf: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlhf: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - last resort: one line, details only at DEBUG
+        logging.getLogger("rlhf").debug("unhandled error", exc_info=True)
+        print(f"rlhf: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared core: every service and training stage builds on these modules."""

@@ -1,0 +1,159 @@
+"""Dynamic batching: merge items from concurrent requests into model batches.
+
+A batch closes when it holds `max_batch_size` items or when its oldest item has waited
+`max_wait_ms`. Items wait in one queue; each batch is cut from the oldest item's group
+(items that may share a batch, e.g. the same sampling settings) as the run of similar lengths
+around it, so little padding is computed and no item starves. Batches run one at a time on a
+single worker thread, off the event loop; that thread is also where model weights change
+(`run_exclusive`), so a batch never sees two weight versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from rlhf.core.metrics import BATCH_SECONDS, BATCH_SIZE, PADDING_FRACTION, QUEUE_DELAY
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass
+class _Pending(Generic[In]):
+    item: In
+    length: int
+    group: Hashable
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher is shutting down and takes no new work."""
+
+
+class DynamicBatcher(Generic[In, Out]):
+    """Runs `process(items) -> outputs` on batches merged across concurrent `submit` calls."""
+
+    def __init__(
+        self,
+        process: Callable[[list[In]], Sequence[Out]],
+        *,
+        name: str,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        length_of: Callable[[In], int] = lambda _: 1,
+        group_of: Callable[[In], Hashable] = lambda _: None,
+    ):
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.process, self.name = process, name
+        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
+        self.length_of, self.group_of = length_of, group_of
+        self._pending: list[_Pending[In]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-model")
+        self._task: asyncio.Task | None = None
+        self._closed = False
+
+    async def submit(self, items: Sequence[In]) -> list[Out]:
+        """Queue items and wait for their outputs, in order."""
+        if self._closed:
+            raise BatcherClosed(f"{self.name} batcher is closed")
+        self._ensure_started()
+        loop = asyncio.get_running_loop()
+        entries = [_Pending(it, self.length_of(it), self.group_of(it), loop.create_future()) for it in items]
+        self._pending.extend(entries)
+        self._wakeup.set()
+        return list(await asyncio.gather(*(e.future for e in entries)))
+
+    async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
+        """Run fn on the model thread between batches (e.g. swapping weights)."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+
+    def _ensure_started(self) -> None:
+        if self._task is None:
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"{self.name}-batcher")
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            # Items whose caller gave up (deadline, cancel) are dropped rather than computed.
+            self._pending = [p for p in self._pending if not p.future.cancelled()]
+            if not self._pending:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._wait_for_batch()
+            batch = self._cut_batch()
+            await self._run_batch(loop, batch)
+
+    async def _wait_for_batch(self) -> None:
+        """Wait until a full batch is queued or the oldest item's deadline passes."""
+        deadline = self._pending[0].enqueued + self.max_wait
+        while not self._closed:
+            group = self._pending[0].group
+            if sum(1 for p in self._pending if p.group == group) >= self.max_batch_size:
+                return
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _cut_batch(self) -> list[_Pending[In]]:
+        """The oldest item plus the items of its group closest to it in length."""
+        oldest = self._pending[0]
+        group = sorted((p for p in self._pending if p.group == oldest.group), key=lambda p: p.length)
+        if len(group) > self.max_batch_size:
+            group = _tightest_window(group, group.index(oldest), self.max_batch_size)
+        chosen = {id(p) for p in group}
+        self._pending = [p for p in self._pending if id(p) not in chosen]
+        return group
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[In]]) -> None:
+        started = time.perf_counter()
+        for p in batch:
+            QUEUE_DELAY.labels(self.name).observe(started - p.enqueued)
+        BATCH_SIZE.labels(self.name).observe(len(batch))
+        lengths = [p.length for p in batch]
+        PADDING_FRACTION.labels(self.name).observe(1 - sum(lengths) / (max(lengths) * len(lengths) or 1))
+        try:
+            outputs = await loop.run_in_executor(self._worker, self.process, [p.item for p in batch])
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"{self.name}: batch of {len(batch)} gave {len(outputs)} outputs")
+        except Exception as err:  # noqa: BLE001 - the error belongs to the callers of this batch
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(err)
+        else:
+            for p, out in zip(batch, outputs, strict=True):
+                if not p.future.done():
+                    p.future.set_result(out)
+        BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+
+    async def close(self) -> None:
+        """Finish the queued work, then stop the worker."""
+        self._closed = True
+        if self._task is not None:
+            self._wakeup.set()
+            await self._task
+        self._worker.shutdown(wait=True)
+
+
+def _tightest_window(items: list[_Pending], must_include: int, size: int) -> list[_Pending]:
+    """The `size` consecutive items (sorted by length) containing index `must_include` with least spread."""
+    first = max(0, must_include - size + 1)
+    last = min(must_include, len(items) - size)
+    best = min(range(first, last + 1), key=lambda s: items[s + size - 1].length - items[s].length)
+    return items[best : best + size]

@@ -1,0 +1,113 @@
+"""Loading models and tokenizers, picking devices, and fingerprinting tokenizers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from rlhf.core.errors import UserError
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" picks CUDA when present, then MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"unknown device {name!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name} requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto" is bfloat16 on GPUs that support it, float32 elsewhere."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPE_CHOICES:
+        raise UserError(f"unknown dtype {name!r}; choose from {', '.join(DTYPE_CHOICES)}")
+    return getattr(torch, name)
+
+
+def check_model_path(path: str | os.PathLike) -> str:
+    """A local dir must hold a config.json; anything else is taken as a Hub name (offline: cached only)."""
+    text = str(path)
+    local = Path(text)
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise UserError(f"{text} is not a model directory (no config.json)")
+        return text
+    if text.startswith((".", "/")) or text.count("/") > 1:
+        raise UserError(f"model directory {text} does not exist")
+    return text
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(check_model_path(path))
+    except OSError as err:
+        raise UserError(f"cannot load tokenizer from {path}: {str(err).splitlines()[0]}") from err
+    if tokenizer.pad_token is None:
+        # Common for causal LMs; padding positions are always masked, so EOS is a safe stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | os.PathLike, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(check_model_path(path), dtype=dtype)
+    except OSError as err:
+        raise UserError(f"cannot load model from {path}: {str(err).splitlines()[0]}") from err
+    return model.to(device).eval()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 over the vocabulary and special tokens: equal fingerprints mean equal token ids."""
+    payload = {
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "special_ids": sorted(tokenizer.all_special_ids),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def model_dir_version(path: str | os.PathLike) -> str:
+    """A short content tag for a model dir: config plus weight file names and sizes."""
+    local = Path(path)
+    digest = hashlib.sha256(str(path).encode())
+    if local.is_dir():
+        for file in sorted(local.iterdir()):
+            if file.name == "config.json":
+                digest.update(file.read_bytes())
+            elif file.suffix in (".safetensors", ".bin"):
+                digest.update(f"{file.name}:{file.stat().st_size}:{file.stat().st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
+
+
+def context_length(config) -> int:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

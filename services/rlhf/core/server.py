@@ -1,0 +1,253 @@
+"""The one server bootstrap every service uses.
+
+A service supplies its servicers and a model loader; this module adds the rest:
+grpc.aio with explicit message-size limits and keepalive, grpc.health.v1 (NOT_SERVING until the
+model is loaded), server reflection, optional bearer-token auth and TLS/mTLS, a Prometheus
+endpoint, structured logs, and graceful shutdown on SIGTERM/SIGINT (stop accepting, finish
+in-flight RPCs, exit 0).
+
+    serve(MyService(...), ServerOptions.from_args(args))      # CLI: blocks until SIGTERM
+    with ServerThread(MyService(...), options) as port: ...    # tests, demo, learner control API
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from rlhf.core.metrics import MetricsInterceptor, start_metrics_server
+from rlhf.core.security import BearerTokenInterceptor, read_secret, server_credentials
+
+log = logging.getLogger("rlhf.server")
+
+MiB = 1024 * 1024
+
+
+class Service(Protocol):
+    """What a service hands to the bootstrap."""
+
+    name: str  # short name for logs and metrics: "reward", "policy", ...
+    service_names: Sequence[str]  # full proto service names, e.g. "rlhf.v1.RewardScoring"
+
+    def add_to_server(self, server: grpc.aio.Server) -> None: ...
+
+    async def load(self) -> None:
+        """Load models; the server reports SERVING once this returns."""
+
+    async def close(self) -> None:
+        """Release resources after in-flight RPCs have finished."""
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_message_mb: float = 64.0
+    metrics_port: int | None = None
+    auth_token_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    grace_seconds: float = 30.0
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
+        env = os.environ.get
+        g = parser.add_argument_group("server")
+        g.add_argument("--host", default=env("RLHF_HOST", "0.0.0.0"), help="address to bind (default 0.0.0.0)")
+        g.add_argument("--port", type=int, default=default_port,
+                       help=f"gRPC port (default {default_port}; 0 picks one)")
+        g.add_argument("--max-message-mb", type=float, default=64.0, help="largest request or response, in MiB")
+        g.add_argument(
+            "--metrics-port",
+            type=int,
+            default=int(env("RLHF_METRICS_PORT")) if env("RLHF_METRICS_PORT") else None,
+            help="serve Prometheus /metrics on this port (off by default; env RLHF_METRICS_PORT)",
+        )
+        g.add_argument("--grace-seconds", type=float, default=30.0, help="how long shutdown waits for in-flight RPCs")
+        s = parser.add_argument_group("security (off by default)")
+        s.add_argument(
+            "--auth-token-file",
+            default=env("RLHF_AUTH_TOKEN_FILE"),
+            help="require `authorization: Bearer <token>` on every RPC but health (env RLHF_AUTH_TOKEN_FILE)",
+        )
+        s.add_argument("--tls-cert", default=env("RLHF_TLS_CERT"), help="server certificate, PEM (env RLHF_TLS_CERT)")
+        s.add_argument("--tls-key", default=env("RLHF_TLS_KEY"), help="server private key, PEM (env RLHF_TLS_KEY)")
+        s.add_argument(
+            "--tls-client-ca",
+            default=env("RLHF_TLS_CLIENT_CA"),
+            help="CA that client certificates must chain to: turns on mTLS (env RLHF_TLS_CLIENT_CA)",
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServerOptions:
+        return cls(
+            host=args.host,
+            port=args.port,
+            max_message_mb=args.max_message_mb,
+            metrics_port=args.metrics_port,
+            auth_token_file=args.auth_token_file,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            grace_seconds=args.grace_seconds,
+        )
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mb * MiB)
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+    ]
+
+
+class RunningServer:
+    """A started server: its port, and a graceful stop."""
+
+    def __init__(self, server: grpc.aio.Server, service: Service, health_servicer, port: int, grace: float):
+        self.server, self.service, self.health, self.port, self.grace = server, service, health_servicer, port, grace
+
+    async def set_serving(self) -> None:
+        for name in ["", *self.service.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight RPCs finish within the grace period, then close the service."""
+        log.info("shutting down", extra={"service": self.service.name, "grace_s": self.grace})
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace)
+        await self.service.close()
+        log.info("stopped", extra={"service": self.service.name})
+
+
+async def start_server(service: Service, options: ServerOptions) -> RunningServer:
+    """Bind and start the server, then load the model; health turns SERVING when loading is done."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
+    token = read_secret(options.auth_token_file)
+    if token:
+        interceptors.append(BearerTokenInterceptor(token))
+    credentials = server_credentials(options.tls_cert, options.tls_key, options.tls_client_ca)
+
+    server = grpc.aio.server(interceptors=interceptors, options=grpc_options(options.max_message_bytes))
+    service.add_to_server(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *service.service_names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        [*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    address = f"{options.host}:{options.port}"
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError as err:
+        raise OSError(f"cannot bind {address}: {err}") from err
+    await server.start()
+    if options.metrics_port is not None:
+        metrics_port = start_metrics_server(options.metrics_port)
+        log.info("metrics endpoint up", extra={"metrics_port": metrics_port})
+    log.info(
+        "listening",
+        extra={"service": service.name, "host": options.host, "port": port, "tls": bool(credentials),
+               "auth": bool(token)},
+    )
+    running = RunningServer(server, service, health_servicer, port, options.grace_seconds)
+    try:
+        await service.load()
+    except BaseException:
+        await server.stop(0)
+        raise
+    await running.set_serving()
+    log.info("serving", extra={"service": service.name, "port": port})
+    return running
+
+
+async def _serve_until_signalled(service: Service, options: ServerOptions) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start_server(service, options)
+    await stop.wait()
+    await running.stop()
+
+
+def serve(service: Service, options: ServerOptions) -> int:
+    """Run a service until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code."""
+    asyncio.run(_serve_until_signalled(service, options))
+    return 0
+
+
+class ServerThread:
+    """A server on its own event loop in a background thread (tests, benchmarks, the learner's API).
+
+        with ServerThread(service, options) as port:
+            ...
+    """
+
+    def __init__(self, service: Service, options: ServerOptions):
+        self.service, self.options = service, options
+        self.port: int | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._running: RunningServer | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name=f"{service.name}-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            self._running = await start_server(self.service, self.options)
+            self.port = self._running.port
+        except BaseException as err:  # noqa: BLE001 - handed to the starting thread
+            self._error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stop.wait()
+        await self._running.stop()
+
+    def start(self, timeout: float = 300) -> int:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"{self.service.name} server did not start within {timeout}s")
+        if self._error is not None:
+            raise self._error
+        assert self.port is not None
+        return self.port
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.loop is not None and self._stop is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> int:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,149 @@
+"""The weight-stream codec: a state dict as a stream of rlhf.v1.WeightChunk messages and back.
+
+Used by policy UpdateWeights (learner -> replicas) and learner GetWeights (replica pulls).
+Each chunk stays under the message limit, carries name, dtype, shape, a byte range and a CRC32;
+the stream ends with a `commit` message. The receiver checks everything before it hands over a
+state dict, so the caller can apply it all or nothing.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+
+import grpc
+import torch
+
+from rlhf.core.tensors import TensorDecodeError, bytes_to_tensor, dtype_name, parse_dtype, tensor_bytes
+from rlhf.v1 import common_pb2
+
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024  # well under the 64 MiB default message limit
+
+
+class WeightStreamError(Exception):
+    """A stream that cannot be applied; `code` is the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def weight_chunks(
+    state_dict: Mapping[str, torch.Tensor], version: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[common_pb2.WeightChunk]:
+    """Split each tensor into chunks of at most chunk_bytes, then a commit message."""
+    for name, tensor in state_dict.items():
+        raw = memoryview(tensor_bytes(tensor))
+        dtype, shape = dtype_name(tensor.dtype), list(tensor.shape)
+        for offset in range(0, max(len(raw), 1), chunk_bytes):
+            piece = raw[offset : offset + chunk_bytes]
+            yield common_pb2.WeightChunk(
+                name=name, dtype=dtype, shape=shape, data=piece.tobytes(), offset=offset,
+                total_bytes=len(raw), crc32=zlib.crc32(piece), target_version=version,
+            )
+    yield common_pb2.WeightChunk(commit=True, num_tensors=len(state_dict), target_version=version)
+
+
+TensorSpec = tuple[torch.dtype, tuple[int, ...]]
+
+
+def specs_of(state_dict: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
+    return {name: (t.dtype, tuple(t.shape)) for name, t in state_dict.items()}
+
+
+class WeightStreamAssembler:
+    """Collects chunks into tensors, checking each against the expected names, dtypes and shapes."""
+
+    def __init__(self, expected: Mapping[str, TensorSpec] | None = None):
+        self.expected = expected
+        self.version: int | None = None
+        self.bytes_received = 0
+        self.committed = False
+        self._buffers: dict[str, bytearray] = {}
+        self._filled: dict[str, int] = {}
+        self._specs: dict[str, TensorSpec] = {}
+
+    def add(self, chunk: common_pb2.WeightChunk) -> None:
+        if self.committed:
+            raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, "chunk after the commit message")
+        if self.version is None:
+            self.version = chunk.target_version
+        elif chunk.target_version != self.version:
+            raise WeightStreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"chunk for version {chunk.target_version} in a stream for version {self.version}",
+            )
+        if chunk.commit:
+            self._commit(chunk.num_tensors)
+            return
+        self._check_spec(chunk)
+        if zlib.crc32(chunk.data) != chunk.crc32:
+            raise WeightStreamError(grpc.StatusCode.DATA_LOSS, f"{chunk.name}: CRC mismatch at offset {chunk.offset}")
+        buffer = self._buffers.setdefault(chunk.name, bytearray(chunk.total_bytes))
+        if len(buffer) != chunk.total_bytes or chunk.offset != self._filled.get(chunk.name, 0):
+            raise WeightStreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{chunk.name}: chunk at offset {chunk.offset} out of order "
+                f"(expected {self._filled.get(chunk.name, 0)} of {len(buffer)})",
+            )
+        end = chunk.offset + len(chunk.data)
+        if end > len(buffer):
+            raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, f"{chunk.name}: chunk runs past the tensor end")
+        buffer[chunk.offset : end] = chunk.data
+        self._filled[chunk.name] = end
+        self.bytes_received += len(chunk.data)
+
+    def _check_spec(self, chunk: common_pb2.WeightChunk) -> None:
+        try:
+            spec = (parse_dtype(chunk.dtype), tuple(chunk.shape))
+        except TensorDecodeError as err:
+            raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, f"{chunk.name}: {err}") from None
+        if self.expected is not None:
+            if chunk.name not in self.expected:
+                raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown tensor name {chunk.name!r}")
+            want = self.expected[chunk.name]
+            if spec[0] != want[0]:
+                raise WeightStreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{chunk.name}: dtype {chunk.dtype} does not match the model's {dtype_name(want[0])}",
+                )
+            if spec[1] != want[1]:
+                raise WeightStreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{chunk.name}: shape {list(spec[1])} does not match the model's {list(want[1])}",
+                )
+        if self._specs.setdefault(chunk.name, spec) != spec:
+            raise WeightStreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{chunk.name}: dtype or shape changed mid-tensor"
+            )
+
+    def _commit(self, num_tensors: int) -> None:
+        incomplete = [n for n, buf in self._buffers.items() if self._filled.get(n, 0) != len(buf)]
+        if incomplete:
+            raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, f"incomplete tensors at commit: {incomplete[:5]}")
+        if num_tensors != len(self._buffers):
+            raise WeightStreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"commit announces {num_tensors} tensors but {len(self._buffers)} arrived",
+            )
+        self.committed = True
+
+    def finish(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """The version and state dict of a committed stream."""
+        if not self.committed:
+            raise WeightStreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, "weight stream ended before its commit message (truncated)"
+            )
+        tensors = {}
+        for name, buffer in self._buffers.items():
+            dtype, shape = self._specs[name]
+            tensors[name] = bytes_to_tensor(buffer, dtype, shape)
+        return int(self.version or 0), tensors
+
+
+def assemble(chunks: Iterable[common_pb2.WeightChunk], expected: Mapping[str, TensorSpec] | None = None):
+    """Collect a whole (synchronous) stream; returns (version, state_dict)."""
+    assembler = WeightStreamAssembler(expected)
+    for chunk in chunks:
+        assembler.add(chunk)
+    return assembler.finish()

@@ -1,0 +1,83 @@
+"""The shared bootstrap: health follows model loading, reflection lists the services, auth guards RPCs."""
+
+import asyncio
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from rlhf.core.server import ServerOptions, ServerThread
+
+
+class SlowLoadingService:
+    """A service with no RPCs of its own whose load() waits for the test's go-ahead."""
+
+    name = "slow"
+    service_names = ["rlhf.v1.RewardScoring"]
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.closed = False
+
+    def add_to_server(self, server):
+        pass
+
+    async def load(self):
+        await asyncio.to_thread(self.release.wait, 30)
+
+    async def close(self):
+        self.closed = True
+
+
+def _health(channel, service=""):
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def _list_services(channel, metadata=()):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                        metadata=metadata, timeout=5)
+    return {s.name for r in replies for s in r.list_services_response.service}
+
+
+def test_health_is_not_serving_until_loaded_then_serving(port):
+    service = SlowLoadingService()
+    server = ServerThread(service, ServerOptions(port=port))
+    starter = threading.Thread(target=server.start)
+    starter.start()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        assert _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+        service.release.set()
+        starter.join(30)
+        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert _health(channel, "rlhf.v1.RewardScoring") == health_pb2.HealthCheckResponse.SERVING
+        assert {"rlhf.v1.RewardScoring", "grpc.health.v1.Health"} <= _list_services(channel)
+    server.stop()
+    assert service.closed
+
+
+def test_bearer_token_guards_everything_but_health(port, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    service = SlowLoadingService()
+    service.release.set()
+    with ServerThread(service, ServerOptions(port=port, auth_token_file=str(token_file))), \
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            _list_services(channel)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as info:
+            _list_services(channel, metadata=(("authorization", "Bearer wrong"),))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "rlhf.v1.RewardScoring" in _list_services(channel, metadata=(("authorization", "Bearer s3cret"),))
+
+
+def test_taken_port_fails_to_start(port):
+    service = SlowLoadingService()
+    service.release.set()
+    with ServerThread(service, ServerOptions(port=port)), pytest.raises(OSError, match="cannot bind"):
+        ServerThread(SlowLoadingService(), ServerOptions(port=port)).start(timeout=30)
