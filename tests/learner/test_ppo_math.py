@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from rlhf.learner import ppo
 
 # Two responses: row 0 has 3 tokens, row 1 has 2 tokens and one pad.

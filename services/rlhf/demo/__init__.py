@@ -1,0 +1,1 @@
+"""`rlhf demo`: the whole pipeline on the tiny bundled model, with every service a local process."""
