@@ -19,6 +19,14 @@ import grpc
 RLHF_COMMAND = [sys.executable, "-m", "rlhf.cli"]
 
 
+def die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if its parent dies, so a killed demo leaves no servers behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -42,6 +50,7 @@ class ServiceProcess:
         self.proc = subprocess.Popen(
             [*RLHF_COMMAND, *self.args, "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         if out is not subprocess.DEVNULL:
             out.close()

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlhf.core.errors import UserError
-from rlhf.core.processes import RLHF_COMMAND, ServiceProcess
+from rlhf.core.processes import RLHF_COMMAND, ServiceProcess, die_with_parent
 
 MODEL_SIZES = {  # name: (layers, hidden, heads)
     "tiny": (2, 128, 4),
@@ -145,7 +145,9 @@ def run_ppo(config: DemoConfig) -> None:
         ]
         print(f"  learner   control API on 127.0.0.1:{learner.port}  (log: {logs / 'learner.log'})", flush=True)
         with open(logs / "learner.log", "ab") as log:
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
+            )
         stack.callback(_stop_child, proc)
         code = follow_training(proc, p["ppo"], config.steps, services)
         if code != 0:
