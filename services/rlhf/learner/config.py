@@ -1,0 +1,142 @@
+"""Every PPO setting in one dataclass; `rlhf train ppo --help` is generated from its field docstrings."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+from dataclasses import dataclass
+from typing import get_type_hints
+
+DEFAULT_PORT = 50054
+
+
+@dataclass
+class PPOConfig:
+    # --- run ---
+    model: str = ""
+    """SFT model dir: pi_RL starts here, and its tokenizer is the one every service must share"""
+    policy: str = ""
+    """policy replicas, HOST:PORT[,HOST:PORT...]; prompts are spread over all of them"""
+    reward: str = ""
+    """reward service, HOST:PORT"""
+    reference: str = ""
+    """reference-policy service (pi_SFT), HOST:PORT"""
+    prompts: str = ""
+    """RL prompts, JSONL with a "prompt" field per line"""
+    out: str = ""
+    """output dir: checkpoints/, metrics.jsonl, tb/ (TensorBoard) and the final policy/"""
+    steps: int = 100
+    """PPO steps (each: one rollout batch, then the update)"""
+    resume: bool = False
+    """continue from the latest checkpoint in --out"""
+    value_model: str | None = None
+    """value model (critic) init: a reward-model dir or the SFT dir (default: --model)"""
+    seed: int = 0
+    """seed for prompt order, sampling and initialisation"""
+    device: str = "auto"
+    """where the learner's models train: auto, cpu, cuda, mps"""
+    # --- rollout ---
+    batch_size: int = 64
+    """prompts per PPO step (one response each)"""
+    max_new_tokens: int = 32
+    """longest response sampled"""
+    max_length: int = 512
+    """longest prompt plus response in tokens; longer prompts are skipped, ptx text is truncated"""
+    max_staleness: int = 0
+    """how many weight versions behind a sample may be and still be trained on"""
+    service_timeout: float = 300.0
+    """seconds to keep retrying a service that is UNAVAILABLE or past its deadline before giving up"""
+    # --- rewards with the KL penalty ---
+    kl_coef: float = 0.05
+    """beta: weight of the per-token KL penalty (the initial value when --target-kl is set)"""
+    kl_estimator: str = "k1"
+    """per-token KL estimator: k1 (log ratio) or k3 (non-negative, lower variance)"""
+    target_kl: float | None = None
+    """turn on the adaptive KL controller: adjust beta so the KL per sequence tracks this"""
+    kl_horizon: int = 10000
+    """adaptive controller horizon, in samples (Ziegler et al.)"""
+    missing_eos_penalty: float | None = None
+    """subtract this from the score of responses that hit --max-new-tokens without EOS"""
+    # --- advantages ---
+    gamma: float = 1.0
+    """discount factor"""
+    lam: float = 0.95
+    """GAE lambda"""
+    whiten_advantages: bool = True
+    """normalise advantages to zero mean and unit variance per batch"""
+    # --- update ---
+    lr: float = 1e-5
+    """AdamW learning rate for the policy and the value model"""
+    anneal_lr: bool = True
+    """decay the learning rate linearly to 0 over the run"""
+    ppo_epochs: int = 4
+    """passes over each rollout batch"""
+    num_minibatches: int = 4
+    """optimizer steps per epoch"""
+    gradient_accumulation_steps: int = 1
+    """micro-batches per minibatch (forward/backward in pieces to save memory)"""
+    clip_range: float = 0.2
+    """policy ratio clip epsilon"""
+    clip_range_value: float = 0.2
+    """value clip: how far a value may move from its rollout estimate"""
+    vf_coef: float = 0.1
+    """weight of the value loss"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm"""
+    # --- PPO-ptx ---
+    ptx_data: str | None = None
+    """pretraining text, JSONL with a "text" field, to counter forgetting (PPO-ptx)"""
+    ptx_coef: float = 1.0
+    """gamma: weight of the pretraining log-likelihood term"""
+    ptx_batch_size: int = 8
+    """pretraining sequences per minibatch"""
+    # --- bookkeeping ---
+    save_every: int = 50
+    """write a checkpoint every N steps (also on Stop and SIGTERM)"""
+    keep_checkpoints: int = 2
+    """how many checkpoints to keep"""
+    log_rollouts: bool = False
+    """append each step's prompts, responses, scores and weights versions to rollouts.jsonl"""
+
+    @property
+    def policy_targets(self) -> list[str]:
+        return [t.strip() for t in self.policy.split(",") if t.strip()]
+
+
+REQUIRED = ("model", "policy", "reward", "reference", "prompts", "out")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each dataclass field (Python keeps none at runtime, so read the source)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, following in zip(body, body[1:], strict=False):
+        is_docstring = isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+        if isinstance(node, ast.AnnAssign) and is_docstring and isinstance(following.value.value, str):
+            docs[node.target.id] = following.value.value  # type: ignore[union-attr]
+    return docs
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = PPOConfig) -> None:
+    """One --flag per field (underscores become dashes), with the field's docstring as help."""
+    docs, hints = field_docs(cls), get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
+        help_text = docs.get(f.name, "")
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            continue
+        kind = next((t for t in (int, float, str) if t == hint or t in getattr(hint, "__args__", ())), str)
+        if f.name in REQUIRED:
+            parser.add_argument(flag, type=kind, required=True, help=help_text)
+        else:
+            default = f"default {f.default}" if f.default is not None else "default off"
+            parser.add_argument(flag, type=kind, default=f.default, help=f"{help_text} ({default})")
+
+
+def config_from_args(args: argparse.Namespace, cls: type = PPOConfig):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

@@ -1,0 +1,211 @@
+"""The PPO loop: rollout -> rewards with the KL penalty -> advantages (GAE) -> update -> weight sync.
+
+    rlhf train ppo --model runs/sft --value-model runs/rm \
+        --policy localhost:50052,localhost:50062 --reward localhost:50051 --reference localhost:50053 \
+        --prompts data/prompts.jsonl --out runs/ppo --steps 100
+
+`train` takes its services as client interfaces, so the same loop runs against gRPC clients
+or in-process implementations (the benchmark's baseline, fast tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import grpc
+import torch
+from tqdm import tqdm
+
+from rlhf.core.errors import UserError
+from rlhf.core.types import GenerationParams
+from rlhf.learner import ppo
+from rlhf.learner.config import PPOConfig
+from rlhf.learner.control import CheckpointResult, LearnerControl
+from rlhf.learner.models import policy_forward, sequence_logprobs, value_forward
+from rlhf.learner.rollout import Rollout, ServiceDown, Services, collect_rollout, name_of
+from rlhf.learner.state import TrainState, build_state, resume_state, save_checkpoint, save_final_policy
+from rlhf.learner.tracking import RunLog
+
+log = logging.getLogger("rlhf.learner")
+
+
+def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantages, returns) -> dict[str, float]:
+    """config.ppo_epochs passes of minibatch PPO over the rollout; returns the mean diagnostics."""
+    b_prompts, b_responses = rollout.prompt_ids, rollout.response_ids
+    batch_size = len(b_prompts)
+    minibatch_size = max(1, batch_size // config.num_minibatches)
+    microbatch_size = max(1, minibatch_size // config.gradient_accumulation_steps)
+    stats = defaultdict(list)
+    for _epoch in range(config.ppo_epochs):
+        b_inds = torch.randperm(batch_size, generator=state.generator)
+        for start in range(0, batch_size, minibatch_size):
+            state.optimizer.zero_grad()
+            micro_batches = b_inds[start : start + minibatch_size].split(microbatch_size)
+            for mb_inds in micro_batches:
+                mb_prompts = [b_prompts[i] for i in mb_inds]
+                mb_responses = [b_responses[i] for i in mb_inds]
+                logprobs, _, mask = policy_forward(state.policy, mb_prompts, mb_responses, state.pad_id)
+                values = value_forward(state.value, mb_prompts, mb_responses, state.pad_id)
+                width = mask.size(1)  # the minibatch's longest response; the rest is padding
+                mb_inds = mb_inds.to(mask.device)
+
+                # Policy loss
+                pg_loss, clipfrac, approxkl = ppo.clipped_policy_loss(
+                    logprobs, rollout.logprobs[mb_inds, :width], advantages[mb_inds, :width], mask,
+                    config.clip_range,
+                )
+                # Value loss
+                vf_loss, vf_clipfrac = ppo.clipped_value_loss(
+                    values, rollout.values[mb_inds, :width], returns[mb_inds, :width], mask, config.clip_range_value
+                )
+                loss = pg_loss + config.vf_coef * vf_loss
+                (loss / len(micro_batches)).backward()
+                for name, value in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("policy/clipfrac", clipfrac),
+                                    ("policy/approxkl", approxkl), ("val/clipfrac", vf_clipfrac)):
+                    stats[name].append(value.item())
+
+            # PPO-ptx: keep the pretraining log-likelihood up, against forgetting
+            if state.ptx is not None:
+                ptx_logprobs, ptx_mask = sequence_logprobs(state.policy, state.ptx.take(config.ptx_batch_size),
+                                                           state.pad_id)
+                ptx_loss = ppo.ptx_loss(ptx_logprobs, ptx_mask, config.ptx_coef)
+                ptx_loss.backward()
+                stats["loss/ptx"].append(ptx_loss.item())
+
+            torch.nn.utils.clip_grad_norm_(state.parameters(), config.max_grad_norm)
+            state.optimizer.step()
+    state.scheduler.step()
+    return {name: sum(values) / len(values) for name, values in stats.items()}
+
+
+def sync_weights(state: TrainState, services: Services, control: LearnerControl) -> float:
+    """Publish pi_RL as version state.step (for GetWeights) and push it to every replica."""
+    start = time.perf_counter()
+    weights = state.policy_weights()
+    control.publish_weights(state.step, weights)  # first, so a replica restarting now pulls it
+    services.push_weights(weights, state.step)
+    return time.perf_counter() - start
+
+
+def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: LearnerControl):
+    """One PPO step on a fresh batch of prompts; returns (metrics, rollout)."""
+    params = GenerationParams(max_new_tokens=config.max_new_tokens, seed=config.seed * 1_000_003 + state.step * 1009)
+    prompts = state.prompts.take(config.batch_size)
+    rollout = collect_rollout(state, services, prompts, params, config.max_staleness, control.set_phase)
+    mask = rollout.mask
+
+    # Rewards with the KL penalty
+    scores = rollout.scores
+    if config.missing_eos_penalty is not None:
+        scores = ppo.penalize_missing_eos(scores, rollout.ended_with_eos, config.missing_eos_penalty)
+    kl_coef = state.kl_ctl.value
+    rewards, kl = ppo.kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, mask, kl_coef,
+                                           config.kl_estimator)
+    # Advantages
+    advantages, returns = ppo.gae_advantages(rewards, rollout.values, mask, config.gamma, config.lam)
+    if config.whiten_advantages:
+        advantages = ppo.whiten(advantages, mask)
+    # Update
+    control.set_phase("update")
+    lr = state.scheduler.get_last_lr()[0]
+    start = time.perf_counter()
+    stats = ppo_update(state, config, rollout, advantages, returns)
+    update_time = time.perf_counter() - start
+    state.step += 1
+    kl_per_sequence = kl.sum(1).mean().item()
+    state.kl_ctl.update(kl_per_sequence, len(prompts))
+    # Weight sync
+    control.set_phase("weight_sync")
+    sync_time = sync_weights(state, services, control)
+
+    sampler_logprobs = torch.zeros_like(rollout.logprobs)
+    for row, sample in enumerate(rollout.samples):
+        sampler_logprobs[row, : len(sample.logprobs)] = torch.tensor(sample.logprobs)
+    metrics = {
+        "objective/reward": rollout.scores.mean().item(),
+        "objective/kl": kl_per_sequence,
+        "objective/entropy": ppo.masked_mean(rollout.entropy, mask).item(),
+        "objective/rlhf_reward": (scores - kl_coef * kl.sum(1)).mean().item(),
+        "objective/kl_coef": kl_coef,
+        **stats,
+        "val/explained_variance": ppo.explained_variance(rollout.values, returns, mask).item(),
+        "rollout/response_length": mask.sum(1).mean().item(),
+        "rollout/eos_fraction": rollout.ended_with_eos.float().mean().item(),
+        "rollout/weights_version": float(min(s.weights_version for s in rollout.samples)),
+        # sampler vs learner log-probs of the same ids, same weights: numerics only, should be ~0
+        "rollout/logprob_mismatch": ppo.masked_mean((sampler_logprobs - rollout.logprobs).abs(), mask).item(),
+        "lr": lr,
+        **rollout.timings,
+        "time/update": update_time,
+        "time/weight_sync": sync_time,
+    }
+    return metrics, rollout
+
+
+def check_tokenizers(state: TrainState, services: Services) -> None:
+    """Every replica and the reference must map text to the same ids as the learner."""
+    from rlhf.core.modeling import tokenizer_fingerprint
+
+    ours = ("learner --model", tokenizer_fingerprint(state.tokenizer))
+    for kind, service in [*(("policy", p) for p in services.policies), ("reference", services.reference)]:
+        theirs = services.call(service, "model_info").tokenizer_fingerprint
+        if theirs != ours[1]:
+            raise UserError(
+                f"tokenizer mismatch: {kind} {name_of(service)} has fingerprint {theirs[:12]}, "
+                f"but {ours[0]} has {ours[1][:12]}; every service must serve the same tokenizer"
+            )
+
+
+def serve_requests(state: TrainState, control: LearnerControl, config: PPOConfig) -> bool:
+    """Answer queued SaveCheckpoint/Stop requests; True if the run should stop."""
+    checkpoints, stops = control.take_requests()
+    if checkpoints or stops:
+        control.set_phase("checkpoint")
+        result = CheckpointResult(str(save_checkpoint(state, config.out, config.keep_checkpoints)), state.step)
+        for future in checkpoints + stops:
+            future.set_result(result)
+    return bool(stops)
+
+
+def train(config: PPOConfig, services: Services, control: LearnerControl | None = None) -> TrainState:
+    """Run PPO from the SFT model (or --resume) up to config.steps; returns the final state."""
+    control = control or LearnerControl(config.steps, config.out)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    state = resume_state(config) if config.resume else build_state(config)
+    check_tokenizers(state, services)
+    run_log = RunLog(Path(config.out), state.step, config.log_rollouts)
+    try:
+        control.set_phase("weight_sync")
+        sync_weights(state, services, control)  # version state.step everywhere before sampling
+        with tqdm(total=config.steps, initial=state.step, desc="ppo", unit="step", disable=None) as bar:
+            while state.step < config.steps:
+                step_start = time.perf_counter()
+                metrics, rollout = ppo_step(state, services, config, control)
+                metrics["time/step"] = time.perf_counter() - step_start
+                run_log.rollouts(state.step, rollout.rows())
+                run_log.metrics(state.step, metrics)
+                control.publish_metrics(state.step, metrics)
+                log.info("step", extra={"step": state.step, "reward": round(metrics["objective/reward"], 4),
+                                        "kl": round(metrics["objective/kl"], 4)})
+                bar.update()
+                bar.set_postfix(reward=f"{metrics['objective/reward']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
+                if state.step % config.save_every == 0:
+                    control.set_phase("checkpoint")
+                    save_checkpoint(state, config.out, config.keep_checkpoints)
+                if serve_requests(state, control, config):
+                    log.info("stopping on request", extra={"step": state.step})
+                    break
+    except (ServiceDown, grpc.RpcError) as err:
+        path = save_checkpoint(state, config.out, config.keep_checkpoints)
+        detail = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.RpcError) else str(err)
+        raise UserError(f"{detail}. Saved {path}; continue with --resume") from err
+    finally:
+        run_log.close()
+        control.finish()
+    save_checkpoint(state, config.out, config.keep_checkpoints)
+    if state.step >= config.steps:
+        save_final_policy(state, config.out)
+    return state

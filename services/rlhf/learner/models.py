@@ -1,0 +1,86 @@
+"""The learner's two models: pi_RL (a causal LM) and the critic (an LM with a scalar head per token).
+
+Both run on the same right-padded (prompt + response) ids as the policy and reference services
+(rlhf.core.logprobs), so log pi_RL here and log pi_SFT there line up token by token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rlhf.core.errors import UserError
+from rlhf.core.logprobs import gather_logprobs, pad_right, response_positions
+from rlhf.core.modeling import check_model_path, load_causal_lm
+from rlhf.learner import ppo
+
+TokenIds = Sequence[Sequence[int]]
+
+
+def load_policy(path: str, device: torch.device) -> torch.nn.Module:
+    """pi_RL in float32: PPO's small ratio differences need the precision.
+
+    Both models stay in eval mode while they train: dropout would make the learner's log-probs
+    disagree with the sampler's and the reference's, and add noise to the PPO ratio.
+    """
+    return load_causal_lm(path, device, torch.float32).eval()
+
+
+def load_value_model(path: str, device: torch.device) -> torch.nn.Module:
+    """The critic: a sequence-classification LM with one label, from a reward-model or SFT dir.
+
+    From an SFT dir the scalar head starts random; from a reward-model dir it starts as r_theta.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            check_model_path(path), num_labels=1, dtype=torch.float32
+        )
+    except OSError as err:
+        raise UserError(f"cannot load value model from {path}: {str(err).splitlines()[0]}") from err
+    if not isinstance(getattr(model, "score", None), torch.nn.Module):
+        raise UserError(f"value model {path}: {type(model).__name__} has no `score` head to apply per token")
+    return model.to(device).eval()
+
+
+def _batch(prompts: TokenIds, responses: TokenIds, pad_id: int, device: torch.device):
+    ids, attention = pad_right([list(p) + list(r) for p, r in zip(prompts, responses, strict=True)], pad_id, device)
+    prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
+    response_lens = torch.tensor([len(r) for r in responses], device=device)
+    positions, mask = response_positions(prompt_lens, response_lens)  # (B, R) each
+    return ids, attention, positions, mask
+
+
+def policy_forward(
+    model: torch.nn.Module, prompts: TokenIds, responses: TokenIds, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, R) log pi(y_t | x, y_<t), (B, R) entropy of pi at each response position (no grad), (B, R) mask."""
+    device = next(model.parameters()).device
+    ids, attention, positions, mask = _batch(prompts, responses, pad_id, device)
+    logits = model(input_ids=ids, attention_mask=attention).logits  # (B, T, V)
+    targets = ids.gather(1, (positions + 1) * mask)  # (B, R): the response tokens
+    logprobs = gather_logprobs(logits, positions, targets)
+    with torch.no_grad():  # entropy is watched, not optimised: no graph for a (B, R, V) tensor
+        response_logits = logits.gather(1, positions[..., None].expand(-1, -1, logits.size(-1)))  # (B, R, V)
+        entropy = ppo.entropy_from_logits(response_logits.float())
+    fmask = mask.float()
+    return logprobs * fmask, entropy * fmask, fmask
+
+
+def value_forward(model: torch.nn.Module, prompts: TokenIds, responses: TokenIds, pad_id: int) -> torch.Tensor:
+    """(B, R) V(x, y_<t): the scalar head applied to the hidden state that predicts response token t."""
+    device = next(model.parameters()).device
+    ids, attention, positions, mask = _batch(prompts, responses, pad_id, device)
+    # The classification forward pools one position; the backbone gives every hidden state.
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=ids, attention_mask=attention).last_hidden_state  # (B, T, H)
+    hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.size(-1)))  # (B, R, H)
+    return model.score(hidden).squeeze(-1).float() * mask.float()
+
+
+def sequence_logprobs(model: torch.nn.Module, texts: TokenIds, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(x_t | x_<t) for t >= 1 of whole sequences (PPO-ptx): the first token is the 'prompt'."""
+    logprobs, _, mask = policy_forward(model, [t[:1] for t in texts], [t[1:] for t in texts], pad_id)
+    return logprobs, mask

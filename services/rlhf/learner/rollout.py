@@ -1,0 +1,180 @@
+"""The rollout: sample from pi_RL on every replica, score, and get log pi_SFT, log pi_RL and V.
+
+This is the step's dataset of triples (x, y, r). Policy replicas, reward and reference are
+reached through the client interfaces in `interfaces.py`; calls that fail with UNAVAILABLE or
+DEADLINE_EXCEEDED are retried with backoff for up to --service-timeout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+import torch
+
+from rlhf.core.types import GenerationParams, Sample
+from rlhf.learner.interfaces import PolicyService, ReferenceService, RewardService
+from rlhf.learner.models import policy_forward, value_forward
+from rlhf.learner.state import TrainState
+
+log = logging.getLogger("rlhf.learner")
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class ServiceDown(Exception):
+    """A service stayed unreachable for longer than --service-timeout."""
+
+
+def name_of(service: object) -> str:
+    return getattr(service, "target", None) or type(service).__name__
+
+
+def with_retries(what: str, timeout: float, fn: Callable, *args):
+    """fn(*args), retried on UNAVAILABLE/DEADLINE_EXCEEDED with exponential backoff until timeout."""
+    deadline, delay = time.monotonic() + timeout, 0.25
+    while True:
+        try:
+            return fn(*args)
+        except grpc.RpcError as err:
+            if err.code() not in RETRYABLE:
+                raise
+            if time.monotonic() + delay > deadline:
+                raise ServiceDown(
+                    f"{what} did not answer for {timeout:.0f}s (--service-timeout): {err.code().name}: {err.details()}"
+                ) from err
+            log.warning("retrying", extra={"service": what, "code": err.code().name, "delay_s": delay})
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+
+
+@dataclass
+class Services:
+    policies: list[PolicyService]
+    reward: RewardService
+    reference: ReferenceService
+    timeout: float = 300.0  # --service-timeout
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(16, "learner-rpc"))
+
+    def call(self, service: object, method: str, *args):
+        return with_retries(f"{method} on {name_of(service)}", self.timeout, getattr(service, method), *args)
+
+    def push_weights(self, weights: dict[str, torch.Tensor], version: int, replicas: Sequence[int] = ()) -> None:
+        """Send the weights to the given replicas (default: all), concurrently."""
+        replicas = replicas or range(len(self.policies))
+        futures = [self.pool.submit(self.call, self.policies[i], "update_weights", weights, version) for i in replicas]
+        for future in futures:
+            future.result()
+
+
+@dataclass
+class Rollout:
+    """One step's samples and what PPO needs about them; response tensors are (B, R), right-padded."""
+
+    prompts: list[str]
+    samples: list[Sample]
+    scores: torch.Tensor  # (B,) r_theta(x, y)
+    ref_logprobs: torch.Tensor  # (B, R) log pi_SFT(y_t | x, y_<t)
+    logprobs: torch.Tensor  # (B, R) log pi_RL at rollout time: PPO's "old" log-probs
+    values: torch.Tensor  # (B, R) V(x, y_<t) at rollout time
+    entropy: torch.Tensor  # (B, R)
+    mask: torch.Tensor  # (B, R) 1.0 on response tokens
+    timings: dict[str, float]
+
+    @property
+    def prompt_ids(self) -> list[list[int]]:
+        return [s.prompt_token_ids for s in self.samples]
+
+    @property
+    def response_ids(self) -> list[list[int]]:
+        return [s.response_token_ids for s in self.samples]
+
+    def rows(self) -> list[dict]:
+        """One JSON-able record per sample, for rollouts.jsonl."""
+        return [
+            {"prompt": p, "response": s.response_text, "score": score, "weights_version": s.weights_version,
+             "finish_reason": s.finish_reason}
+            for p, s, score in zip(self.prompts, self.samples, self.scores.tolist(), strict=True)
+        ]
+
+    @property
+    def ended_with_eos(self) -> torch.Tensor:
+        return torch.tensor([s.finish_reason == "eos" for s in self.samples], device=self.scores.device)
+
+
+def generate_on_replicas(
+    services: Services, prompts: list[str], params: GenerationParams, weights: Callable[[], dict], version: int,
+    max_staleness: int,
+) -> list[Sample]:
+    """Spread prompts evenly over the replicas, generate concurrently, and insist on fresh weights.
+
+    A replica whose samples are more than max_staleness versions old (it restarted, or missed a
+    push) gets the current weights again and regenerates its share.
+    """
+    n = len(services.policies)
+    shares = [prompts[i * len(prompts) // n : (i + 1) * len(prompts) // n] for i in range(n)]
+
+    def generate_share(i: int) -> list[Sample]:
+        replica = services.policies[i]
+        share_params = params if params.seed is None else dataclasses.replace(params, seed=params.seed + i)
+        for _attempt in range(3):
+            samples = services.call(replica, "generate", shares[i], share_params)
+            versions = {s.weights_version for s in samples}
+            if all(version - max_staleness <= v <= version for v in versions):
+                for s in samples:
+                    s.prompt_index += i * len(prompts) // n  # index into the whole batch
+                return samples
+            log.warning("stale weights on a replica; pushing again",
+                        extra={"replica": name_of(replica), "versions": sorted(versions), "want": version})
+            services.push_weights(weights(), version, [i])
+        raise ServiceDown(f"policy {name_of(replica)} keeps serving weights other than version {version}")
+
+    shares_out = services.pool.map(generate_share, [i for i in range(n) if shares[i]])
+    return [s for share in shares_out for s in share]
+
+
+def collect_rollout(
+    state: TrainState, services: Services, prompts: list[str], params: GenerationParams, max_staleness: int,
+    on_phase: Callable[[str], None] = lambda phase: None,
+) -> Rollout:
+    """Generate, then score, reference log-probs and the learner's own forward, all concurrently."""
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        timings[name] = time.perf_counter() - start
+        return result
+
+    on_phase("generate")
+    samples = timed("time/generate", generate_on_replicas, services, prompts, params, state.policy_weights,
+                    state.step, max_staleness)
+    prompt_texts = [prompts[s.prompt_index] for s in samples]
+    # Token ids, never re-tokenized text, go to the reference: re-tokenizing would corrupt the KL.
+    pairs = [(s.prompt_token_ids, s.response_token_ids) for s in samples]
+    texts = [(p, s.response_text) for p, s in zip(prompt_texts, samples, strict=True)]
+    on_phase("score")  # the reference and the learner's own forward run meanwhile
+    scores = services.pool.submit(timed, "time/score", services.call, services.reward, "score", texts)
+    ref = services.pool.submit(timed, "time/reference", services.call, services.reference, "logprobs", pairs)
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        logprobs, entropy, mask = policy_forward(state.policy, *zip(*pairs, strict=True), state.pad_id)
+        values = value_forward(state.value, *zip(*pairs, strict=True), state.pad_id)
+    timings["time/logprobs"] = time.perf_counter() - start
+
+    device = mask.device
+    ref_logprobs = torch.zeros_like(logprobs)
+    for row, (lp, (_, response)) in enumerate(zip(ref.result(), pairs, strict=True)):
+        if len(lp) != len(response):
+            raise ValueError(f"reference returned {len(lp)} log-probs for a {len(response)}-token response")
+        ref_logprobs[row, : len(lp)] = torch.tensor(lp, device=device)
+    return Rollout(
+        prompt_texts, samples, torch.tensor(scores.result(), device=device), ref_logprobs, logprobs, values,
+        entropy, mask, timings,
+    )

@@ -1,0 +1,169 @@
+"""Everything a run carries from step to step, and its checkpoints.
+
+    OUT/checkpoints/step-000050/policy/            pi_RL, a standard model dir with its tokenizer
+    OUT/checkpoints/step-000050/value/             the critic (sequence classification, 1 label)
+    OUT/checkpoints/step-000050/trainer_state.pt   optimizer, scheduler, beta, RNG, cursors, step
+    OUT/checkpoints/latest                         name of the newest complete checkpoint
+
+A checkpoint is written under a temporary name and renamed into place, and `latest` is replaced
+atomically after it, so a SIGKILL at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhf.core.errors import UserError
+from rlhf.core.modeling import load_tokenizer, resolve_device
+from rlhf.learner import ppo
+from rlhf.learner.config import PPOConfig
+from rlhf.learner.data import CursorSampler, load_prompts, load_ptx_sequences
+from rlhf.learner.models import load_policy, load_value_model
+
+log = logging.getLogger("rlhf.learner")
+
+
+@dataclass
+class TrainState:
+    policy: torch.nn.Module
+    value: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    kl_ctl: ppo.FixedKLController | ppo.AdaptiveKLController
+    prompts: CursorSampler
+    ptx: CursorSampler | None
+    generator: torch.Generator  # minibatch shuffling; its own, so nothing else's sampling moves it
+    step: int = 0  # PPO steps completed; also the version of the current policy weights
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.policy.parameters(), *self.value.parameters()]
+
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of pi_RL's weights, safe to stream while training moves on."""
+        return {name: t.detach().to("cpu", copy=True) for name, t in self.policy.state_dict().items()}
+
+
+def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str | None = None) -> TrainState:
+    """A fresh state: pi_RL from the SFT dir, the critic from --value-model (or the SFT dir)."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    tokenizer = load_tokenizer(policy_dir or config.model)
+    policy = load_policy(policy_dir or config.model, device)
+    value = load_value_model(value_dir or config.value_model or config.model, device)
+    optimizer = torch.optim.AdamW([*policy.parameters(), *value.parameters()], lr=config.lr, eps=1e-5)
+    # CleanRL's annealing: the learning rate falls linearly to 0 at the last step.
+    schedule = (lambda done: max(0.0, 1.0 - done / config.steps)) if config.anneal_lr else (lambda done: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    if config.target_kl is not None:
+        kl_ctl = ppo.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+    else:
+        kl_ctl = ppo.FixedKLController(config.kl_coef)
+    prompts = load_prompts(config.prompts, tokenizer, config.max_length - config.max_new_tokens)
+    ptx = None
+    if config.ptx_data:
+        ptx = CursorSampler(load_ptx_sequences(config.ptx_data, tokenizer, config.max_length), config.seed + 1)
+    generator = torch.Generator().manual_seed(config.seed)
+    return TrainState(
+        policy, value, tokenizer, optimizer, scheduler, kl_ctl, CursorSampler(prompts, config.seed), ptx, generator
+    )
+
+
+def checkpoint_root(out: str | Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def save_checkpoint(state: TrainState, out: str | Path, keep: int = 2) -> Path:
+    """Write OUT/checkpoints/step-N atomically, point `latest` at it, and prune old ones."""
+    root = checkpoint_root(out)
+    final = root / f"step-{state.step:06d}"
+    if final.exists():
+        return final  # this step is already saved
+    tmp = root / f".tmp-step-{state.step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    state.policy.save_pretrained(tmp / "policy")
+    state.tokenizer.save_pretrained(tmp / "policy")
+    state.value.save_pretrained(tmp / "value")
+    torch.save(
+        {
+            "step": state.step,
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "kl_coef": state.kl_ctl.value,
+            "prompt_cursor": state.prompts.cursor,
+            "ptx_cursor": state.ptx.cursor if state.ptx else 0,
+            "rng": {"shuffle": state.generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        },
+        tmp / "trainer_state.pt",
+    )
+    os.rename(tmp, final)
+    _write_atomic(root / "latest", final.name)
+    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("checkpoint saved", extra={"step": state.step, "path": str(final)})
+    return final
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    """The newest complete checkpoint: the one `latest` names, else the highest step-N dir."""
+    root = checkpoint_root(out)
+    pointer = root / "latest"
+    if pointer.exists() and (root / pointer.read_text().strip() / "trainer_state.pt").exists():
+        return root / pointer.read_text().strip()
+    complete = sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").exists())
+    return complete[-1] if complete else None
+
+
+def resume_state(config: PPOConfig) -> TrainState:
+    """The state saved in the newest checkpoint under --out, with the current flags."""
+    path = latest_checkpoint(config.out)
+    if path is None:
+        raise UserError(f"--resume: no checkpoint under {checkpoint_root(config.out)}")
+    for leftover in checkpoint_root(config.out).glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)  # a save cut short by SIGKILL
+    state = build_state(config, policy_dir=str(path / "policy"), value_dir=str(path / "value"))
+    saved = torch.load(path / "trainer_state.pt", weights_only=True)
+    state.step = saved["step"]
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.kl_ctl.value = saved["kl_coef"]
+    state.prompts.cursor = saved["prompt_cursor"]
+    if state.ptx:
+        state.ptx.cursor = saved["ptx_cursor"]
+    state.generator.set_state(saved["rng"]["shuffle"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    random.setstate(saved["rng"]["python"])
+    if saved["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    log.info("resumed", extra={"step": state.step, "path": str(path)})
+    return state
+
+
+def save_final_policy(state: TrainState, out: str | Path) -> Path:
+    """OUT/policy: pi_RL as a standard model dir with its tokenizer, replaced atomically."""
+    final, tmp = Path(out) / "policy", Path(out) / f".tmp-policy-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    state.policy.save_pretrained(tmp)
+    state.tokenizer.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    return final
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

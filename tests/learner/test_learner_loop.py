@@ -1,0 +1,178 @@
+"""The PPO loop against in-process services on the tiny model: logs, checkpoints, resume, versions."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import threading
+
+import grpc
+import pytest
+import torch
+
+from rlhf.core.errors import UserError
+from rlhf.core.server import ServerOptions, ServerThread
+from rlhf.core.synthetic import ground_truth_score
+from rlhf.learner.client import LearnerClient
+from rlhf.learner.config import PPOConfig, add_config_arguments, config_from_args, field_docs
+from rlhf.learner.control import LearnerControl
+from rlhf.learner.loop import train
+from rlhf.learner.rollout import Services
+from rlhf.learner.service import LearnerService
+from tests.learner.fakes import CallableReward, FakePolicy, FakeReference
+
+REQUIRED_METRICS = [
+    "objective/reward", "objective/kl", "objective/entropy", "policy/clipfrac", "policy/approxkl", "loss/policy",
+    "loss/value", "loss/ptx", "val/explained_variance", "time/generate", "time/score", "time/reference",
+    "time/update", "time/weight_sync",
+]
+
+
+def make_config(tiny_model_dir, synth_dir, out, **overrides) -> PPOConfig:
+    settings = dict(
+        model=str(tiny_model_dir), policy="in-process", reward="in-process", reference="in-process",
+        prompts=str(synth_dir / "prompts.jsonl"), out=str(out), steps=3, batch_size=4, max_new_tokens=6,
+        ppo_epochs=1, num_minibatches=2, ptx_data=str(synth_dir / "pretrain.jsonl"), ptx_batch_size=2,
+        save_every=2, log_rollouts=True, lr=1e-4, max_length=64, device="cpu",
+    )
+    return PPOConfig(**{**settings, **overrides})
+
+
+@pytest.fixture
+def services(tiny_model_dir):
+    replicas = [FakePolicy(tiny_model_dir), FakePolicy(tiny_model_dir)]
+    return Services(replicas, CallableReward(ground_truth_score), FakeReference(tiny_model_dir), timeout=5.0)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_field_has_help_and_flags_parse():
+    docs = field_docs(PPOConfig)
+    assert {f.name for f in dataclasses.fields(PPOConfig)} == set(docs)
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    assert "beta: weight of the per-token KL penalty" in parser.format_help()
+    args = parser.parse_args(["--model", "m", "--policy", "a:1,b:2", "--reward", "r:1", "--reference", "f:1",
+                              "--prompts", "p", "--out", "o", "--kl-coef", "0.2", "--no-whiten-advantages",
+                              "--target-kl", "6"])
+    config = config_from_args(args)
+    assert config.policy_targets == ["a:1", "b:2"]
+    assert (config.kl_coef, config.whiten_advantages, config.target_kl, config.ptx_data) == (0.2, False, 6.0, None)
+
+
+def test_loop_logs_syncs_and_checkpoints(tiny_model_dir, synth_dir, tmp_path, services):
+    config = make_config(tiny_model_dir, synth_dir, tmp_path / "run")
+    state = train(config, services)
+    assert state.step == 3
+
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        assert set(REQUIRED_METRICS) <= set(m), set(REQUIRED_METRICS) - set(m)
+        assert all(isinstance(v, float) for k, v in m.items() if k != "step")
+    # Each step sampled with the weights of the step before it, on both replicas.
+    rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
+    assert len(rollouts) == 3 * config.batch_size
+    assert all(r["weights_version"] == r["step"] - 1 for r in rollouts)
+    assert all(p.generate_calls == 3 and p.version == 3 for p in services.policies)
+    # Synced weights are the learner's, and so is the final model dir.
+    learner_weights = state.policy.state_dict()
+    for replica in services.policies:
+        for name, tensor in replica.model.state_dict().items():
+            assert torch.equal(tensor, learner_weights[name]), name
+    assert (tmp_path / "run" / "policy" / "config.json").exists()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-000002", "step-000003"]
+    assert (checkpoints / "latest").read_text() == "step-000003"
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_resume_after_kill_repeats_nothing_and_matches(tiny_model_dir, synth_dir, tmp_path, services):
+    out = tmp_path / "run"
+    train(make_config(tiny_model_dir, synth_dir, out, anneal_lr=False), services)
+    original = read_jsonl(out / "metrics.jsonl")
+    original_rollouts = read_jsonl(out / "rollouts.jsonl")
+    # As if SIGKILL struck after step 3 was logged but before its checkpoint was written.
+    shutil.rmtree(out / "checkpoints" / "step-000003")
+    (out / "checkpoints" / "latest").write_text("step-000002")
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "objective/rew')  # a torn line
+
+    train(make_config(tiny_model_dir, synth_dir, out, steps=4, resume=True, anneal_lr=False), services)
+    resumed = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    # Prompt cursor, RNG and weights were restored: step 3 is recomputed exactly.
+    for key in ("objective/reward", "objective/kl", "loss/policy", "loss/value", "loss/ptx"):
+        assert resumed[2][key] == pytest.approx(original[2][key], rel=1e-5, abs=1e-7), key
+    rollouts = read_jsonl(out / "rollouts.jsonl")
+    assert [r["prompt"] for r in rollouts if r["step"] == 3] == [r["prompt"] for r in original_rollouts
+                                                                   if r["step"] == 3]
+    assert sorted({r["step"] for r in rollouts}) == [1, 2, 3, 4]
+    assert len(rollouts) == 4 * 4
+
+
+def test_stale_replica_gets_the_weights_again(tiny_model_dir, synth_dir, tmp_path, services):
+    config = make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=2, ptx_data=None)
+    services.policies[1].serve_stale = 2  # as if it restarted with the SFT weights
+    train(config, services)
+    # Step 1 expects version 0 (fresh), step 2 version 1: the replica is re-pushed once, regenerates once.
+    assert services.policies[1].generate_calls == 3
+    rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
+    assert all(r["weights_version"] == r["step"] - 1 for r in rollouts)
+
+
+def test_tokenizer_mismatch_is_refused(tiny_model_dir, synth_dir, tmp_path, services):
+    services.reference = FakeReference(tiny_model_dir, fingerprint="deadbeef" * 8)
+    with pytest.raises(UserError, match=r"tokenizer mismatch: reference .* deadbeefdead"):
+        train(make_config(tiny_model_dir, synth_dir, tmp_path / "run"), services)
+
+
+class Unavailable(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return "connection refused"
+
+
+def test_service_that_stays_down_ends_with_checkpoint(tiny_model_dir, synth_dir, tmp_path, services):
+    calls = []
+
+    def down(prompt, response):
+        calls.append(1)
+        raise Unavailable()
+
+    services.reward = CallableReward(down)
+    services.timeout = 0.6
+    with pytest.raises(UserError, match=r"score on CallableReward did not answer .* --resume"):
+        train(make_config(tiny_model_dir, synth_dir, tmp_path / "run"), services)
+    assert len(calls) >= 2  # retried with backoff before giving up
+    assert (tmp_path / "run" / "checkpoints" / "step-000000" / "trainer_state.pt").exists()
+
+
+def test_control_api_status_watch_weights_and_stop(tiny_model_dir, synth_dir, tmp_path, services):
+    config = make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=50, save_every=100, ptx_data=None)
+    control = LearnerControl(config.steps, config.out)
+    result = {}
+    with ServerThread(LearnerService(control), ServerOptions(port=0)) as port:
+        runner = threading.Thread(target=lambda: result.setdefault("state", train(config, services, control)))
+        runner.start()
+        with LearnerClient(f"127.0.0.1:{port}", timeout=60) as client:
+            updates = client.watch()
+            first, second = next(updates), next(updates)
+            assert second.step == first.step + 1 and "objective/kl" in second.metrics
+            status = client.status()
+            assert status.total_steps == 50 and status.step >= 1 and status.phase
+            version, weights = client.get_weights()
+            assert version >= 1 and set(weights) == set(services.policies[0].model.state_dict())
+            stopped = client.stop()
+        runner.join(60)
+    state = result["state"]
+    assert stopped.step == state.step < 50
+    assert stopped.checkpoint_path.endswith(f"step-{state.step:06d}")
+    assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == list(range(1, state.step + 1))
+    assert not (tmp_path / "run" / "policy").exists()  # stopped early: no final model
