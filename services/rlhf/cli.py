@@ -22,6 +22,7 @@ from rlhf.core.errors import UserError
 # Packages that contribute commands, in --help order.
 COMMAND_MODULES = [
     "rlhf.core.commands",
+    "rlhf.learner.cli",
 ]
 
 

@@ -140,3 +140,28 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = PPOConfig)
 
 def config_from_args(args: argparse.Namespace, cls: type = PPOConfig):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def validate(config: PPOConfig) -> PPOConfig:
+    """Refuse settings that cannot work, with a one-line message."""
+    from rlhf.core.errors import UserError
+
+    checks = [
+        (config.steps > 0, "--steps must be positive"),
+        (bool(config.policy_targets), "--policy needs at least one HOST:PORT"),
+        (config.batch_size >= config.num_minibatches > 0, "--batch-size must be >= --num-minibatches >= 1"),
+        (config.gradient_accumulation_steps > 0, "--gradient-accumulation-steps must be positive"),
+        (config.ppo_epochs > 0, "--ppo-epochs must be positive"),
+        (config.max_new_tokens > 0, "--max-new-tokens must be positive"),
+        (config.max_length > config.max_new_tokens, "--max-length must exceed --max-new-tokens"),
+        (config.kl_estimator in ("k1", "k3"), "--kl-estimator must be k1 or k3"),
+        (config.target_kl is None or config.target_kl > 0, "--target-kl must be positive"),
+        (config.max_staleness >= 0, "--max-staleness must be >= 0"),
+        (config.save_every > 0, "--save-every must be positive"),
+        (config.service_timeout > 0, "--service-timeout must be positive"),
+        (0 < config.lam <= 1 and 0 < config.gamma <= 1, "--gamma and --lam must lie in (0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return config

@@ -1,0 +1,144 @@
+"""`rlhf train ppo` and `rlhf learner status|watch|stop --target HOST:PORT`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(commands) -> None:
+    from rlhf.core.client import ClientOptions
+    from rlhf.core.server import ServerOptions
+    from rlhf.learner.config import DEFAULT_PORT, add_config_arguments
+
+    ppo = commands.train.add_parser(
+        "ppo",
+        help="RL stage: PPO against the policy, reward and reference services",
+        description="PPO with a per-token KL penalty against the reference policy. Rollouts come from the "
+        "policy replicas, scores from the reward service, log pi_SFT from the reference service; the learner "
+        "updates pi_RL and the value model, then pushes the new weights to every replica. While it runs, "
+        "the learner serves rlhf.v1.Learner on --port.",
+    )
+    add_config_arguments(ppo)
+    ServerOptions.add_arguments(ppo, default_port=DEFAULT_PORT)
+    ppo.add_argument("--service-tls-ca", default=None, help="CA certificate: reach the services over TLS")
+    ppo.set_defaults(func=run_ppo)
+
+    learner = commands.top.add_parser("learner", help="talk to a running learner: status, watch, stop")
+    actions = learner.add_subparsers(dest="learner_command", metavar="ACTION", required=True)
+    for name, handler, text in (
+        ("status", show_status, "step, phase, weights version and the latest metrics"),
+        ("watch", watch_metrics, "print each step's metrics as it finishes, until the run ends"),
+        ("stop", stop_learner, "checkpoint at the end of the current step, then end the run"),
+    ):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("--target", required=True, help="learner HOST:PORT")
+        action.add_argument("--json", action="store_true", help="print JSON instead of text")
+        ClientOptions.add_arguments(action)
+        action.set_defaults(func=handler)
+
+
+def connect_services(config, args: argparse.Namespace):
+    """gRPC clients for every service, with the per-call deadline at --service-timeout."""
+    from rlhf.core.client import ClientOptions
+    from rlhf.core.security import read_secret
+    from rlhf.learner.rollout import Services
+    from rlhf.policy.client import PolicyClient
+    from rlhf.reference.client import ReferenceClient
+    from rlhf.reward.client import RewardClient
+
+    options = ClientOptions(
+        timeout=config.service_timeout, auth_token=read_secret(args.auth_token_file), tls_ca=args.service_tls_ca
+    )
+    return Services(
+        policies=[PolicyClient(target, options) for target in config.policy_targets],
+        reward=RewardClient(config.reward, options),
+        reference=ReferenceClient(config.reference, options),
+        timeout=config.service_timeout,
+    )
+
+
+def run_ppo(args: argparse.Namespace) -> int:
+    import signal
+
+    from rlhf.core.server import ServerOptions, ServerThread
+    from rlhf.learner.config import config_from_args, validate
+    from rlhf.learner.control import LearnerControl
+    from rlhf.learner.loop import train
+    from rlhf.learner.service import LearnerService
+
+    config = validate(config_from_args(args))
+    services = connect_services(config, args)
+    control = LearnerControl(config.steps, config.out)
+    # SIGTERM (kubectl delete, Ctrl-C's polite cousin): finish the step, checkpoint, exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: control.request_stop())
+    server = ServerThread(LearnerService(control), ServerOptions.from_args(args))
+    port = server.start()
+    print(f"learner control API on {args.host}:{port} (rlhf learner status --target HOST:{port})", flush=True)
+    try:
+        state = train(config, services, control)
+    finally:
+        server.stop()
+    print(f"done at step {state.step}; policy in {config.out}/policy" if state.step >= config.steps
+          else f"stopped at step {state.step}; continue with --resume", flush=True)
+    return 0
+
+
+def _client(args: argparse.Namespace):
+    from rlhf.core.client import ClientOptions
+    from rlhf.learner.client import LearnerClient
+
+    return LearnerClient(args.target, ClientOptions.from_args(args))
+
+
+def _rpc(call):
+    import grpc
+
+    from rlhf.core.client import describe_rpc_error
+    from rlhf.core.errors import UserError
+
+    try:
+        return call()
+    except grpc.RpcError as err:
+        raise UserError(describe_rpc_error(err)) from None
+
+
+def show_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = _rpc(client.status)
+    if args.json:
+        print(json.dumps({"step": status.step, "total_steps": status.total_steps, "phase": status.phase,
+                          "weights_version": status.weights_version, "out_dir": status.out_dir,
+                          "metrics": dict(status.metrics)}))
+        return 0
+    print(f"step {status.step}/{status.total_steps}  phase {status.phase}  weights v{status.weights_version}  "
+          f"out {status.out_dir}")
+    for name in sorted(status.metrics):
+        print(f"  {name:<28} {status.metrics[name]:.6g}")
+    return 0
+
+
+def watch_metrics(args: argparse.Namespace) -> int:
+    keys = ("objective/reward", "objective/kl", "objective/entropy", "loss/policy", "loss/value", "time/step")
+
+    def follow():
+        with _client(args) as client:
+            for update in client.watch():
+                if args.json:
+                    print(json.dumps({"step": update.step, **dict(update.metrics)}), flush=True)
+                else:
+                    shown = "  ".join(f"{k}={update.metrics[k]:.4g}" for k in keys if k in update.metrics)
+                    print(f"step {update.step}  {shown}", flush=True)
+
+    _rpc(follow)
+    return 0
+
+
+def stop_learner(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = _rpc(client.stop)
+    if args.json:
+        print(json.dumps({"step": reply.step, "checkpoint_path": reply.checkpoint_path}))
+    else:
+        print(f"stopped at step {reply.step}; checkpoint {reply.checkpoint_path}")
+    return 0
