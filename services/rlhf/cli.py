@@ -23,6 +23,7 @@ from rlhf.core.errors import UserError
 COMMAND_MODULES = [
     "rlhf.core.commands",
     "rlhf.learner.cli",
+    "rlhf.k8s.cli",
 ]
 
 

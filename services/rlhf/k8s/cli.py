@@ -1,0 +1,177 @@
+"""`rlhf k8s`: render the manifests, and submit, watch and stop training Jobs on a cluster.
+
+    rlhf k8s render --overlay kind | kubectl apply -f -
+    rlhf k8s submit ppo --overlay kind --steps 50
+    rlhf k8s status
+    rlhf k8s logs ppo -f
+    rlhf k8s delete ppo
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from rlhf.k8s import manifests
+from rlhf.k8s.status import format_status, learner_line
+
+# Flags of `rlhf train STAGE` that `submit` turns into the Job's args: (flag, type, help).
+TRAIN_FLAGS = [
+    ("--model", str, "model dir to start from (on the volume)"),
+    ("--data", str, "training data, JSONL (on the volume)"),
+    ("--out", str, "output model dir (on the volume)"),
+    ("--epochs", int, "passes over the data"),
+    ("--lr", float, "learning rate"),
+    ("--batch-size", int, "examples per optimizer step"),
+    ("--max-length", int, "longest example in tokens"),
+    ("--eval-fraction", float, "share of the data held out for evaluation"),
+    ("--seed", int, "random seed"),
+]
+PPO_FLAGS = [
+    ("--model", str, "SFT model dir: the policy starts here"),
+    ("--policy", str, "policy replicas, HOST:PORT[,HOST:PORT...]"),
+    ("--reward", str, "reward service, HOST:PORT"),
+    ("--reference", str, "reference service, HOST:PORT"),
+    ("--prompts", str, "RL prompts, JSONL (on the volume)"),
+    ("--out", str, "run dir: checkpoints, metrics, final policy; the Job resumes from a checkpoint here"),
+    ("--steps", int, "PPO steps"),
+    ("--save-every", int, "checkpoint every N steps"),
+    ("--kl-coef", float, "weight of the per-token KL penalty"),
+    ("--max-new-tokens", int, "longest response sampled"),
+    ("--batch-size", int, "prompts per PPO step"),
+    ("--lr", float, "learning rate"),
+    ("--seed", int, "random seed"),
+    ("--value-model", str, "value model init dir"),
+    ("--port", int, "port of the learner's control API"),
+]
+
+
+def register(commands) -> None:
+    k8s = commands.top.add_parser("k8s", help="run on Kubernetes: render manifests, submit and follow Jobs")
+    sub = k8s.add_subparsers(dest="k8s_command", metavar="COMMAND", required=True)
+
+    render = sub.add_parser("render", help="print an overlay's manifests (kubectl kustomize)")
+    render.add_argument("--overlay", required=True, help="kind, gpu, kind/jobs or gpu/jobs")
+    _manifests_option(render)
+    render.set_defaults(func=cmd_render)
+
+    submit = sub.add_parser("submit", help="create a training Job: sft, rm or ppo")
+    stages = submit.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for stage, flags in (("sft", TRAIN_FLAGS), ("rm", TRAIN_FLAGS), ("ppo", PPO_FLAGS)):
+        p = stages.add_parser(stage, help=f"the {stage} Job; flags not given keep the overlay's values")
+        train = p.add_argument_group(f"rlhf train {stage} flags")
+        for flag, kind, help_text in flags:
+            train.add_argument(flag, type=kind, default=None, help=help_text)
+        p.add_argument("extra", nargs="*", metavar="-- FLAG", help="further `rlhf train` flags, after --")
+        p.add_argument("--overlay", default="kind", help="whose Job to start from: kind or gpu (default kind)")
+        p.add_argument("--name", help=f"Job name (default {stage})")
+        p.add_argument("--image", help="container image (default: the overlay's)")
+        p.add_argument("--dry-run", action="store_true", help="print the Job instead of creating it")
+        _manifests_option(p)
+        _cluster_options(p)
+        p.set_defaults(func=cmd_submit, flags=[f for f, _, _ in flags])
+
+    status = sub.add_parser("status", help="Job and pod phases, and the learner's step")
+    status.add_argument("--learner", help="learner HOST:PORT (default: port-forward to the running learner pod)")
+    status.add_argument("--auth-token-file", help="bearer token for the learner (default: the rlhf-auth Secret)")
+    _cluster_options(status)
+    status.set_defaults(func=cmd_status)
+
+    logs = sub.add_parser("logs", help="print a Job's logs (its newest pod)")
+    logs.add_argument("job", nargs="?", default="ppo", help="Job name (default ppo)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the pod ends")
+    logs.add_argument("--tail", type=int, help="only the last N lines")
+    _cluster_options(logs)
+    logs.set_defaults(func=cmd_logs)
+
+    delete = sub.add_parser("delete", help="delete a Job: its pods get SIGTERM (the learner checkpoints)")
+    delete.add_argument("job", nargs="?", default="ppo", help="Job name (default ppo)")
+    delete.add_argument("--wait", action="store_true", help="return once the Job's pods are gone")
+    delete.add_argument("--timeout", type=float, default=900.0, help="seconds --wait waits at most")
+    _cluster_options(delete)
+    delete.set_defaults(func=cmd_delete)
+
+
+def _manifests_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifests", help="the k8s/ dir (default: this checkout's, or $RLHF_K8S_DIR)")
+
+
+def _cluster_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("cluster")
+    g.add_argument("--namespace", "-n", default="rlhf", help="namespace (default rlhf)")
+    g.add_argument("--kubeconfig", help="kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
+    g.add_argument("--context", help="kubeconfig context (default: its current context)")
+
+
+def _connect(args: argparse.Namespace):
+    from rlhf.k8s.cluster import connect
+
+    cluster = connect(args.kubeconfig, args.context, args.namespace)
+    cluster.check_namespace()
+    return cluster
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    sys.stdout.write(manifests.render(manifests.find_manifests(args.manifests), args.overlay))
+    return 0
+
+
+def build_submitted_job(args: argparse.Namespace):
+    """The V1Job that `submit` creates: the overlay's Job for the stage, with the flags as its args."""
+    template = manifests.job_template(manifests.find_manifests(args.manifests), args.overlay, args.stage)
+    overrides = {flag[2:]: getattr(args, flag[2:].replace("-", "_")) for flag in args.flags}
+    extra = [word for word in args.extra if word != "--"]
+    return manifests.build_job(template, overrides, name=args.name, namespace=args.namespace,
+                               image=args.image, extra=extra)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    job = build_submitted_job(args)
+    if args.dry_run:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(manifests.job_to_dict(job), sort_keys=False))
+        return 0
+    created = _connect(args).create_job(job)
+    name = created.metadata.name
+    print(f"job/{name} created in namespace {args.namespace}; follow it with: rlhf k8s logs {name} -f")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cluster = _connect(args)
+    jobs, pods = cluster.jobs(), cluster.pods()
+    print(format_status(args.namespace, jobs, pods, learner_line(cluster, args.learner, args.auth_token_file)))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    cluster = _connect(args)
+    pod = cluster.newest_job_pod(args.job)
+    waited = 0.0
+    while args.follow and (pod.status and pod.status.phase) == "Pending" and waited < 300:
+        if waited == 0:
+            print(f"waiting for pod {pod.metadata.name} to start...", file=sys.stderr)
+        time.sleep(2.0)
+        waited += 2.0
+        pod = cluster.newest_job_pod(args.job)
+    for line in cluster.logs(pod.metadata.name, follow=args.follow, tail=args.tail):
+        print(line, flush=True)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from rlhf.core.errors import UserError
+
+    cluster = _connect(args)
+    cluster.delete_job(args.job)
+    print(f"job/{args.job} deleted; its pods get SIGTERM (the learner writes a checkpoint before it exits)")
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        while cluster.pods(f"batch.kubernetes.io/job-name={args.job}"):
+            if time.monotonic() > deadline:
+                raise UserError(f"job {args.job}'s pods still exist after {args.timeout:.0f}s")
+            time.sleep(2.0)
+        print(f"job/{args.job}'s pods are gone")
+    return 0

@@ -1,0 +1,139 @@
+"""The kustomize tree under k8s/: find it, render an overlay, and build a training Job from it.
+
+The Jobs that `rlhf k8s submit` creates start from the overlay's rendered Job (k8s/overlays/NAME/jobs),
+so the YAML stays the one source of truth; the CLI only swaps in the args its flags describe.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlhf.core.errors import UserError
+
+STAGES = ("sft", "rm", "ppo")
+PART_OF = "app.kubernetes.io/part-of=rlhf"
+
+
+def find_manifests(explicit: str | None = None) -> Path:
+    """The k8s/ dir: --manifests, else $RLHF_K8S_DIR, else the checkout this package runs from, else ./k8s."""
+    candidates = [explicit] if explicit else [
+        os.environ.get("RLHF_K8S_DIR"),
+        Path(__file__).resolve().parents[3] / "k8s",  # services/rlhf/k8s/ -> repository root
+        Path.cwd() / "k8s",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "overlays").is_dir():
+            return Path(candidate)
+    where = explicit or "the repository"
+    raise UserError(f"no k8s manifests (k8s/overlays) found in {where}: run from a checkout or pass --manifests DIR")
+
+
+def overlays(root: Path) -> list[str]:
+    """Overlay names, as paths under k8s/overlays: kind, kind/jobs, gpu, gpu/jobs, ..."""
+    base = root / "overlays"
+    return sorted(str(p.parent.relative_to(base)) for p in base.rglob("kustomization.yaml"))
+
+
+def render(root: Path, overlay: str) -> str:
+    """The overlay's manifests as multi-document YAML, rendered by `kubectl kustomize` (or `kustomize build`)."""
+    known = overlays(root)
+    if overlay not in known:
+        raise UserError(f"unknown overlay {overlay!r}; choose from: {', '.join(known)}")
+    path = str(root / "overlays" / overlay)
+    if shutil.which("kubectl"):
+        command = ["kubectl", "kustomize", path]
+    elif shutil.which("kustomize"):
+        command = ["kustomize", "build", path]
+    else:
+        raise UserError("rendering needs kubectl (or kustomize) on PATH")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
+        raise UserError(f"{' '.join(command[:2])} {overlay} failed: {first}")
+    return done.stdout
+
+
+def load_documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def job_template(root: Path, overlay: str, stage: str) -> dict[str, Any]:
+    """The overlay's Job for a stage (sft, rm or ppo), as rendered from k8s/overlays/OVERLAY/jobs."""
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r}; choose from: {', '.join(STAGES)}")
+    jobs_overlay = overlay if overlay.endswith("jobs") else f"{overlay}/jobs"
+    for doc in load_documents(render(root, jobs_overlay)):
+        if doc.get("kind") == "Job" and doc["metadata"].get("labels", {}).get("rlhf.io/stage") == stage:
+            return doc
+    raise UserError(f"overlay {jobs_overlay} has no Job labelled rlhf.io/stage={stage}")
+
+
+def merge_args(args: list[str], overrides: dict[str, Any], extra: list[str] | None = None) -> list[str]:
+    """Replace or add `--flag=value` options in a command line.
+
+    `args` is a subcommand (leading words) then options, each `--flag=value`, `--flag value` or a bare
+    `--flag`. An override of True writes a bare `--flag`, False removes the flag, None leaves it alone.
+    `extra` words go last, unparsed, for flags this CLI doesn't know by name.
+    """
+    words: list[str] = []
+    options: dict[str, str | None] = {}
+    i = 0
+    while i < len(args) and not args[i].startswith("--"):
+        words.append(args[i])
+        i += 1
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"expected an option, got {arg!r} in {args}")
+        name, sep, value = arg[2:].partition("=")
+        if not sep and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value, sep, i = args[i + 1], "=", i + 1
+        options[name] = value if sep else None
+        i += 1
+    for name, value in overrides.items():
+        flag = name.replace("_", "-")
+        if value is None:
+            continue
+        if value is False:
+            options.pop(flag, None)
+        else:
+            options[flag] = None if value is True else str(value)
+    merged = words + [f"--{k}" if v is None else f"--{k}={v}" for k, v in options.items()]
+    return merged + list(extra or [])
+
+
+def build_job(
+    template: dict[str, Any],
+    overrides: dict[str, Any],
+    *,
+    name: str | None = None,
+    namespace: str | None = None,
+    image: str | None = None,
+    extra: list[str] | None = None,
+):
+    """A kubernetes.client V1Job from a rendered Job, with its args, name, namespace and image replaced."""
+    from kubernetes import client
+
+    job = client.V1Job.from_dict(template)
+    container = job.spec.template.spec.containers[0]
+    container.args = merge_args(container.args or [], overrides, extra)
+    if image:
+        container.image = image
+    if name:
+        job.metadata.name = name
+    if namespace:
+        job.metadata.namespace = namespace
+    return job
+
+
+def job_to_dict(job) -> dict[str, Any]:
+    """The Job as the API server receives it (camelCase keys, no unset fields)."""
+    from kubernetes import client
+
+    return client.ApiClient().sanitize_for_serialization(job)

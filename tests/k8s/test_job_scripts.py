@@ -1,0 +1,116 @@
+"""The shell inside the Jobs, run here with stand-ins for `rlhf` and `tini` on PATH.
+
+- The ppo Job adds --resume exactly when --out holds a complete checkpoint, so deleting the Job and
+  creating it again continues the run, while the first run starts fresh.
+- The kind setup Job publishes each model dir whole (DIR.tmp, then a rename), and a retry skips
+  what is done.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rlhf.k8s.manifests import merge_args
+from tests.k8s.manifests import main_container, needs_kubectl, of_kind, rendered
+
+pytestmark = needs_kubectl
+
+FAKE_TINI = """#!/bin/sh
+# stand-in for `tini -- COMMAND`: print COMMAND, one word a line
+shift
+printf '%s\\n' "$@"
+"""
+
+# Stand-in for `rlhf`: logs its command line, fails when told to, else writes what the real
+# command would leave in --out (the last argument).
+FAKE_RLHF = """#!/bin/sh
+echo "$*" >> "$CALLS"
+case "$*" in *"$FAIL_ON"*) [ -n "$FAIL_ON" ] && exit 3 ;; esac
+for out; do :; done
+mkdir -p "$out"
+case "$*" in
+  "data synth"*) touch "$out/sft.jsonl" "$out/preferences.jsonl" "$out/prompts.jsonl" ;;
+  *) echo '{}' > "$out/config.json" ;;
+esac
+"""
+
+
+def write_script(directory: Path, name: str, text: str) -> None:
+    path = directory / name
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+@pytest.fixture
+def fake_bin(tmp_path) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_script(bin_dir, "tini", FAKE_TINI)
+    write_script(bin_dir, "rlhf", FAKE_RLHF)
+    return bin_dir
+
+
+def run_container(container: dict, fake_bin: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        container["command"] + container.get("args", []),
+        env={"PATH": f"{fake_bin}:{os.environ['PATH']}", **env},
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+
+
+@pytest.mark.parametrize("overlay", ["kind/jobs", "gpu/jobs"])
+def test_the_ppo_job_resumes_only_from_a_complete_checkpoint(overlay, fake_bin, tmp_path):
+    container = dict(main_container(of_kind(rendered(overlay), "Job")["ppo"]))
+    out = tmp_path / "run"
+    container["args"] = merge_args(container["args"], {"out": str(out)})
+    expected = ["rlhf", *container["args"]]
+
+    first = run_container(container, fake_bin)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split("\n")[:-1] == expected  # a fresh run: no --resume
+
+    (out / "checkpoints" / ".tmp-step-000005-7").mkdir(parents=True)  # a save cut short
+    assert run_container(container, fake_bin).stdout.split("\n")[:-1] == expected
+
+    step = out / "checkpoints" / "step-000005"
+    step.mkdir()
+    (step / "trainer_state.pt").write_bytes(b"")
+    again = run_container(container, fake_bin)
+    assert again.stdout.split("\n")[:-1] == [*expected, "--resume"]
+
+
+def setup_container(data: Path) -> dict:
+    """The kind setup Job's container, pointed at a temporary dir instead of the volume."""
+    container = dict(main_container(of_kind(rendered("kind"), "Job")["setup"]))
+    container["args"] = [re.sub(r"/data(?=/|\s|$)", str(data), container["args"][0])]
+    return container
+
+
+def test_the_setup_job_publishes_whole_dirs_and_a_retry_skips_what_is_done(fake_bin, tmp_path):
+    data, calls = tmp_path / "data", tmp_path / "calls"
+    container = setup_container(data)
+
+    failed = run_container(container, fake_bin, CALLS=str(calls), FAIL_ON="train rm")
+    assert failed.returncode != 0
+    assert (data / "models" / "sft" / "config.json").exists()
+    assert not (data / "models" / "rm").exists()  # nothing half-made where a server would look
+    assert [line.split(" --out ")[0].split()[:3] for line in calls.read_text().splitlines()] == [
+        ["data", "synth"], ["tiny-model"], ["train", "sft", "--model"], ["train", "rm", "--model"],
+    ]
+
+    calls.unlink()
+    retried = run_container(container, fake_bin, CALLS=str(calls), FAIL_ON="")
+    assert retried.returncode == 0, retried.stderr
+    assert calls.read_text().splitlines() == [
+        f"train rm --model {data}/models/sft --data {data}/datasets/preferences.jsonl --epochs 1 "
+        f"--out {data}/models/rm.tmp"
+    ]
+    assert (data / "models" / "rm" / "config.json").exists()
+    assert not list(data.rglob("*.tmp"))
+    assert sorted(p.name for p in (data / "datasets").iterdir()) == ["preferences.jsonl", "prompts.jsonl", "sft.jsonl"]
