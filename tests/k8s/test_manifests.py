@@ -201,3 +201,18 @@ def test_everything_lands_in_the_rlhf_namespace(overlay):
     for doc in rendered(overlay):
         if doc["kind"] != "Namespace":
             assert doc["metadata"].get("namespace") == "rlhf", (doc["kind"], doc["metadata"]["name"])
+
+
+@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
+def test_every_grpc_hop_uses_the_token_from_the_auth_secret(overlay):
+    docs = rendered(overlay) + rendered(f"{overlay}/jobs")
+    deployments, jobs = of_kind(docs, "Deployment"), of_kind(docs, "Job")
+    # (workload, flag): servers check the token; the learner checks it and sends it; policy sends it to the learner
+    hops = [(deployments[n], "--auth-token-file") for n in SERVERS] + [
+        (jobs["ppo"], "--auth-token-file"), (deployments["policy"], "--learner-auth-token-file")]
+    for workload, flag in hops:
+        path = next(a.split("=", 1)[1] for a in main_container(workload)["args"] if a.startswith(f"{flag}="))
+        mounts = {m["name"]: m["mountPath"] for m in main_container(workload)["volumeMounts"]}
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod_spec(workload)["volumes"] if "secret" in v}
+        assert any(secrets.get(name) == "rlhf-auth" and path == f"{mount}/token" for name, mount in mounts.items()), (
+            workload["metadata"]["name"], flag)
