@@ -22,6 +22,8 @@ from rlhf.core.errors import UserError
 # Packages that contribute commands, in --help order.
 COMMAND_MODULES = [
     "rlhf.core.commands",
+    "rlhf.policy.cli",
+    "rlhf.reference.cli",
     "rlhf.learner.cli",
     "rlhf.k8s.cli",
 ]

@@ -157,3 +157,9 @@ def _tightest_window(items: list[_Pending], must_include: int, size: int) -> lis
     last = min(must_include, len(items) - size)
     best = min(range(first, last + 1), key=lambda s: items[s + size - 1].length - items[s].length)
     return items[best : best + size]
+
+
+def by_length_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Indices sorted by length, cut into chunks of `size`: in-process batches with little padding."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[s : s + size] for s in range(0, len(order), size)]

@@ -111,3 +111,38 @@ def context_length(config) -> int:
 
 def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def describe_model(model: torch.nn.Module, tokenizer, path: str | os.PathLike, **fields):
+    """An rlhf.v1.ModelInfo for a loaded model; `fields` fills the service-specific rest
+    (weights_version, max_batch_size, max_items_per_request)."""
+    from rlhf.v1 import common_pb2
+
+    parameter = next(model.parameters())
+    return common_pb2.ModelInfo(
+        model_name=Path(path).name or str(path),
+        parameter_count=parameter_count(model),
+        dtype=str(parameter.dtype).removeprefix("torch."),
+        device=str(parameter.device),
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        max_context=context_length(model.config),
+        model_version=model_dir_version(path),
+        vocab_size=model.get_input_embeddings().num_embeddings,
+        **fields,
+    )
+
+
+def save_model_dir(model: torch.nn.Module, tokenizer, out: str | os.PathLike) -> Path:
+    """Write model + tokenizer as a standard Hugging Face dir, atomically: to `out.tmp`, then renamed."""
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

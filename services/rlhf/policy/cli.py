@@ -1,0 +1,110 @@
+"""Commands: `rlhf train sft`, `rlhf serve policy`, `rlhf generate`."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_PORT = 50052
+
+
+def register(commands) -> None:
+    from rlhf.core.client import ClientOptions
+    from rlhf.core.server import ServerOptions
+
+    sft = commands.train.add_parser("sft", help="supervised fine-tuning on prompt-response pairs")
+    sft.add_argument("--model", required=True, help="pretrained causal LM dir (any Hugging Face model dir)")
+    sft.add_argument("--data", required=True, help='JSONL, one {"prompt", "response"} per line ("completion" works)')
+    sft.add_argument("--out", required=True, help="model dir to write (with its tokenizer)")
+    sft.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1: more overfits)")
+    sft.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate, decayed linearly (default 5e-5)")
+    sft.add_argument("--batch-size", type=int, default=16, help="pairs per step (default 16)")
+    sft.add_argument("--max-length", type=int, default=512,
+                     help="longest prompt + response in tokens; longer pairs lose the start of the prompt")
+    sft.add_argument("--eval-fraction", type=float, default=0.05, help="share held out for the eval loss")
+    sft.add_argument("--seed", type=int, default=0)
+    sft.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    sft.set_defaults(func=_train_sft)
+
+    serve = commands.serve.add_parser("policy", help="serve pi_RL: Generate, UpdateWeights, GetModelInfo")
+    serve.add_argument("--model", required=True, help="causal LM dir to serve (usually the SFT model)")
+    serve.add_argument("--learner", default=None,
+                       help="learner HOST:PORT: pull its current weights at start (replicas added mid-run)")
+    serve.add_argument("--learner-auth-token-file", default=None, help="bearer token for the learner, if it wants one")
+    serve.add_argument("--max-batch-size", type=int, default=32, help="most samples decoded together (default 32)")
+    serve.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a request waits for a batch to fill")
+    serve.add_argument("--max-items-per-request", type=int, default=1024, help="most prompts x n in one request")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    serve.add_argument("--dtype", default="float32",
+                       help="auto, float32, bfloat16 or float16 (default float32: what the learner sends)")
+    ServerOptions.add_arguments(serve, default_port=DEFAULT_PORT)
+    serve.set_defaults(func=_serve)
+
+    gen = commands.top.add_parser("generate", help="sample responses from a policy service")
+    gen.add_argument("--target", required=True, help="policy service HOST:PORT")
+    gen.add_argument("--prompt", required=True, help="prompt text (tokenized by the service)")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0, help="0: off")
+    gen.add_argument("--seed", type=int, default=None, help="same seed and weights give the same samples")
+    gen.add_argument("--n", type=int, default=1, help="samples for the prompt")
+    gen.add_argument("--ignore-eos", action="store_true", help="keep sampling after EOS")
+    gen.add_argument("--json", action="store_true", help="one JSON object per sample")
+    ClientOptions.add_arguments(gen)
+    gen.set_defaults(func=_generate)
+
+
+def _train_sft(args: argparse.Namespace) -> int:
+    from rlhf.policy.sft import SFTConfig, train_sft
+
+    result = train_sft(SFTConfig(
+        model=args.model, data=args.data, out=args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        max_length=args.max_length, eval_fraction=args.eval_fraction, seed=args.seed, device=args.device,
+    ))
+    print(f"eval loss (response tokens, {result.eval_examples} held-out pairs): "
+          f"{result.eval_loss_before:.4f} -> {result.eval_loss_after:.4f}")
+    print(f"wrote {result.out}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rlhf.core.server import ServerOptions, serve
+    from rlhf.policy.service import PolicyService, PolicyServiceConfig
+
+    config = PolicyServiceConfig(
+        model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, max_items_per_request=args.max_items_per_request, learner=args.learner,
+        learner_auth_token_file=args.learner_auth_token_file,
+    )
+    return serve(PolicyService(config), ServerOptions.from_args(args))
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import json
+
+    import grpc
+
+    from rlhf.core.client import ClientOptions, describe_rpc_error
+    from rlhf.core.errors import UserError
+    from rlhf.core.types import GenerationParams
+    from rlhf.policy.client import PolicyClient
+
+    params = GenerationParams(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        seed=args.seed, n=args.n, ignore_eos=args.ignore_eos,
+    )
+    with PolicyClient(args.target, ClientOptions.from_args(args)) as policy:
+        try:
+            samples = policy.generate([args.prompt], params)
+        except grpc.RpcError as err:
+            raise UserError(describe_rpc_error(err)) from None
+    for sample in samples:
+        if args.json:
+            print(json.dumps({
+                "response": sample.response_text, "prompt_token_ids": sample.prompt_token_ids,
+                "response_token_ids": sample.response_token_ids, "logprobs": sample.logprobs,
+                "finish_reason": sample.finish_reason, "weights_version": sample.weights_version,
+            }))
+        else:
+            print(sample.response_text)
+    return 0

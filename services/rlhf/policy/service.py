@@ -1,0 +1,146 @@
+"""rlhf.v1.PolicyInference: Generate with dynamic batching, UpdateWeights, GetModelInfo.
+
+    rlhf serve policy --model models/sft --port 50052 [--learner localhost:50054]
+
+Rows from concurrent Generate calls share model batches when their sampling settings match.
+UpdateWeights checks the whole stream against the model before it swaps anything in, and the
+swap runs on the batcher's model thread between batches, so no Generate mixes two versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import Counter
+
+from rlhf.core.batching import BatcherClosed, DynamicBatcher
+from rlhf.core.checks import InvalidRequest
+from rlhf.core.client import BaseClient, ClientOptions
+from rlhf.core.errors import UserError
+from rlhf.core.security import read_secret
+from rlhf.core.weights import WeightStreamAssembler, WeightStreamError
+from rlhf.policy.convert import params_from_proto, prompts_from_proto, sample_to_proto
+from rlhf.policy.model import PolicyModel, Row, RowResult
+from rlhf.v1 import learner_pb2, learner_pb2_grpc, policy_pb2, policy_pb2_grpc
+
+log = logging.getLogger("rlhf.policy")
+
+GENERATED_TOKENS = Counter("rlhf_generated_tokens", "Response tokens sampled by the policy service")
+
+
+@dataclass
+class PolicyServiceConfig:
+    model: str
+    device: str = "auto"
+    dtype: str = "float32"  # float32 keeps log-probs comparable with the reference and the learner
+    max_batch_size: int = 32
+    max_wait_ms: float = 10.0
+    max_items_per_request: int = 1024  # prompts x n
+    learner: str | None = None  # HOST:PORT to pull the current weights from at start
+    learner_auth_token_file: str | None = None
+    learner_timeout: float = 300.0
+
+
+def pull_weights(target: str, policy: PolicyModel, token: str | None, timeout: float) -> tuple[int, dict]:
+    """(version, state dict) from the learner's GetWeights stream, checked against the model."""
+    with BaseClient(target, ClientOptions(timeout=timeout, auth_token=token)) as learner:
+        stream = learner_pb2_grpc.LearnerStub(learner.channel).GetWeights(
+            learner_pb2.GetWeightsRequest(), **learner.call_kwargs()
+        )
+        assembler = WeightStreamAssembler(policy.specs)
+        for chunk in stream:
+            assembler.add(chunk)
+        return assembler.finish()
+
+
+class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
+    name = "policy"
+    service_names = ("rlhf.v1.PolicyInference",)
+
+    def __init__(self, config: PolicyServiceConfig):
+        self.config = config
+        self.policy: PolicyModel | None = None
+        self.batcher: DynamicBatcher[Row, RowResult] | None = None
+
+    # -- bootstrap hooks ------------------------------------------------------------------------
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        policy_pb2_grpc.add_PolicyInferenceServicer_to_server(self, server)
+
+    async def load(self) -> None:
+        c = self.config
+        self.policy = await asyncio.to_thread(PolicyModel, c.model, c.device, c.dtype)
+        self.batcher = DynamicBatcher(
+            self.policy.generate_rows, name="policy", max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
+            length_of=lambda row: len(row.prompt_ids), group_of=lambda row: row.settings,
+        )
+        if c.learner:
+            await self._pull_from_learner()
+        log.info("policy loaded", extra={"model": c.model, "weights_version": self.policy.version,
+                                         "device": str(self.policy.model.device)})
+
+    async def _pull_from_learner(self) -> None:
+        """A replica that starts mid-run takes the learner's current weights before it serves.
+
+        An unreachable learner is not fatal: the replica serves the model dir as version 0, and
+        the learner pushes its weights when it (re)starts or sees the stale version.
+        """
+        c = self.config
+        token = read_secret(c.learner_auth_token_file)
+        try:
+            version, tensors = await asyncio.to_thread(pull_weights, c.learner, self.policy, token, c.learner_timeout)
+        except grpc.RpcError as err:
+            log.warning("could not pull weights from the learner; serving the model dir as version 0",
+                        extra={"learner": c.learner, "code": err.code().name, "details": err.details()})
+            return
+        except WeightStreamError as err:
+            raise UserError(f"the learner at {c.learner} sent weights that do not fit {c.model}: {err}") from err
+        self.policy.apply_weights(tensors, version)
+        log.info("pulled weights from the learner", extra={"learner": c.learner, "weights_version": version})
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+
+    # -- RPCs -----------------------------------------------------------------------------------
+
+    async def Generate(self, request: policy_pb2.GenerateRequest, context) -> policy_pb2.GenerateResponse:
+        try:
+            rows = self.policy.rows(prompts_from_proto(request.prompts), params_from_proto(request.params),
+                                    self.config.max_items_per_request)
+        except InvalidRequest as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        try:
+            results = await self.batcher.submit(rows)
+        except BatcherClosed as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        except Exception as err:  # noqa: BLE001 - a model failure is the server's fault, not the caller's
+            log.exception("generation failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {type(err).__name__}: {err}")
+        GENERATED_TOKENS.inc(sum(len(r.token_ids) for r in results))
+        samples = self.policy.samples(rows, results)
+        return policy_pb2.GenerateResponse(samples=[sample_to_proto(s) for s in samples])
+
+    async def UpdateWeights(self, request_iterator, context) -> policy_pb2.UpdateWeightsResponse:
+        assembler = WeightStreamAssembler(self.policy.specs)
+        try:
+            async for chunk in request_iterator:
+                assembler.add(chunk)
+            version, tensors = assembler.finish()
+        except WeightStreamError as err:
+            log.warning("weight stream refused", extra={"code": err.code.name, "reason": str(err)})
+            await context.abort(err.code, str(err))
+        await self.batcher.run_exclusive(functools.partial(self.policy.apply_weights, tensors, version))
+        log.info("weights updated", extra={"weights_version": version, "tensors": len(tensors),
+                                           "bytes": assembler.bytes_received})
+        return policy_pb2.UpdateWeightsResponse(
+            weights_version=version, tensors_updated=len(tensors), bytes_received=assembler.bytes_received
+        )
+
+    async def GetModelInfo(self, request, context):
+        c = self.config
+        return self.policy.info(max_batch_size=c.max_batch_size, max_items_per_request=c.max_items_per_request)

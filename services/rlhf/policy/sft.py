@@ -1,0 +1,181 @@
+"""Supervised fine-tuning: a pretrained causal LM learns to continue prompts with demonstrated responses.
+
+    rlhf train sft --model models/base --data data/sft.jsonl --out models/sft [--epochs 1 --lr 5e-5]
+
+Each JSONL line is {"prompt", "response"} ("completion" is accepted for "response"). The loss
+is next-token cross-entropy on the response tokens only: prompt and padding positions get the
+label -100 and drop out. Prompt and response are tokenized separately, EOS closes the response,
+and over-long pairs keep the whole response and the end of the prompt (rlhf.core.text), the
+same ids the policy service and the learner see. One epoch by default, because more overfits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhf.core.errors import UserError
+from rlhf.core.text import Encoded, encode_pair
+
+log = logging.getLogger("rlhf.sft")
+
+IGNORE = -100  # label of positions that do not count towards the loss
+
+
+@dataclass
+class SFTConfig:
+    model: str  # pretrained causal LM dir (or a cached Hub name)
+    data: str  # JSONL of {"prompt", "response"}
+    out: str  # where the tuned model dir (with its tokenizer) is written
+    epochs: int = 1  # passes over the training split; more overfits
+    lr: float = 5e-5  # AdamW learning rate, decayed linearly to 0
+    batch_size: int = 16  # pairs per optimizer step
+    max_length: int = 512  # longest prompt + response in tokens (capped at the model context)
+    eval_fraction: float = 0.05  # share of pairs held out for the eval loss
+    seed: int = 0  # split, shuffling and dropout
+    device: str = "auto"  # auto, cpu, cuda, mps
+    max_grad_norm: float = 1.0  # gradient clipping
+
+
+@dataclass
+class SFTResult:
+    out: Path
+    train_examples: int
+    eval_examples: int
+    eval_loss_before: float  # mean response-token loss on the held-out pairs, before training
+    eval_loss_after: float
+    train_loss: float  # mean over the last epoch's batches
+
+
+def load_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """(prompt, response) pairs from JSONL; a bad line is a one-line error naming it."""
+    pairs = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from err
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{number}: not JSON ({err.msg})") from err
+        response = row.get("response", row.get("completion")) if isinstance(row, dict) else None
+        if not isinstance(response, str) or not isinstance(row.get("prompt"), str):
+            raise UserError(f'{path}:{number}: expected string fields "prompt" and "response" (or "completion")')
+        pairs.append((row["prompt"], response))
+    if not pairs:
+        raise UserError(f"{path} holds no examples")
+    return pairs
+
+
+def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (B, T) input_ids, attention_mask, and labels with -100 on prompt and padding."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for row, e in enumerate(examples):
+        p, n = len(e.prompt_ids), len(e.input_ids)
+        input_ids[row, :n] = torch.tensor(e.input_ids)
+        attention_mask[row, :n] = 1
+        labels[row, p:n] = torch.tensor(e.response_ids)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def response_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the labelled (response) tokens, and how many there are."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    targets = batch["labels"][:, 1:]  # the token at t+1 is predicted by the logits at t
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+    return loss, int((targets != IGNORE).sum())
+
+
+@torch.no_grad()
+def eval_loss(model: torch.nn.Module, examples: Sequence[Encoded], pad_id: int, batch_size: int) -> float:
+    """Mean loss per response token over examples (nan when there are none)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
+        loss, n = response_loss_sum(model, batch)
+        total, count = total + float(loss), count + n
+    model.train(was_training)
+    return total / count if count else math.nan
+
+
+def split(examples: list[Encoded], eval_fraction: float, seed: int) -> tuple[list[Encoded], list[Encoded]]:
+    shuffled = examples[:]
+    random.Random(seed).shuffle(shuffled)
+    n_eval = min(len(shuffled) - 1, round(len(shuffled) * eval_fraction)) if eval_fraction > 0 else 0
+    return shuffled[n_eval:], shuffled[:n_eval]
+
+
+def train_sft(config: SFTConfig, progress: bool = True) -> SFTResult:
+    from tqdm.auto import tqdm
+
+    from rlhf.core.modeling import (
+        context_length,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_device,
+        save_model_dir,
+    )
+
+    if config.epochs < 1 or config.batch_size < 1 or not 0 <= config.eval_fraction < 1:
+        raise UserError("need --epochs >= 1, --batch-size >= 1 and 0 <= --eval-fraction < 1")
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    tokenizer = load_tokenizer(config.model)
+    model = load_causal_lm(config.model, device, torch.float32)
+    max_length = min(config.max_length, context_length(model.config))
+    examples = [encode_pair(tokenizer, p, r, max_length) for p, r in load_pairs(config.data)]
+    train, held_out = split(examples, config.eval_fraction, config.seed)
+    pad_id = tokenizer.pad_token_id
+
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
+    before = eval_loss(model, held_out, pad_id, config.batch_size)
+    log.info("sft start", extra={"train": len(train), "eval": len(held_out), "steps": total_steps,
+                                 "eval_loss": before})
+
+    order = torch.Generator().manual_seed(config.seed)
+    model.train()
+    bar = tqdm(total=total_steps, desc="sft", unit="step", disable=not progress)
+    epoch_losses: list[float] = []
+    for _epoch in range(config.epochs):
+        permutation = torch.randperm(len(train), generator=order).tolist()
+        epoch_losses = []
+        for start in range(0, len(train), config.batch_size):
+            batch = collate([train[i] for i in permutation[start : start + config.batch_size]], pad_id)
+            loss_sum, n_tokens = response_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+            loss = loss_sum / max(n_tokens, 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            epoch_losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}")
+    bar.close()
+    model.eval()
+    after = eval_loss(model, held_out, pad_id, config.batch_size)
+    out = save_model_dir(model, tokenizer, config.out)
+    result = SFTResult(out, len(train), len(held_out), before, after, sum(epoch_losses) / len(epoch_losses))
+    log.info("sft done", extra={"out": str(out), "eval_loss_before": before, "eval_loss_after": after})
+    return result

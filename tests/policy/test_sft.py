@@ -1,0 +1,72 @@
+"""SFT: only response tokens count, and training on the synthetic task teaches its responses."""
+
+import json
+
+import pytest
+import torch
+
+from rlhf.core.logprobs import response_logprobs
+from rlhf.core.synthetic import topic_of
+from rlhf.core.text import Encoded
+from rlhf.policy.sft import IGNORE, SFTConfig, collate, load_pairs, response_loss_sum, train_sft
+
+EXAMPLES = [Encoded([10, 11, 12], [20, 21, 0]), Encoded([13], [22, 0])]
+
+
+def test_collate_masks_prompt_and_padding_out_of_the_labels():
+    batch = collate(EXAMPLES, pad_id=1)
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 20, 21, 0], [13, 22, 0, 1, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
+    assert batch["labels"].tolist() == [
+        [IGNORE, IGNORE, IGNORE, 20, 21, 0],
+        [IGNORE, 22, 0, IGNORE, IGNORE, IGNORE],
+    ]
+
+
+def test_loss_is_the_response_tokens_negative_log_likelihood(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        loss, count = response_loss_sum(model, collate(EXAMPLES, pad_id=1))
+        logprobs, mask = response_logprobs(model, [e.prompt_ids for e in EXAMPLES],
+                                           [e.response_ids for e in EXAMPLES], pad_id=1)
+    assert count == 5
+    assert loss.item() == pytest.approx(-(logprobs * mask).sum().item(), abs=1e-4)
+
+
+def test_completion_is_accepted_for_response_and_bad_lines_are_named(tmp_path):
+    from rlhf.core.errors import UserError
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"prompt": "a", "completion": " b"}\n\n{"prompt": "c", "response": " d"}\n')
+    assert load_pairs(data) == [("a", " b"), ("c", " d")]
+    data.write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "c"}\n')
+    with pytest.raises(UserError, match=r"sft.jsonl:2: expected"):
+        load_pairs(data)
+
+
+@pytest.mark.slow
+def test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss(tiny_model_dir, synth_dir, tmp_path):
+    rows = (synth_dir / "sft.jsonl").read_text().splitlines()[:320]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    result = train_sft(SFTConfig(model=str(tiny_model_dir), data=str(data), out=str(tmp_path / "sft"), lr=2e-3,
+                                 batch_size=16, eval_fraction=0.2, device="cpu"), progress=False)
+    assert (result.train_examples, result.eval_examples) == (256, 64)
+    assert result.eval_loss_after < 0.6 * result.eval_loss_before
+    assert (tmp_path / "sft" / "config.json").is_file() and (tmp_path / "sft" / "tokenizer.json").is_file()
+    assert not (tmp_path / "sft.tmp").exists()
+
+
+def taught_examples(synth_dir, count: int = 4) -> list[dict]:
+    """The first synthetic SFT rows with distinct topics: a small set a tiny model can learn exactly."""
+    taught, topics = [], set()
+    for line in (synth_dir / "sft.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if topic_of(row["prompt"]) not in topics:
+            topics.add(topic_of(row["prompt"]))
+            taught.append(row)
+        if len(taught) == count:
+            return taught
+    raise AssertionError("not enough distinct topics")
