@@ -121,6 +121,8 @@ def test_every_container_has_requests_and_limits(overlay):
 def test_the_gpu_overlay_gives_each_model_holding_pod_a_gpu():
     holders = [*of_kind(rendered("gpu"), "Deployment").values(), *of_kind(rendered("gpu/jobs"), "Job").values()]
     assert sorted(w["metadata"]["name"] for w in holders) == ["policy", "ppo", "reference", "reward", "rm", "sft"]
+    # a real pretrained model, copied onto the volume, not the tiny one kind makes
+    assert "--model=/data/models/base" in main_container(of_kind(rendered("gpu/jobs"), "Job")["sft"])["args"]
     for workload in holders:
         spec, resources = pod_spec(workload), main_container(workload)["resources"]
         assert resources["limits"]["nvidia.com/gpu"] == "1" == resources["requests"]["nvidia.com/gpu"]

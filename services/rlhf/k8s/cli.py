@@ -13,8 +13,10 @@ import argparse
 import sys
 import time
 
+import yaml
+
+from rlhf.core.errors import UserError
 from rlhf.k8s import manifests
-from rlhf.k8s.status import format_status, learner_line
 
 # Flags of `rlhf train STAGE` that `submit` turns into the Job's args: (flag, type, help).
 TRAIN_FLAGS = [
@@ -129,8 +131,6 @@ def build_submitted_job(args: argparse.Namespace):
 def cmd_submit(args: argparse.Namespace) -> int:
     job = build_submitted_job(args)
     if args.dry_run:
-        import yaml
-
         sys.stdout.write(yaml.safe_dump(manifests.job_to_dict(job), sort_keys=False))
         return 0
     created = _connect(args).create_job(job)
@@ -140,6 +140,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from rlhf.k8s.status import format_status, learner_line
+
     cluster = _connect(args)
     jobs, pods = cluster.jobs(), cluster.pods()
     print(format_status(args.namespace, jobs, pods, learner_line(cluster, args.learner, args.auth_token_file)))
@@ -162,14 +164,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from rlhf.core.errors import UserError
-
     cluster = _connect(args)
     cluster.delete_job(args.job)
     print(f"job/{args.job} deleted; its pods get SIGTERM (the learner writes a checkpoint before it exits)")
     if args.wait:
         deadline = time.monotonic() + args.timeout
-        while cluster.pods(f"batch.kubernetes.io/job-name={args.job}"):
+        while cluster.job_pods(args.job):
             if time.monotonic() > deadline:
                 raise UserError(f"job {args.job}'s pods still exist after {args.timeout:.0f}s")
             time.sleep(2.0)

@@ -33,7 +33,7 @@ def connect(kubeconfig: str | None, context: str | None, namespace: str) -> Clus
     configuration = client.Configuration()
     configuration.retries = 1
     paths = kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
-    found = [p for p in paths.split(os.pathsep) if p and Path(p).expanduser().is_file()]
+    found = [str(Path(p).expanduser()) for p in paths.split(os.pathsep) if p and Path(p).expanduser().is_file()]
     try:
         if found:
             contexts = [c["name"] for c in config.list_kube_config_contexts(os.pathsep.join(found))[0]]
@@ -132,8 +132,11 @@ class Cluster:
             ).items
         return sorted(items, key=lambda p: (p.metadata.creation_timestamp or 0, p.metadata.name))
 
+    def job_pods(self, job: str) -> list:
+        return self.pods(f"{JOB_NAME_LABEL}={job}")
+
     def newest_job_pod(self, job: str):
-        pods = self.pods(f"{JOB_NAME_LABEL}={job}")
+        pods = self.job_pods(job)
         if not pods:
             raise UserError(f"job {job} has no pods in namespace {self.namespace} (rlhf k8s status)")
         return pods[-1]
