@@ -8,10 +8,11 @@ import torch
 
 from rlhf.core.server import ServerOptions, ServerThread
 from rlhf.core.types import GenerationParams
-from rlhf.core.weights import weight_chunks
+from rlhf.core.weights import serialized_weight_chunks, weight_chunks
 from rlhf.policy.client import PolicyClient
 from rlhf.policy.service import PolicyService, PolicyServiceConfig
 from rlhf.v1 import learner_pb2_grpc
+from rlhf.v1.common_pb2 import WeightChunk
 
 EOS = 0  # the tiny tokenizer's EOS id
 GREEDY = GenerationParams(max_new_tokens=6, temperature=0)
@@ -72,6 +73,16 @@ def test_truncated_stream_is_refused_and_the_old_version_keeps_serving(policy, o
     error = refused(policy, list(weight_chunks(original, version=3, chunk_bytes=64 * 1024))[:5] + chunks[-1:])
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "incomplete" in error.details()
     assert generated(policy) == before and policy.model_info().weights_version == 0
+    # the refused streams left bytes in the receive area; a whole stream still lands intact
+    policy.update_weights(eos_weights(original), version=3)
+    assert generated(policy) == ([EOS], 3)
+
+
+def test_serialized_chunks_parse_as_the_codecs_messages(original):
+    """The client appends each chunk's data field by hand; the receiver must see the very same messages."""
+    state = {**eos_weights(original), "empty": torch.zeros(0), "ids": torch.arange(300), "half": torch.ones(9).half()}
+    by_hand = [WeightChunk.FromString(b) for b in serialized_weight_chunks(state, version=9, chunk_bytes=100)]
+    assert by_hand == list(weight_chunks(state, version=9, chunk_bytes=100))
 
 
 def test_sender_dying_mid_stream_changes_nothing(policy, original):

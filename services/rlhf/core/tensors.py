@@ -41,10 +41,15 @@ def parse_dtype(name: str) -> torch.dtype:
         raise TensorDecodeError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
 
 
+def byte_view(tensor: torch.Tensor) -> memoryview:
+    """The tensor's contents as little-endian raw bytes; no copy for a contiguous CPU tensor."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
     """The tensor's contents as little-endian raw bytes (CPU, contiguous)."""
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().tobytes()
+    return byte_view(tensor).tobytes()
 
 
 def bytes_to_tensor(data: bytes | bytearray | memoryview, dtype: torch.dtype, shape: Sequence[int]) -> torch.Tensor:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import grpc
 import torch
 
-from rlhf.core.tensors import TensorDecodeError, bytes_to_tensor, dtype_name, parse_dtype, tensor_bytes
+from rlhf.core.tensors import TensorDecodeError, byte_view, bytes_to_tensor, dtype_name, parse_dtype
 from rlhf.v1 import common_pb2
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024  # well under the 64 MiB default message limit
@@ -28,20 +28,61 @@ class WeightStreamError(Exception):
         self.code = code
 
 
+def _chunk_headers(
+    state_dict: Mapping[str, torch.Tensor], version: int, chunk_bytes: int
+) -> Iterator[tuple[common_pb2.WeightChunk, memoryview]]:
+    """Each chunk's message without its data, and the data as a view of the tensor (not copied)."""
+    for name, tensor in state_dict.items():
+        raw = byte_view(tensor)
+        dtype, shape = dtype_name(tensor.dtype), list(tensor.shape)
+        for offset in range(0, max(len(raw), 1), chunk_bytes):
+            piece = raw[offset : offset + chunk_bytes]
+            header = common_pb2.WeightChunk(
+                name=name, dtype=dtype, shape=shape, offset=offset, total_bytes=len(raw),
+                crc32=zlib.crc32(piece), target_version=version,
+            )
+            yield header, piece
+
+
+def _commit_message(state_dict: Mapping[str, torch.Tensor], version: int) -> common_pb2.WeightChunk:
+    return common_pb2.WeightChunk(commit=True, num_tensors=len(state_dict), target_version=version)
+
+
 def weight_chunks(
     state_dict: Mapping[str, torch.Tensor], version: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> Iterator[common_pb2.WeightChunk]:
     """Split each tensor into chunks of at most chunk_bytes, then a commit message."""
-    for name, tensor in state_dict.items():
-        raw = memoryview(tensor_bytes(tensor))
-        dtype, shape = dtype_name(tensor.dtype), list(tensor.shape)
-        for offset in range(0, max(len(raw), 1), chunk_bytes):
-            piece = raw[offset : offset + chunk_bytes]
-            yield common_pb2.WeightChunk(
-                name=name, dtype=dtype, shape=shape, data=piece.tobytes(), offset=offset,
-                total_bytes=len(raw), crc32=zlib.crc32(piece), target_version=version,
-            )
-    yield common_pb2.WeightChunk(commit=True, num_tensors=len(state_dict), target_version=version)
+    for header, piece in _chunk_headers(state_dict, version, chunk_bytes):
+        header.data = piece.tobytes()
+        yield header
+    yield _commit_message(state_dict, version)
+
+
+_DATA_TAG = bytes([(4 << 3) | 2])  # WeightChunk.data: field 4, length-delimited
+
+
+def serialized_weight_chunks(
+    state_dict: Mapping[str, torch.Tensor], version: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[bytes]:
+    """The weight_chunks stream as serialized messages, for a stub that sends bytes as they are.
+
+    Protobuf reads concatenated fields as one message, so the data field is appended to the
+    serialized header by hand: one copy of the tensor bytes per chunk, where building and then
+    serializing a message costs three (the sender's CPU was the bottleneck of UpdateWeights).
+    """
+    for header, piece in _chunk_headers(state_dict, version, chunk_bytes):
+        data_field = (_DATA_TAG, _varint(len(piece)), piece) if len(piece) else ()
+        yield b"".join((header.SerializeToString(), *data_field))
+    yield _commit_message(state_dict, version).SerializeToString()
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 TensorSpec = tuple[torch.dtype, tuple[int, ...]]
@@ -54,8 +95,12 @@ def specs_of(state_dict: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
 class WeightStreamAssembler:
     """Collects chunks into tensors, checking each against the expected names, dtypes and shapes."""
 
-    def __init__(self, expected: Mapping[str, TensorSpec] | None = None):
+    def __init__(self, expected: Mapping[str, TensorSpec] | None = None, buffers: dict[str, bytearray] | None = None):
+        """`buffers`, when given, is a receive area kept between streams (name -> bytes): tensors land in
+        buffers allocated once instead of fresh memory per stream, which first-touch page faults make slow.
+        The tensors `finish` returns then share that memory, so use them before the next stream starts."""
         self.expected = expected
+        self._reusable = buffers if buffers is not None else {}
         self.version: int | None = None
         self.bytes_received = 0
         self.committed = False
@@ -77,21 +122,27 @@ class WeightStreamAssembler:
             self._commit(chunk.num_tensors)
             return
         self._check_spec(chunk)
-        if zlib.crc32(chunk.data) != chunk.crc32:
+        data = chunk.data  # each access of a bytes field makes a new copy
+        if zlib.crc32(data) != chunk.crc32:
             raise WeightStreamError(grpc.StatusCode.DATA_LOSS, f"{chunk.name}: CRC mismatch at offset {chunk.offset}")
-        buffer = self._buffers.setdefault(chunk.name, bytearray(chunk.total_bytes))
+        buffer = self._buffers.get(chunk.name)
+        if buffer is None:  # not setdefault: that would allocate a whole tensor's buffer for every chunk
+            buffer = self._reusable.get(chunk.name)
+            if buffer is None or len(buffer) != chunk.total_bytes:
+                buffer = self._reusable[chunk.name] = bytearray(chunk.total_bytes)
+            self._buffers[chunk.name] = buffer
         if len(buffer) != chunk.total_bytes or chunk.offset != self._filled.get(chunk.name, 0):
             raise WeightStreamError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{chunk.name}: chunk at offset {chunk.offset} out of order "
                 f"(expected {self._filled.get(chunk.name, 0)} of {len(buffer)})",
             )
-        end = chunk.offset + len(chunk.data)
+        end = chunk.offset + len(data)
         if end > len(buffer):
             raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, f"{chunk.name}: chunk runs past the tensor end")
-        buffer[chunk.offset : end] = chunk.data
+        memoryview(buffer)[chunk.offset : end] = data  # ~10x faster than bytearray slice assignment
         self._filled[chunk.name] = end
-        self.bytes_received += len(chunk.data)
+        self.bytes_received += len(data)
 
     def _check_spec(self, chunk: common_pb2.WeightChunk) -> None:
         try:

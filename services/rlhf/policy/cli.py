@@ -69,8 +69,9 @@ def _train_sft(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from rlhf.core.server import ServerOptions, serve
-    from rlhf.policy.service import PolicyService, PolicyServiceConfig
+    from rlhf.policy.service import PolicyService, PolicyServiceConfig, keep_freed_memory
 
+    keep_freed_memory()
     config = PolicyServiceConfig(
         model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, max_items_per_request=args.max_items_per_request, learner=args.learner,

@@ -13,7 +13,7 @@ import torch
 
 from rlhf.core.client import BaseClient
 from rlhf.core.types import GenerationParams, Sample
-from rlhf.core.weights import DEFAULT_CHUNK_BYTES, weight_chunks
+from rlhf.core.weights import DEFAULT_CHUNK_BYTES, serialized_weight_chunks
 from rlhf.policy.convert import params_to_proto, prompts_to_proto, sample_from_proto
 from rlhf.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
@@ -22,6 +22,12 @@ class PolicyClient(BaseClient):
     def __init__(self, target: str, options=None, **overrides):
         super().__init__(target, options, **overrides)
         self.stub = policy_pb2_grpc.PolicyInferenceStub(self.channel)
+        # UpdateWeights with messages serialized by the codec itself (one copy of the data, not three)
+        self._update_weights = self.channel.stream_unary(
+            "/rlhf.v1.PolicyInference/UpdateWeights",
+            request_serializer=None,
+            response_deserializer=policy_pb2.UpdateWeightsResponse.FromString,
+        )
 
     def generate(
         self, prompts: Sequence[str | Sequence[int]], params: GenerationParams, timeout: float | None = None
@@ -36,8 +42,8 @@ class PolicyClient(BaseClient):
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> policy_pb2.UpdateWeightsResponse:
         """Stream a full or partial state dict; the server applies all of it as `version`, or none."""
-        chunks = weight_chunks(state_dict, version, chunk_bytes)
-        return self.stub.UpdateWeights(chunks, **self.call_kwargs(timeout))
+        chunks = serialized_weight_chunks(state_dict, version, chunk_bytes)
+        return self._update_weights(chunks, **self.call_kwargs(timeout))
 
     def model_info(self, timeout: float | None = None) -> common_pb2.ModelInfo:
         return self.stub.GetModelInfo(common_pb2.GetModelInfoRequest(), **self.call_kwargs(timeout))
