@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 
@@ -22,9 +23,14 @@ def register(commands) -> None:
     demo.set_defaults(func=_demo)
 
 
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: every service and the learner get stopped
+
+
 def _demo(args: argparse.Namespace) -> int:
     from rlhf.demo.pipeline import DemoConfig, run_demo
 
+    signal.signal(signal.SIGTERM, _terminated)
     config = DemoConfig(
         workdir=Path(args.workdir), steps=args.steps, fresh=args.fresh, device=args.device,
         model_size=args.model_size, data_scale=args.data_scale, seed=args.seed,
