@@ -7,6 +7,7 @@ DEADLINE_EXCEEDED are retried with backoff for up to --service-timeout.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -35,8 +36,12 @@ def name_of(service: object) -> str:
     return getattr(service, "target", None) or type(service).__name__
 
 
-def with_retries(what: str, timeout: float, fn: Callable, *args):
-    """fn(*args), retried on UNAVAILABLE/DEADLINE_EXCEEDED with exponential backoff until timeout."""
+def with_retries(what: str, timeout: float, fn: Callable, *args, wait_ready: Callable[[float], None] | None = None):
+    """fn(*args), retried on UNAVAILABLE/DEADLINE_EXCEEDED with exponential backoff until timeout.
+
+    Between attempts, wait_ready(seconds) (a health check) holds off until a restarted server has
+    loaded its model: a server accepts calls as soon as its port is bound, before it is SERVING.
+    """
     deadline, delay = time.monotonic() + timeout, 0.25
     while True:
         try:
@@ -51,6 +56,9 @@ def with_retries(what: str, timeout: float, fn: Callable, *args):
             log.warning("retrying", extra={"service": what, "code": err.code().name, "delay_s": delay})
             time.sleep(delay)
             delay = min(2 * delay, 5.0)
+            if wait_ready is not None:
+                with contextlib.suppress(TimeoutError, grpc.RpcError):
+                    wait_ready(max(0.1, deadline - time.monotonic()))
 
 
 @dataclass
@@ -62,7 +70,10 @@ class Services:
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(16, "learner-rpc"))
 
     def call(self, service: object, method: str, *args):
-        return with_retries(f"{method} on {name_of(service)}", self.timeout, getattr(service, method), *args)
+        """service.method(*args) with retries; gRPC clients are health-checked between attempts."""
+        wait_ready = getattr(service, "wait_until_serving", None)
+        return with_retries(f"{method} on {name_of(service)}", self.timeout, getattr(service, method), *args,
+                            wait_ready=wait_ready)
 
     def push_weights(self, weights: dict[str, torch.Tensor], version: int, replicas: Sequence[int] = ()) -> None:
         """Send the weights to the given replicas (default: all), concurrently."""
