@@ -1,4 +1,8 @@
-"""The PPO loop against in-process services on the tiny model: logs, checkpoints, resume, versions."""
+"""The PPO loop against in-process services on the tiny model: logs, checkpoints, resume, versions.
+
+The policy and reference are the packages' local twins (LocalPolicy, LocalReference); the reward
+is the synthetic task's ground-truth rule, as a plain function.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,16 @@ import torch
 from rlhf.core.errors import UserError
 from rlhf.core.server import ServerOptions, ServerThread
 from rlhf.core.synthetic import ground_truth_score
+from rlhf.core.tiny import TinyModelConfig, make_tiny_model
 from rlhf.learner.client import LearnerClient
 from rlhf.learner.config import PPOConfig, add_config_arguments, config_from_args, field_docs
 from rlhf.learner.control import LearnerControl
 from rlhf.learner.loop import train
 from rlhf.learner.rollout import Services
 from rlhf.learner.service import LearnerService
-from tests.learner.fakes import CallableReward, FakePolicy, FakeReference
+from rlhf.policy.local import LocalPolicy
+from rlhf.reference.local import LocalReference
+from tests.learner.inprocess import CallableReward, RestartingReplica
 
 REQUIRED_METRICS = [
     "objective/reward", "objective/kl", "objective/entropy", "policy/clipfrac", "policy/approxkl", "loss/policy",
@@ -42,8 +49,9 @@ def make_config(tiny_model_dir, synth_dir, out, **overrides) -> PPOConfig:
 
 @pytest.fixture
 def services(tiny_model_dir):
-    replicas = [FakePolicy(tiny_model_dir), FakePolicy(tiny_model_dir)]
-    return Services(replicas, CallableReward(ground_truth_score), FakeReference(tiny_model_dir), timeout=5.0)
+    replicas = [LocalPolicy(tiny_model_dir, device="cpu"), LocalPolicy(tiny_model_dir, device="cpu")]
+    return Services(replicas, CallableReward(ground_truth_score), LocalReference(tiny_model_dir, device="cpu"),
+                    timeout=5.0)
 
 
 def read_jsonl(path):
@@ -74,15 +82,17 @@ def test_loop_logs_syncs_and_checkpoints(tiny_model_dir, synth_dir, tmp_path, se
     for m in metrics:
         assert set(REQUIRED_METRICS) <= set(m), set(REQUIRED_METRICS) - set(m)
         assert all(isinstance(v, float) for k, v in m.items() if k != "step")
+        # the sampler's log-probs and the learner's, same weights and ids: equal up to float noise
+        assert m["rollout/logprob_mismatch"] < 1e-4
     # Each step sampled with the weights of the step before it, on both replicas.
     rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
     assert len(rollouts) == 3 * config.batch_size
     assert all(r["weights_version"] == r["step"] - 1 for r in rollouts)
-    assert all(p.generate_calls == 3 and p.version == 3 for p in services.policies)
+    assert all(p.model_info().weights_version == 3 for p in services.policies)
     # Synced weights are the learner's, and so is the final model dir.
     learner_weights = state.policy.state_dict()
     for replica in services.policies:
-        for name, tensor in replica.model.state_dict().items():
+        for name, tensor in replica.policy.model.state_dict().items():
             assert torch.equal(tensor, learner_weights[name]), name
     assert (tmp_path / "run" / "policy" / "config.json").exists()
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -117,17 +127,20 @@ def test_resume_after_kill_repeats_nothing_and_matches(tiny_model_dir, synth_dir
 
 def test_stale_replica_gets_the_weights_again(tiny_model_dir, synth_dir, tmp_path, services):
     config = make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=2, ptx_data=None)
-    services.policies[1].serve_stale = 2  # as if it restarted with the SFT weights
+    services.policies[1] = replica = RestartingReplica(tiny_model_dir, restart_at_call=2)
     train(config, services)
-    # Step 1 expects version 0 (fresh), step 2 version 1: the replica is re-pushed once, regenerates once.
-    assert services.policies[1].generate_calls == 3
+    # Step 2 wants version 1 but the restarted replica has 0: it is re-pushed and regenerates once.
+    assert replica.generate_calls == 3 and replica.model_info().weights_version == 2
     rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
     assert all(r["weights_version"] == r["step"] - 1 for r in rollouts)
 
 
 def test_tokenizer_mismatch_is_refused(tiny_model_dir, synth_dir, tmp_path, services):
-    services.reference = FakeReference(tiny_model_dir, fingerprint="deadbeef" * 8)
-    with pytest.raises(UserError, match=r"tokenizer mismatch: reference .* deadbeefdead"):
+    other_tokenizer = tmp_path / "other"
+    make_tiny_model(other_tokenizer, TinyModelConfig(vocab_size=800))
+    services.reference = LocalReference(other_tokenizer, device="cpu")
+    with pytest.raises(UserError, match=r"tokenizer mismatch: reference LocalReference has fingerprint [0-9a-f]{12}, "
+                                        r"but learner --model has [0-9a-f]{12}"):
         train(make_config(tiny_model_dir, synth_dir, tmp_path / "run"), services)
 
 
@@ -168,7 +181,7 @@ def test_control_api_status_watch_weights_and_stop(tiny_model_dir, synth_dir, tm
             status = client.status()
             assert status.total_steps == 50 and status.step >= 1 and status.phase
             version, weights = client.get_weights()
-            assert version >= 1 and set(weights) == set(services.policies[0].model.state_dict())
+            assert version >= 1 and set(weights) == set(services.policies[0].policy.model.state_dict())
             stopped = client.stop()
         runner.join(60)
     state = result["state"]
