@@ -164,7 +164,8 @@ def test_service_that_stays_down_ends_with_checkpoint(tiny_model_dir, synth_dir,
     with pytest.raises(UserError, match=r"score on CallableReward did not answer .* --resume"):
         train(make_config(tiny_model_dir, synth_dir, tmp_path / "run"), services)
     assert len(calls) >= 2  # retried with backoff before giving up
-    assert (tmp_path / "run" / "checkpoints" / "step-000000" / "trainer_state.pt").exists()
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "step-000000" / "trainer_state.pt", weights_only=True)
+    assert saved["step"] == 0 and saved["prompt_cursor"] == 0  # the failed step's prompts come again
 
 
 def test_control_api_status_watch_weights_and_stop(tiny_model_dir, synth_dir, tmp_path, services):
@@ -189,3 +190,37 @@ def test_control_api_status_watch_weights_and_stop(tiny_model_dir, synth_dir, tm
     assert stopped.checkpoint_path.endswith(f"step-{state.step:06d}")
     assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == list(range(1, state.step + 1))
     assert not (tmp_path / "run" / "policy").exists()  # stopped early: no final model
+
+
+class PushFailsFrom:
+    """A LocalPolicy whose UpdateWeights is UNAVAILABLE for every version from `version` on."""
+
+    def __init__(self, replica: LocalPolicy, version: int):
+        self.replica, self.version = replica, version
+
+    def generate(self, prompts, params):
+        return self.replica.generate(prompts, params)
+
+    def update_weights(self, state_dict, version):
+        if version >= self.version:
+            raise Unavailable()
+        return self.replica.update_weights(state_dict, version)
+
+    def model_info(self):
+        return self.replica.model_info()
+
+
+def test_failed_weight_sync_logs_the_step_and_resume_continues(tiny_model_dir, synth_dir, tmp_path, services):
+    healthy = services.policies[0]
+    services.policies[0] = PushFailsFrom(healthy, version=2)
+    services.timeout = 0.3
+    with pytest.raises(UserError, match="update_weights on PushFailsFrom did not answer"):
+        train(make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=4, save_every=10), services)
+    # Step 2's update happened before its push failed: it is logged and checkpointed, not lost.
+    assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step-000002"
+
+    services.policies[0] = healthy
+    train(make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=4, resume=True), services)
+    assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert all(r["weights_version"] == r["step"] - 1 for r in read_jsonl(tmp_path / "run" / "rollouts.jsonl"))

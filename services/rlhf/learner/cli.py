@@ -70,8 +70,17 @@ def run_ppo(args: argparse.Namespace) -> int:
     config = validate(config_from_args(args))
     services = connect_services(config, args)
     control = LearnerControl(config.steps, config.out)
-    # SIGTERM (kubectl delete, Ctrl-C's polite cousin): finish the step, checkpoint, exit 0.
-    signal.signal(signal.SIGTERM, lambda signum, frame: control.request_stop())
+
+    def stop_after_this_step(signum, frame) -> None:
+        """SIGTERM (kubectl delete) or a first Ctrl-C: finish the step, checkpoint, exit 0."""
+        if signum == signal.SIGINT and control.stop_requested():
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        if signum == signal.SIGINT:
+            print("\nstopping after this step with a checkpoint (Ctrl-C again to abort)", flush=True)
+        control.request_stop()
+
+    signal.signal(signal.SIGTERM, stop_after_this_step)
+    signal.signal(signal.SIGINT, stop_after_this_step)
     server = ServerThread(LearnerService(control), ServerOptions.from_args(args))
     port = server.start()
     print(f"learner control API on {args.host}:{port} (rlhf learner status --target HOST:{port})", flush=True)

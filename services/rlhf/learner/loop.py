@@ -91,10 +91,15 @@ def sync_weights(state: TrainState, services: Services, control: LearnerControl)
 
 
 def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: LearnerControl):
-    """One PPO step on a fresh batch of prompts; returns (metrics, rollout)."""
+    """Rollout -> rewards with KL -> advantages -> update on a fresh batch; returns (metrics, rollout)."""
     params = GenerationParams(max_new_tokens=config.max_new_tokens, seed=config.seed * 1_000_003 + state.step * 1009)
+    cursor = state.prompts.cursor
     prompts = state.prompts.take(config.batch_size)
-    rollout = collect_rollout(state, services, prompts, params, config.max_staleness, control.set_phase)
+    try:
+        rollout = collect_rollout(state, services, prompts, params, config.max_staleness, control.set_phase)
+    except BaseException:
+        state.prompts.cursor = cursor  # the step did not happen: its prompts come again on resume
+        raise
     mask = rollout.mask
 
     # Rewards with the KL penalty
@@ -117,9 +122,6 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
     state.step += 1
     kl_per_sequence = kl.sum(1).mean().item()
     state.kl_ctl.update(kl_per_sequence, len(prompts))
-    # Weight sync
-    control.set_phase("weight_sync")
-    sync_time = sync_weights(state, services, control)
 
     sampler_logprobs = torch.zeros_like(rollout.logprobs)
     for row, sample in enumerate(rollout.samples):
@@ -140,9 +142,19 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
         "lr": lr,
         **rollout.timings,
         "time/update": update_time,
-        "time/weight_sync": sync_time,
     }
     return metrics, rollout
+
+
+def log_step(step: int, metrics: dict, rollout: Rollout, run_log: RunLog, control: LearnerControl, bar) -> None:
+    """metrics.jsonl, TensorBoard, rollouts.jsonl, the control API's watchers, the log and the bar."""
+    run_log.rollouts(step, rollout.rows())
+    run_log.metrics(step, metrics)
+    control.publish_metrics(step, metrics)
+    reward, kl = metrics["objective/reward"], metrics["objective/kl"]
+    log.info("step", extra={"step": step, "reward": round(reward, 4), "kl": round(kl, 4)})
+    bar.update()
+    bar.set_postfix(reward=f"{reward:.3f}", kl=f"{kl:.3f}")
 
 
 def check_tokenizers(state: TrainState, services: Services) -> None:
@@ -184,14 +196,12 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
             while state.step < config.steps:
                 step_start = time.perf_counter()
                 metrics, rollout = ppo_step(state, services, config, control)
-                metrics["time/step"] = time.perf_counter() - step_start
-                run_log.rollouts(state.step, rollout.rows())
-                run_log.metrics(state.step, metrics)
-                control.publish_metrics(state.step, metrics)
-                log.info("step", extra={"step": state.step, "reward": round(metrics["objective/reward"], 4),
-                                        "kl": round(metrics["objective/kl"], 4)})
-                bar.update()
-                bar.set_postfix(reward=f"{metrics['objective/reward']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
+                try:
+                    control.set_phase("weight_sync")
+                    metrics["time/weight_sync"] = sync_weights(state, services, control)
+                finally:  # the update happened: the step is logged even if the sync failed
+                    metrics["time/step"] = time.perf_counter() - step_start
+                    log_step(state.step, metrics, rollout, run_log, control, bar)
                 if state.step % config.save_every == 0:
                     control.set_phase("checkpoint")
                     save_checkpoint(state, config.out, config.keep_checkpoints)

@@ -67,7 +67,10 @@ class Services:
     reward: RewardService
     reference: ReferenceService
     timeout: float = 300.0  # --service-timeout
-    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(16, "learner-rpc"))
+    pool: ThreadPoolExecutor = field(init=False)  # one thread per replica, plus reward and reference
+
+    def __post_init__(self) -> None:
+        self.pool = ThreadPoolExecutor(len(self.policies) + 2, "learner-rpc")
 
     def call(self, service: object, method: str, *args):
         """service.method(*args) with retries; gRPC clients are health-checked between attempts."""
@@ -142,7 +145,7 @@ def generate_on_replicas(
                 return samples
             log.warning("stale weights on a replica; pushing again",
                         extra={"replica": name_of(replica), "versions": sorted(versions), "want": version})
-            services.push_weights(weights(), version, [i])
+            services.call(replica, "update_weights", weights(), version)
         raise ServiceDown(f"policy {name_of(replica)} keeps serving weights other than version {version}")
 
     shares_out = services.pool.map(generate_share, [i for i in range(n) if shares[i]])

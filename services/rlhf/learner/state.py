@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from rlhf.core.errors import UserError
-from rlhf.core.modeling import load_tokenizer, resolve_device
+from rlhf.core.modeling import context_length, load_tokenizer, resolve_device
 from rlhf.learner import ppo
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.data import CursorSampler, load_prompts, load_ptx_sequences
@@ -71,7 +71,9 @@ def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str
         kl_ctl = ppo.AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
     else:
         kl_ctl = ppo.FixedKLController(config.kl_coef)
-    prompts = load_prompts(config.prompts, tokenizer, config.max_length - config.max_new_tokens)
+    # A prompt must leave room for a whole response, within --max-length and the model's context.
+    max_prompt_tokens = min(config.max_length, context_length(policy.config)) - config.max_new_tokens
+    prompts = load_prompts(config.prompts, tokenizer, max_prompt_tokens)
     ptx = None
     if config.ptx_data:
         ptx = CursorSampler(load_ptx_sequences(config.ptx_data, tokenizer, config.max_length), config.seed + 1)
