@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rlhf.core.processes import ServiceProcess  # noqa: E402
+from rlhf.core.processes import ServiceProcess, free_port  # noqa: E402
 from rlhf.core.synthetic import make_prompt  # noqa: E402
 from rlhf.core.types import GenerationParams  # noqa: E402
 
@@ -99,21 +99,43 @@ def bench_generation(args, workdir: Path) -> None:
           f"best of {args.repeats} rounds of {args.seconds:.0f}s")
     local = LocalPolicy(model_dir, device="cpu", max_batch_size=len(prompts))
     local.generate(prompts[:2], params)  # warm-up
+    metrics_port = free_port()
     serve = ["serve", "policy", "--model", str(model_dir), "--device", "cpu", "--max-batch-size", "32",
-             "--max-wait-ms", str(args.max_wait_ms)]
+             "--metrics-port", str(metrics_port)]
+    if args.max_wait_ms is not None:
+        serve += ["--max-wait-ms", str(args.max_wait_ms)]
     best = {"in-process": 0.0, 1: 0.0, 8: 0.0, 32: 0.0}
+    rows_per_batch = {1: [0.0, 0.0], 8: [0.0, 0.0], 32: [0.0, 0.0]}  # rows, batches
     with ServiceProcess(serve, log_path=workdir / "policy.log", name="policy") as server:
         for _ in range(args.repeats):
             best["in-process"] = max(best["in-process"], in_process_tokens_per_s(local, prompts, params, args.seconds))
             for clients in (1, 8, 32):
+                before = batch_totals(metrics_port)
                 rate = service_tokens_per_s(server.target, prompts, params, clients, args.seconds)
+                after = batch_totals(metrics_port)
                 best[clients] = max(best[clients], rate)
+                for i in (0, 1):
+                    rows_per_batch[clients][i] += after[i] - before[i]
     baseline = best["in-process"]
     print(f"  in-process batched (32 prompts/batch): {baseline:9.0f} tokens/s")
     for clients in (1, 8, 32):
+        rows, batches = rows_per_batch[clients]
         print(f"  service, {clients:2d} concurrent clients:      {best[clients]:9.0f} tokens/s  "
-              f"({best[clients] / baseline:.2f}x in-process)")
+              f"({best[clients] / baseline:.2f}x in-process; {rows / max(batches, 1):.1f} rows per batch)")
     print("  target: 32 clients >= 0.90x in-process")
+
+
+def batch_totals(metrics_port: int) -> tuple[float, float]:
+    """(rows, batches) the policy service has run so far, from its Prometheus endpoint."""
+    from urllib.request import urlopen
+
+    text = urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        for name in ("rlhf_batch_size_sum", "rlhf_batch_size_count"):
+            if line.startswith(name + '{service="policy"}'):
+                values[name] = float(line.split()[-1])
+    return values.get("rlhf_batch_size_sum", 0.0), values.get("rlhf_batch_size_count", 0.0)
 
 
 # -- weights -----------------------------------------------------------------------------------
@@ -194,7 +216,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="the service's batching delay")
+    parser.add_argument("--max-wait-ms", type=float, default=None, help="the service's batching window")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long each measurement runs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None,

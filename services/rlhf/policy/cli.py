@@ -31,7 +31,8 @@ def register(commands) -> None:
                        help="learner HOST:PORT: pull its current weights at start (replicas added mid-run)")
     serve.add_argument("--learner-auth-token-file", default=None, help="bearer token for the learner, if it wants one")
     serve.add_argument("--max-batch-size", type=int, default=32, help="most samples decoded together (default 32)")
-    serve.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a request waits for a batch to fill")
+    serve.add_argument("--max-wait-ms", type=float, default=50.0,
+                       help="longest a request waits for its batch to fill (default 50)")
     serve.add_argument("--max-items-per-request", type=int, default=1024, help="most prompts x n in one request")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     serve.add_argument("--dtype", default="float32",

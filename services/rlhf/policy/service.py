@@ -40,7 +40,9 @@ class PolicyServiceConfig:
     device: str = "auto"
     dtype: str = "float32"  # float32 keeps log-probs comparable with the reference and the learner
     max_batch_size: int = 32
-    max_wait_ms: float = 10.0
+    # Generation batches take 0.1-1 s, so a 50 ms window costs a lone client little, while a shorter one
+    # let clients that were slow to send their next request split into two half-full batches for good.
+    max_wait_ms: float = 50.0
     max_items_per_request: int = 1024  # prompts x n
     learner: str | None = None  # HOST:PORT to pull the current weights from at start
     learner_auth_token_file: str | None = None
