@@ -1,5 +1,6 @@
 """UpdateWeights: pushed weights change what is generated, all or nothing, never mixed within a batch."""
 
+import asyncio
 import threading
 
 import grpc
@@ -11,8 +12,8 @@ from rlhf.core.types import GenerationParams
 from rlhf.core.weights import serialized_weight_chunks, weight_chunks
 from rlhf.policy.client import PolicyClient
 from rlhf.policy.service import PolicyService, PolicyServiceConfig
-from rlhf.v1 import learner_pb2_grpc
-from rlhf.v1.common_pb2 import WeightChunk
+from rlhf.v1 import learner_pb2_grpc, policy_pb2, policy_pb2_grpc
+from rlhf.v1.common_pb2 import GetModelInfoRequest, WeightChunk
 
 EOS = 0  # the tiny tokenizer's EOS id
 GREEDY = GenerationParams(max_new_tokens=6, temperature=0)
@@ -153,8 +154,9 @@ class WeightsOnlyLearner(learner_pb2_grpc.LearnerServicer):
     name = "learner"
     service_names = ("rlhf.v1.Learner",)
 
-    def __init__(self, weights, version):
+    def __init__(self, weights, version, release: threading.Event | None = None):
         self.weights, self.version = weights, version
+        self.release = release  # GetWeights waits for it, when given
 
     def add_to_server(self, server):
         learner_pb2_grpc.add_LearnerServicer_to_server(self, server)
@@ -166,6 +168,8 @@ class WeightsOnlyLearner(learner_pb2_grpc.LearnerServicer):
         pass
 
     async def GetWeights(self, request, context):
+        if self.release is not None:
+            await asyncio.to_thread(self.release.wait, 30)
         for chunk in weight_chunks(self.weights, self.version):
             yield chunk
 
@@ -186,3 +190,30 @@ def test_unreachable_learner_leaves_the_model_dir_weights_as_version_0(tiny_mode
     with ServerThread(PolicyService(config), ServerOptions(port=0)) as policy_port, \
             PolicyClient(f"127.0.0.1:{policy_port}") as policy:
         assert generated(policy)[1] == 0
+
+
+def test_replica_still_loading_answers_unavailable_then_serves(tiny_model_dir, original, port):
+    """The port opens before the model is ready; until then every RPC is UNAVAILABLE, which clients retry."""
+    release = threading.Event()
+    learner = WeightsOnlyLearner({**original, **eos_weights(original)}, version=2, release=release)
+    with ServerThread(learner, ServerOptions(port=0)) as learner_port:
+        config = PolicyServiceConfig(model=str(tiny_model_dir), device="cpu", learner=f"127.0.0.1:{learner_port}")
+        server = ServerThread(PolicyService(config), ServerOptions(port=port))
+        starting = threading.Thread(target=server.start)
+        starting.start()
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = policy_pb2_grpc.PolicyInferenceStub(channel)
+                request = policy_pb2.GenerateRequest(prompts=[policy_pb2.Prompt(text="Hi")])
+                for call in (lambda: stub.Generate(request, timeout=30, wait_for_ready=True),
+                             lambda: stub.GetModelInfo(GetModelInfoRequest(), timeout=30)):
+                    with pytest.raises(grpc.RpcError) as info:
+                        call()
+                    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "loading" in info.value.details()
+            release.set()
+            starting.join(60)
+            with PolicyClient(f"127.0.0.1:{port}") as policy:
+                assert generated(policy) == ([EOS], 2)
+        finally:
+            release.set()
+            server.stop()

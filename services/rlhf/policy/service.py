@@ -99,17 +99,18 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
 
     async def load(self) -> None:
         c = self.config
-        self.policy = await asyncio.to_thread(PolicyModel, c.model, c.device, c.dtype)
+        policy = await asyncio.to_thread(PolicyModel, c.model, c.device, c.dtype)
+        if c.learner:
+            await self._pull_from_learner(policy)
         self.batcher = DynamicBatcher(
-            self.policy.generate_rows, name="policy", max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
+            policy.generate_rows, name="policy", max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
             length_of=lambda row: len(row.prompt_ids), group_of=lambda row: row.settings,
         )
-        if c.learner:
-            await self._pull_from_learner()
-        log.info("policy loaded", extra={"model": c.model, "weights_version": self.policy.version,
-                                         "device": str(self.policy.model.device)})
+        self.policy = policy  # last: until now every RPC answers UNAVAILABLE
+        log.info("policy loaded", extra={"model": c.model, "weights_version": policy.version,
+                                         "device": str(policy.model.device)})
 
-    async def _pull_from_learner(self) -> None:
+    async def _pull_from_learner(self, policy: PolicyModel) -> None:
         """A replica that starts mid-run takes the learner's current weights before it serves.
 
         An unreachable learner is not fatal: the replica serves the model dir as version 0, and
@@ -118,15 +119,21 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
         c = self.config
         token = read_secret(c.learner_auth_token_file)
         try:
-            version, tensors = await asyncio.to_thread(pull_weights, c.learner, self.policy, token, c.learner_timeout)
+            version, tensors = await asyncio.to_thread(pull_weights, c.learner, policy, token, c.learner_timeout)
         except grpc.RpcError as err:
             log.warning("could not pull weights from the learner; serving the model dir as version 0",
                         extra={"learner": c.learner, "code": err.code().name, "details": err.details()})
             return
         except WeightStreamError as err:
             raise UserError(f"the learner at {c.learner} sent weights that do not fit {c.model}: {err}") from err
-        self.policy.apply_weights(tensors, version)
+        policy.apply_weights(tensors, version)
         log.info("pulled weights from the learner", extra={"learner": c.learner, "weights_version": version})
+
+    async def _loaded(self, context) -> PolicyModel:
+        """The model, or UNAVAILABLE (which clients retry) while it loads: the port opens before that."""
+        if self.policy is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the policy model is still loading")
+        return self.policy
 
     async def close(self) -> None:
         if self.batcher is not None:
@@ -135,9 +142,10 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
     # -- RPCs -----------------------------------------------------------------------------------
 
     async def Generate(self, request: policy_pb2.GenerateRequest, context) -> policy_pb2.GenerateResponse:
+        policy = await self._loaded(context)
         try:
-            rows = self.policy.rows(prompts_from_proto(request.prompts), params_from_proto(request.params),
-                                    self.config.max_items_per_request)
+            rows = policy.rows(prompts_from_proto(request.prompts), params_from_proto(request.params),
+                               self.config.max_items_per_request)
         except InvalidRequest as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         try:
@@ -148,12 +156,13 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
             log.exception("generation failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {type(err).__name__}: {err}")
         GENERATED_TOKENS.inc(sum(len(r.token_ids) for r in results))
-        samples = self.policy.samples(rows, results)
+        samples = policy.samples(rows, results)
         return policy_pb2.GenerateResponse(samples=[sample_to_proto(s) for s in samples])
 
     async def UpdateWeights(self, request_iterator, context) -> policy_pb2.UpdateWeightsResponse:
+        policy = await self._loaded(context)
         async with self._receiving:
-            assembler = WeightStreamAssembler(self.policy.specs, self._receive_area)
+            assembler = WeightStreamAssembler(policy.specs, self._receive_area)
             try:
                 async for chunk in request_iterator:
                     assembler.add(chunk)
@@ -161,7 +170,7 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
             except WeightStreamError as err:
                 log.warning("weight stream refused", extra={"code": err.code.name, "reason": str(err)})
                 await context.abort(err.code, str(err))
-            await self.batcher.run_exclusive(functools.partial(self.policy.apply_weights, tensors, version))
+            await self.batcher.run_exclusive(functools.partial(policy.apply_weights, tensors, version))
         log.info("weights updated", extra={"weights_version": version, "tensors": len(tensors),
                                            "bytes": assembler.bytes_received})
         return policy_pb2.UpdateWeightsResponse(
@@ -169,5 +178,5 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
         )
 
     async def GetModelInfo(self, request, context):
-        c = self.config
-        return self.policy.info(max_batch_size=c.max_batch_size, max_items_per_request=c.max_items_per_request)
+        policy, c = await self._loaded(context), self.config
+        return policy.info(max_batch_size=c.max_batch_size, max_items_per_request=c.max_items_per_request)

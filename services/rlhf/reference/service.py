@@ -47,21 +47,29 @@ class ReferenceService(reference_pb2_grpc.ReferencePolicyServicer):
 
     async def load(self) -> None:
         c = self.config
-        self.reference = await asyncio.to_thread(ReferenceModel, c.model, c.device, c.dtype)
-        self.model_version = self.reference.info().model_version
+        reference = await asyncio.to_thread(ReferenceModel, c.model, c.device, c.dtype)
+        self.model_version = reference.info().model_version
         self.batcher = DynamicBatcher(
-            self.reference.logprobs, name="reference", max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
+            reference.logprobs, name="reference", max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
             length_of=lambda item: len(item[0]) + len(item[1]),
         )
-        log.info("reference loaded", extra={"model": c.model, "device": str(self.reference.model.device)})
+        self.reference = reference  # last: until now every RPC answers UNAVAILABLE
+        log.info("reference loaded", extra={"model": c.model, "device": str(reference.model.device)})
+
+    async def _loaded(self, context) -> ReferenceModel:
+        """The model, or UNAVAILABLE (which clients retry) while it loads: the port opens before that."""
+        if self.reference is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the reference model is still loading")
+        return self.reference
 
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
 
     async def LogProbs(self, request: reference_pb2.LogProbsRequest, context) -> reference_pb2.LogProbsResponse:
+        reference = await self._loaded(context)
         try:
-            items = self.reference.check(
+            items = reference.check(
                 [(item.prompt_token_ids, item.response_token_ids) for item in request.items],
                 self.config.max_items_per_request,
             )
@@ -79,5 +87,5 @@ class ReferenceService(reference_pb2_grpc.ReferencePolicyServicer):
         )
 
     async def GetModelInfo(self, request, context):
-        c = self.config
-        return self.reference.info(max_batch_size=c.max_batch_size, max_items_per_request=c.max_items_per_request)
+        reference, c = await self._loaded(context), self.config
+        return reference.info(max_batch_size=c.max_batch_size, max_items_per_request=c.max_items_per_request)
