@@ -78,6 +78,12 @@ def load_causal_lm(path: str | os.PathLike, device: torch.device, dtype: torch.d
     return model.to(device).eval()
 
 
+def load_causal_lm_and_tokenizer(path: str | os.PathLike, device: str = "auto", dtype: str = "float32"):
+    """(tokenizer, model in eval mode) for serving, from device and dtype names ("auto" allowed)."""
+    torch_device = resolve_device(device)
+    return load_tokenizer(path), load_causal_lm(path, torch_device, resolve_dtype(dtype, torch_device))
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 over the vocabulary and special tokens: equal fingerprints mean equal token ids."""
     payload = {

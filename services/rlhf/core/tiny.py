@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from rlhf.core.modeling import save_model_dir
 from rlhf.core.synthetic import tokenizer_corpus
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -58,7 +59,6 @@ def make_tiny_model(out: str | Path, config: TinyModelConfig | None = None) -> P
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = config or TinyModelConfig()
-    out = Path(out)
     tokenizer = train_tokenizer(config.vocab_size, config.seed, config.n_positions)
     torch.manual_seed(config.seed)
     model_config = GPT2Config(
@@ -71,13 +71,4 @@ def make_tiny_model(out: str | Path, config: TinyModelConfig | None = None) -> P
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = GPT2LMHeadModel(model_config)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    return save_model_dir(GPT2LMHeadModel(model_config), tokenizer, out)

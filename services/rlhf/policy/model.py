@@ -19,10 +19,7 @@ from rlhf.core.checks import InvalidRequest, check_fits_context, check_token_ids
 from rlhf.core.modeling import (
     context_length,
     describe_model,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_device,
-    resolve_dtype,
+    load_causal_lm_and_tokenizer,
 )
 from rlhf.core.tensors import dtype_name
 from rlhf.core.text import encode_prompt
@@ -77,9 +74,7 @@ class PolicyModel:
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", dtype: str = "float32"):
         self.path = str(path)
-        torch_device = resolve_device(device)
-        self.tokenizer = load_tokenizer(path)
-        self.model = load_causal_lm(path, torch_device, resolve_dtype(dtype, torch_device))
+        self.tokenizer, self.model = load_causal_lm_and_tokenizer(path, device, dtype)
         self.version = 0
         self.specs: dict[str, TensorSpec] = specs_of(self.model.state_dict())
         self.max_context = context_length(self.model.config)

@@ -11,7 +11,6 @@ same ids the policy service and the learner see. One epoch by default, because m
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from rlhf.core.errors import UserError
+from rlhf.core.jsonl import read_jsonl
 from rlhf.core.text import Encoded, encode_pair
 
 log = logging.getLogger("rlhf.sft")
@@ -57,21 +57,11 @@ class SFTResult:
 def load_pairs(path: str | Path) -> list[tuple[str, str]]:
     """(prompt, response) pairs from JSONL; a bad line is a one-line error naming it."""
     pairs = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror}") from err
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: not JSON ({err.msg})") from err
-        response = row.get("response", row.get("completion")) if isinstance(row, dict) else None
-        if not isinstance(response, str) or not isinstance(row.get("prompt"), str):
-            raise UserError(f'{path}:{number}: expected string fields "prompt" and "response" (or "completion")')
-        pairs.append((row["prompt"], response))
+    for where, row in read_jsonl(path):
+        prompt, response = row.get("prompt"), row.get("response", row.get("completion"))
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            raise UserError(f'{where}: expected string fields "prompt" and "response" (or "completion")')
+        pairs.append((prompt, response))
     if not pairs:
         raise UserError(f"{path} holds no examples")
     return pairs

@@ -16,10 +16,7 @@ from rlhf.core.logprobs import response_logprobs_list
 from rlhf.core.modeling import (
     context_length,
     describe_model,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_device,
-    resolve_dtype,
+    load_causal_lm_and_tokenizer,
 )
 from rlhf.v1 import common_pb2
 
@@ -31,9 +28,7 @@ class ReferenceModel:
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", dtype: str = "float32"):
         self.path = str(path)
-        torch_device = resolve_device(device)
-        self.tokenizer = load_tokenizer(path)
-        self.model = load_causal_lm(path, torch_device, resolve_dtype(dtype, torch_device))
+        self.tokenizer, self.model = load_causal_lm_and_tokenizer(path, device, dtype)
         self.model.requires_grad_(False)
         self.max_context = context_length(self.model.config)
         self.vocab_size = self.model.get_input_embeddings().num_embeddings
