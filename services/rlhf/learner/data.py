@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import torch
 
 from rlhf.core.errors import UserError
+from rlhf.core.jsonl import read_jsonl
 from rlhf.core.text import encode_prompt
 
 log = logging.getLogger("rlhf.learner")
@@ -16,20 +15,10 @@ log = logging.getLogger("rlhf.learner")
 
 def read_jsonl_field(path: str, field: str) -> list[str]:
     """The `field` string of every line of a JSONL file."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror}") from err
     values = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get(field), str):
-            raise UserError(f'{path}:{number}: expected an object with a string "{field}" field')
+    for where, row in read_jsonl(path):
+        if not isinstance(row.get(field), str):
+            raise UserError(f'{where}: expected a string "{field}" field')
         values.append(row[field])
     if not values:
         raise UserError(f"{path} holds no {field}s")
