@@ -8,7 +8,7 @@ import dataclasses
 import inspect
 import textwrap
 from dataclasses import dataclass
-from typing import get_type_hints
+from typing import Literal, get_args, get_origin, get_type_hints
 
 DEFAULT_PORT = 50054
 
@@ -52,14 +52,14 @@ class PPOConfig:
     # --- rewards with the KL penalty ---
     kl_coef: float = 0.05
     """beta: weight of the per-token KL penalty (the initial value when --target-kl is set)"""
-    kl_estimator: str = "k1"
+    kl_estimator: Literal["k1", "k3"] = "k1"
     """per-token KL estimator: k1 (log ratio) or k3 (non-negative, lower variance)"""
     target_kl: float | None = None
-    """turn on the adaptive KL controller: adjust beta so the KL per sequence tracks this"""
+    """turn on the adaptive KL controller: adjust beta so the KL per sequence tracks this (default off)"""
     kl_horizon: int = 10000
     """adaptive controller horizon, in samples (Ziegler et al.)"""
     missing_eos_penalty: float | None = None
-    """subtract this from the score of responses that hit --max-new-tokens without EOS"""
+    """subtract this from the score of responses that hit --max-new-tokens without EOS (default off)"""
     # --- advantages ---
     gamma: float = 1.0
     """discount factor"""
@@ -88,7 +88,7 @@ class PPOConfig:
     """gradient clipping norm"""
     # --- PPO-ptx ---
     ptx_data: str | None = None
-    """pretraining text, JSONL with a "text" field, to counter forgetting (PPO-ptx)"""
+    """pretraining text, JSONL with a "text" field, to counter forgetting (PPO-ptx; default off)"""
     ptx_coef: float = 1.0
     """gamma: weight of the pretraining log-likelihood term"""
     ptx_batch_size: int = 8
@@ -127,15 +127,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = PPOConfig)
     for f in dataclasses.fields(cls):
         flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
         help_text = docs.get(f.name, "")
-        if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-            continue
-        kind = next((t for t in (int, float, str) if t == hint or t in getattr(hint, "__args__", ())), str)
-        if f.name in REQUIRED:
-            parser.add_argument(flag, type=kind, required=True, help=help_text)
+        if hint is bool:  # --flag for an option that is off by default, --no-flag for one that is on
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            parser.add_argument(flag, action=action, default=f.default, help=help_text)
+        elif get_origin(hint) is Literal:
+            help_text += f" (default {f.default})"
+            parser.add_argument(flag, choices=get_args(hint), default=f.default, help=help_text)
+        elif f.name in REQUIRED:
+            parser.add_argument(flag, type=str, required=True, help=help_text)
         else:
-            default = f"default {f.default}" if f.default is not None else "default off"
-            parser.add_argument(flag, type=kind, default=f.default, help=f"{help_text} ({default})")
+            kind = next(t for t in (int, float, str) if t == hint or t in get_args(hint))
+            default = "" if f.default is None else f" (default {f.default})"  # None: off, or as the help says
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text + default)
 
 
 def config_from_args(args: argparse.Namespace, cls: type = PPOConfig):
@@ -154,7 +157,6 @@ def validate(config: PPOConfig) -> PPOConfig:
         (config.ppo_epochs > 0, "--ppo-epochs must be positive"),
         (config.max_new_tokens > 0, "--max-new-tokens must be positive"),
         (config.max_length > config.max_new_tokens, "--max-length must exceed --max-new-tokens"),
-        (config.kl_estimator in ("k1", "k3"), "--kl-estimator must be k1 or k3"),
         (config.target_kl is None or config.target_kl > 0, "--target-kl must be positive"),
         (config.max_staleness >= 0, "--max-staleness must be >= 0"),
         (config.save_every > 0, "--save-every must be positive"),
