@@ -88,6 +88,7 @@ def run_ppo(args: argparse.Namespace) -> int:
         state = train(config, services, control)
     finally:
         server.stop()
+        services.close()
     print(f"done at step {state.step}; policy in {config.out}/policy" if state.step >= config.steps
           else f"stopped at step {state.step}; continue with --resume", flush=True)
     return 0

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -78,12 +78,18 @@ class Services:
         return with_retries(f"{method} on {name_of(service)}", self.timeout, getattr(service, method), *args,
                             wait_ready=wait_ready)
 
-    def push_weights(self, weights: dict[str, torch.Tensor], version: int, replicas: Sequence[int] = ()) -> None:
-        """Send the weights to the given replicas (default: all), concurrently."""
-        replicas = replicas or range(len(self.policies))
-        futures = [self.pool.submit(self.call, self.policies[i], "update_weights", weights, version) for i in replicas]
+    def push_weights(self, weights: dict[str, torch.Tensor], version: int) -> None:
+        """Send the weights to every replica, concurrently."""
+        futures = [self.pool.submit(self.call, p, "update_weights", weights, version) for p in self.policies]
         for future in futures:
             future.result()
+
+    def close(self) -> None:
+        """Close the clients' channels (in-process services have nothing to close)."""
+        self.pool.shutdown()
+        for service in [*self.policies, self.reward, self.reference]:
+            if callable(getattr(service, "close", None)):
+                service.close()
 
 
 @dataclass
