@@ -22,10 +22,12 @@ from rlhf.core.errors import UserError
 # Packages that contribute commands, in --help order.
 COMMAND_MODULES = [
     "rlhf.core.commands",
+    "rlhf.reward.cli",
     "rlhf.policy.cli",
     "rlhf.reference.cli",
     "rlhf.learner.cli",
     "rlhf.k8s.cli",
+    "rlhf.demo.cli",
 ]
 
 

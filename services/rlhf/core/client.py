@@ -21,21 +21,20 @@ from rlhf.core.security import read_secret
 
 
 def _service_config(max_attempts: int) -> str:
+    # gRPC rejects a retryPolicy with maxAttempts < 2 (and then no channel works): 1 means no policy.
+    retry = {
+        "retryPolicy": {
+            "maxAttempts": max_attempts,
+            "initialBackoff": "0.2s",
+            "maxBackoff": "5s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+    } if max_attempts >= 2 else {}
     return json.dumps(
         {
             "loadBalancingConfig": [{"round_robin": {}}],
-            "methodConfig": [
-                {
-                    "name": [{}],  # every method of every service
-                    "retryPolicy": {
-                        "maxAttempts": max_attempts,
-                        "initialBackoff": "0.2s",
-                        "maxBackoff": "5s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ],
+            "methodConfig": [{"name": [{}], **retry}],  # every method of every service
         }
     )
 

@@ -1,0 +1,113 @@
+"""Reward commands: `rlhf train rm`, `rlhf serve reward`, `rlhf score`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from itertools import islice
+
+from rlhf.reward.config import (
+    DEFAULT_PORT,
+    RewardServiceConfig,
+    RewardTrainConfig,
+    add_config_arguments,
+    config_from_args,
+)
+
+SCORE_CHUNK = 256  # --input lines scored per round trip
+
+
+def register(commands) -> None:
+    from rlhf.core.client import ClientOptions
+    from rlhf.core.server import ServerOptions
+
+    train = commands.train.add_parser("rm", help="train a reward model on preference rankings")
+    add_config_arguments(train, RewardTrainConfig)
+    train.set_defaults(func=_train)
+
+    serve = commands.serve.add_parser("reward", help="serve a reward model (RewardScoring)")
+    add_config_arguments(serve, RewardServiceConfig)
+    ServerOptions.add_arguments(serve, default_port=DEFAULT_PORT)
+    serve.set_defaults(func=_serve)
+
+    score = commands.top.add_parser("score", help="score (prompt, response) pairs with a reward service")
+    score.add_argument("--target", required=True, help="reward service, HOST:PORT")
+    score.add_argument("--prompt", help="prompt text (with --response)")
+    score.add_argument("--response", help="response text (with --prompt)")
+    score.add_argument("--input", help='JSONL with "prompt" and "response" per line ("-" for stdin); '
+                                       'prints each line with "score" added')
+    ClientOptions.add_arguments(score)
+    score.set_defaults(func=_score)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rlhf.reward.train import train_reward_model
+
+    result = train_reward_model(config_from_args(args, RewardTrainConfig))
+    if result.eval_accuracy is not None:
+        print(f"held-out pairwise accuracy: {result.eval_accuracy:.4f} ({result.eval_comparisons} comparisons)")
+    print(f"normalized: training completions' mean reward {result.reference_mean_before:+.4f} -> "
+          f"{result.reference_mean_after:+.2e} (folded into {result.folded_into})")
+    print(f"wrote {result.out}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rlhf.core.errors import UserError
+    from rlhf.core.modeling import check_model_path
+    from rlhf.core.server import ServerOptions, serve
+    from rlhf.reward.service import RewardService
+
+    config = config_from_args(args, RewardServiceConfig)
+    check_model_path(config.model)
+    if config.max_batch_size < 1 or config.max_items_per_request < 1 or config.max_wait_ms < 0:
+        raise UserError("--max-batch-size and --max-items-per-request must be >= 1, --max-wait-ms >= 0")
+    return serve(RewardService(config), ServerOptions.from_args(args))
+
+
+def _score(args: argparse.Namespace) -> int:
+    import grpc
+
+    from rlhf.core.client import ClientOptions, describe_rpc_error
+    from rlhf.core.errors import UserError
+    from rlhf.reward.client import RewardClient
+
+    if (args.input is None) == (args.prompt is None or args.response is None):
+        raise UserError("give either --prompt and --response, or --input FILE.jsonl")
+    try:
+        with RewardClient(args.target, ClientOptions.from_args(args)) as client:
+            if args.input is None:
+                print(f"{client.score([(args.prompt, args.response)])[0]:.6f}")
+                return 0
+            for rows in _jsonl_chunks(args.input):
+                scores = client.score([(row["prompt"], row["response"]) for row in rows])
+                for row, value in zip(rows, scores, strict=True):
+                    print(json.dumps({**row, "score": value}, ensure_ascii=False))
+    except grpc.RpcError as err:
+        raise UserError(f"{args.target}: {describe_rpc_error(err)}") from None
+    return 0
+
+
+def _jsonl_chunks(path: str):
+    """Lists of up to SCORE_CHUNK rows, each checked for string prompt and response."""
+    from rlhf.core.errors import UserError
+
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    with stream:
+        numbered = ((n, line) for n, line in enumerate(stream, 1) if line.strip())
+        while chunk := list(islice(numbered, SCORE_CHUNK)):
+            rows = []
+            for number, line in chunk:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                if not (isinstance(row, dict) and isinstance(row.get("prompt"), str)
+                        and isinstance(row.get("response"), str)):
+                    raise UserError(f'{path}:{number}: needs string "prompt" and "response" fields')
+                rows.append(row)
+            yield rows

@@ -1,0 +1,29 @@
+"""LocalReward: the reward model in this process, behind the same interface as RewardClient.
+
+    reward = LocalReward("models/rm", device="cpu")
+    reward.score([(prompt, response), ...])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rlhf.reward.model import RewardScorer
+from rlhf.v1 import common_pb2
+
+
+class LocalReward:
+    """Scores (prompt, response) pairs in-process, in length-sorted batches of `batch_size`."""
+
+    def __init__(self, model_dir: str, device: str = "auto", dtype: str = "float32", batch_size: int = 64):
+        self.scorer = RewardScorer.load(model_dir, device, dtype)
+        self.batch_size = batch_size
+
+    def score(self, items: Sequence[tuple[str, str]]) -> list[float]:
+        return self.scorer.score(items, self.batch_size)
+
+    def model_info(self) -> common_pb2.ModelInfo:
+        return self.scorer.model_info(max_batch_size=self.batch_size)
+
+    def close(self) -> None:
+        """Nothing to release; here so LocalReward and RewardClient are interchangeable."""
