@@ -28,14 +28,14 @@ MODEL_SIZES = {  # name: (layers, hidden, heads)
 @dataclass
 class DemoConfig:
     workdir: Path
-    steps: int = 60
+    steps: int = 80
     fresh: bool = False
     device: str = "cpu"
     model_size: str = "tiny"
     data_scale: float = 1.0
     seed: int = 0
     ppo_batch_size: int = 32
-    rm_epochs: int = 2
+    rm_epochs: int = 3
     eval_prompts: int = 64
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -102,12 +102,12 @@ def run_demo(config: DemoConfig) -> dict:
     ))
     stages.run("sft", "2/6 supervised fine-tuning", lambda: run_cli([
         "train", "sft", "--model", str(p["base"]), "--data", str(p["data"] / "sft.jsonl"), "--out", str(p["sft"]),
-        "--seed", seed, "--device", config.device, "--lr", "1e-3",
+        "--seed", seed, "--device", config.device, "--lr", "3e-3", "--batch-size", "32",
     ]))
     stages.run("rm", "3/6 reward model from preference rankings", lambda: run_cli([
         "train", "rm", "--model", str(p["sft"]), "--data", str(p["data"] / "preferences.jsonl"),
         "--out", str(p["rm"]), "--epochs", str(config.rm_epochs), "--seed", seed, "--device", config.device,
-        "--lr", "5e-4",
+        "--lr", "2e-3", "--batch-size", "16", "--max-length", "64",
     ]))
     stages.run("ppo", "4/6 PPO through the policy, reward and reference services", lambda: run_ppo(config))
     from rlhf.demo.report import evaluate, write_report
@@ -128,8 +128,10 @@ def run_ppo(config: DemoConfig) -> None:
     with ExitStack() as stack:
         services = {}
         for name, model in (("policy", p["sft"]), ("reference", p["sft"]), ("reward", p["rm"])):
+            # One torch thread per service: on a small machine the processes otherwise spin against each other.
             proc = ServiceProcess(["serve", name, "--model", str(model), "--device", config.device],
-                                  log_path=logs / f"{name}.log", env={"RLHF_LOG_FORMAT": "text"}, name=name)
+                                  log_path=logs / f"{name}.log", name=name,
+                                  env={"RLHF_LOG_FORMAT": "text", "OMP_NUM_THREADS": "1"})
             stack.enter_context(proc)
             print(f"  {name:<9} serving on {proc.target}  (log: {proc.log_path})", flush=True)
             services[name] = proc
@@ -141,7 +143,8 @@ def run_ppo(config: DemoConfig) -> None:
             "--reference", services["reference"].target, "--prompts", str(p["data"] / "prompts.jsonl"),
             "--ptx-data", str(p["data"] / "pretrain.jsonl"), "--out", str(p["ppo"]), "--steps", str(config.steps),
             "--batch-size", str(config.ppo_batch_size), "--seed", str(config.seed), "--device", config.device,
-            "--port", str(learner.port), "--log-rollouts", *resume,
+            "--port", str(learner.port), "--log-rollouts", "--lr", "3e-4", "--kl-coef", "0.1",
+            "--max-new-tokens", "12", "--ptx-coef", "0.05", "--ptx-batch-size", "4", "--save-every", "20", *resume,
         ]
         print(f"  learner   control API on 127.0.0.1:{learner.port}  (log: {logs / 'learner.log'})", flush=True)
         with open(logs / "learner.log", "ab") as log:
