@@ -1,0 +1,244 @@
+"""PPO end to end: `rlhf serve policy|reward|reference` and `rlhf train ppo` as separate processes.
+
+The learning run trains its SFT and reward models through the CLI first; the fault runs need no
+trained models and serve the untrained tiny model in every role. Every run talks to real servers
+over loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from rlhf.core.processes import RLHF_COMMAND, ServiceProcess, free_port
+from rlhf.core.synthetic import ground_truth_score
+from rlhf.core.types import GenerationParams
+from rlhf.policy.client import PolicyClient
+from rlhf.reward.client import RewardClient
+
+pytestmark = pytest.mark.slow
+
+KL_BOUND = 10.0  # nats per response (at most 12 tokens): the policy improves without wandering off
+
+
+def rlhf(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run([*RLHF_COMMAND, "--log-level", "WARNING", *args], capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, synth_dir, tmp_path_factory) -> SimpleNamespace:
+    """SFT and reward models trained through the CLI on the synthetic task (one epoch each)."""
+    root = tmp_path_factory.mktemp("ppo-models")
+    sft, rm = root / "sft", root / "rm"
+    rlhf("train", "sft", "--model", str(tiny_model_dir), "--data", str(synth_dir / "sft.jsonl"), "--out", str(sft),
+         "--lr", "3e-3", "--batch-size", "32", "--device", "cpu")
+    rlhf("train", "rm", "--model", str(sft), "--data", str(synth_dir / "preferences.jsonl"), "--out", str(rm),
+         "--epochs", "1", "--batch-size", "16", "--lr", "2e-3", "--max-length", "48", "--device", "cpu")
+    return SimpleNamespace(sft=sft, rm=rm, prompts=synth_dir / "prompts.jsonl", pretrain=synth_dir / "pretrain.jsonl")
+
+
+@pytest.fixture
+def untrained(tiny_model_dir, synth_dir) -> SimpleNamespace:
+    """The tiny model as SFT, reference, reward (random head) and critic: enough to exercise faults."""
+    return SimpleNamespace(sft=tiny_model_dir, rm=tiny_model_dir, prompts=synth_dir / "prompts.jsonl",
+                           pretrain=synth_dir / "pretrain.jsonl")
+
+
+class Run:
+    """Three services (n policy replicas) as processes, and `rlhf train ppo` against them."""
+
+    def __init__(self, stack: ExitStack, models: SimpleNamespace, out: Path, replicas: int = 1):
+        self.models, self.out, self.logs = models, out, out.parent / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.learner_port = free_port()
+        self.policies = [self._service(stack, "policy", models.sft, i, "--learner", f"127.0.0.1:{self.learner_port}")
+                         for i in range(replicas)]
+        self.reward = self._service(stack, "reward", models.rm)
+        self.reference = self._service(stack, "reference", models.sft)
+        self.learner: subprocess.Popen | None = None
+        stack.callback(self.kill_learner)
+
+    def _service(self, stack, name, model, index=0, *extra) -> ServiceProcess:
+        # One torch thread per service: four processes sharing two cores with the learner would
+        # otherwise spin against each other (on separate machines each would take them all).
+        proc = ServiceProcess(["serve", name, "--model", str(model), "--device", "cpu", *extra],
+                              log_path=self.logs / f"{name}{index}.log", name=f"{name}{index}",
+                              env={"OMP_NUM_THREADS": "1"})
+        return stack.enter_context(proc)
+
+    def start_learner(self, *flags: str) -> subprocess.Popen:
+        command = [
+            *RLHF_COMMAND, "train", "ppo", "--model", str(self.models.sft), "--value-model", str(self.models.rm),
+            "--policy", ",".join(p.target for p in self.policies), "--reward", self.reward.target,
+            "--reference", self.reference.target, "--prompts", str(self.models.prompts), "--out", str(self.out),
+            "--host", "127.0.0.1", "--port", str(self.learner_port), "--device", "cpu", "--log-rollouts",
+            "--service-timeout", "60", *flags,
+        ]
+        log = (self.logs / "learner.log").open("ab")
+        self.learner = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self.learner
+
+    def wait_learner(self, timeout: float = 600) -> int:
+        code = self.learner.wait(timeout)
+        assert code == 0, (self.logs / "learner.log").read_text()[-4000:]
+        return code
+
+    def kill_learner(self) -> None:
+        if self.learner is not None and self.learner.poll() is None:
+            self.learner.kill()
+            self.learner.wait()
+
+    def metrics(self) -> list[dict]:
+        return read_jsonl(self.out / "metrics.jsonl")
+
+    def wait_for_step(self, step: int, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(m["step"] >= step for m in self.metrics()):
+            assert self.learner.poll() is None, (self.logs / "learner.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, f"no step {step} after {timeout}s"
+            time.sleep(0.05)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line being written
+            rows.append(json.loads(line))
+    return rows
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def evaluate(policy: PolicyClient, reward: RewardClient, prompts: list[str]) -> tuple[float, float]:
+    """(mean reward-model score, mean ground-truth score) of 4 samples per held-out prompt, fixed seed."""
+    samples = policy.generate(prompts, GenerationParams(max_new_tokens=12, n=4, seed=1234))
+    items = [(prompts[s.prompt_index], s.response_text) for s in samples]
+    return mean(reward.score(items)), mean(ground_truth_score(p, r) for p, r in items)
+
+
+def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, tmp_path):
+    steps, batch = 12, 32
+    held_out = [json.loads(line)["prompt"] for line in (synth_dir / "prompts_eval.jsonl").read_text().splitlines()]
+    with ExitStack() as stack:
+        run = Run(stack, trained, tmp_path / "ppo", replicas=2)
+        policy = stack.enter_context(PolicyClient(run.policies[1].target))
+        reward = stack.enter_context(RewardClient(run.reward.target))
+        before = evaluate(policy, reward, held_out)  # the replica still serves the SFT weights
+        run.start_learner("--steps", str(steps), "--batch-size", str(batch), "--max-new-tokens", "12",
+                          "--lr", "3e-4", "--kl-coef", "0.1", "--ptx-data", str(trained.pretrain),
+                          "--ptx-coef", "0.05", "--ptx-batch-size", "4", "--save-every", "6")
+        run.wait_for_step(2)
+        status = subprocess.run([*RLHF_COMMAND, "learner", "status", "--target", f"127.0.0.1:{run.learner_port}",
+                                 "--json"], capture_output=True, text=True, timeout=60)
+        run.wait_learner()
+        final_version = policy.model_info().weights_version
+        after = evaluate(policy, reward, held_out)  # now serving the final PPO weights
+
+    assert status.returncode == 0, status.stderr
+    reported = json.loads(status.stdout)
+    assert reported["total_steps"] == steps and reported["step"] >= 2 and "objective/kl" in reported["metrics"]
+    metrics = run.metrics()
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    rollouts = read_jsonl(run.out / "rollouts.jsonl")
+    assert len(rollouts) == steps * batch
+    # every step trained on samples of that step's weights, from both replicas
+    assert all(r["weights_version"] == r["step"] - 1 for r in rollouts)
+    assert final_version == steps
+    print(f"held-out reward {before[0]:.3f} -> {after[0]:.3f}, ground truth {before[1]:.3f} -> {after[1]:.3f}, "
+          f"KL per response: max {max(m['objective/kl'] for m in metrics):.2f}")
+    assert after[0] > before[0] + 0.3  # the reward model's score
+    assert after[1] > before[1] + 0.3  # the hidden rule it was trained to imitate
+    assert max(m["objective/kl"] for m in metrics) < KL_BOUND
+    assert (run.out / "policy" / "config.json").exists()
+
+
+def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path):
+    steps, flags = 10, ["--batch-size", "8", "--max-new-tokens", "8", "--ppo-epochs", "2", "--lr", "1e-4",
+                        "--save-every", "4", "--steps", "10"]
+    with ExitStack() as stack:
+        run = Run(stack, untrained, tmp_path / "ppo")
+        latest = run.out / "checkpoints" / "latest"
+
+        # `rlhf learner stop`: checkpoint at the end of the step, exit 0
+        run.start_learner(*flags)
+        run.wait_for_step(2)
+        stop = subprocess.run([*RLHF_COMMAND, "learner", "stop", "--target", f"127.0.0.1:{run.learner_port}",
+                               "--timeout", "300"], capture_output=True, text=True, timeout=300)
+        run.wait_learner()
+        stopped_at = max(m["step"] for m in run.metrics())
+        assert stop.returncode == 0 and f"stopped at step {stopped_at}" in stop.stdout, stop.stderr
+        assert latest.read_text() == f"step-{stopped_at:06d}"
+
+        # SIGTERM: the same
+        run.start_learner(*flags, "--resume")
+        run.wait_for_step(stopped_at + 1)
+        run.learner.send_signal(signal.SIGTERM)
+        run.wait_learner()
+        terminated_at = max(m["step"] for m in run.metrics())
+        assert latest.read_text() == f"step-{terminated_at:06d}"
+
+        # SIGKILL: no goodbye; the steps since the last checkpoint are lost, and redone on resume
+        run.start_learner(*flags, "--resume")
+        run.wait_for_step(terminated_at + 2)
+        run.learner.send_signal(signal.SIGKILL)
+        run.learner.wait()
+        killed_at = max(m["step"] for m in run.metrics())
+        saved = int(latest.read_text().removeprefix("step-"))
+        assert terminated_at <= saved < killed_at < steps, (terminated_at, saved, killed_at)
+
+        run.start_learner(*flags, "--resume")
+        run.wait_learner()
+
+    metrics = run.metrics()
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))  # none twice, none missing
+    rollouts = read_jsonl(run.out / "rollouts.jsonl")
+    assert sorted({r["step"] for r in rollouts}) == list(range(1, steps + 1)) and len(rollouts) == steps * 8
+    assert all(r["weights_version"] == r["step"] - 1 for r in rollouts)
+    assert (run.out / "policy" / "config.json").exists()
+
+
+def test_policy_killed_and_restarted_gets_the_weights_back(untrained, tmp_path):
+    steps = 8
+    with ExitStack() as stack:
+        run = Run(stack, untrained, tmp_path / "ppo")
+        run.start_learner("--steps", str(steps), "--batch-size", "8", "--max-new-tokens", "8", "--ppo-epochs", "2",
+                          "--lr", "1e-4", "--save-every", "100")
+        watch = subprocess.Popen([*RLHF_COMMAND, "learner", "watch", "--json", "--target",
+                                  f"127.0.0.1:{run.learner_port}"], stdout=subprocess.PIPE, text=True)
+        watched = [json.loads(watch.stdout.readline()) for _ in range(2)]  # one line per finished step
+        run.wait_for_step(3)
+        policy = run.policies[0]
+        policy.kill()
+        time.sleep(1.0)
+        policy.start()  # same port; pulls the current weights from the learner before serving
+        with PolicyClient(policy.target) as replica:
+            version_at_restart = replica.model_info().weights_version
+        run.wait_learner()
+        with PolicyClient(policy.target) as replica:
+            final_version = replica.model_info().weights_version
+        watch_code = watch.wait(60)  # the stream ends with the run
+
+    assert watch_code == 0 and watched[1]["step"] == watched[0]["step"] + 1 and "loss/value" in watched[1]
+    assert version_at_restart >= 3  # from GetWeights, not the SFT dir's version 0
+    assert "pulled weights from the learner" in policy.logs(20000)
+    assert final_version == steps
+    metrics = run.metrics()
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    assert all(r["weights_version"] == r["step"] - 1 for r in read_jsonl(run.out / "rollouts.jsonl"))
