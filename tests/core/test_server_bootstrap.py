@@ -81,3 +81,27 @@ def test_taken_port_fails_to_start(port):
     service.release.set()
     with ServerThread(service, ServerOptions(port=port)), pytest.raises(OSError, match="cannot bind"):
         ServerThread(SlowLoadingService(), ServerOptions(port=port)).start(timeout=30)
+
+
+def test_resolve_replicas_expands_names_to_every_address():
+    from rlhf.core.client import resolve_replicas, split_target
+
+    assert split_target("dns:///policy.rlhf.svc:50052") == ("policy.rlhf.svc", 50052)
+    assert split_target("[::1]:7") == ("::1", 7)
+    assert resolve_replicas("127.0.0.1:50052") == ["127.0.0.1:50052"]
+    assert resolve_replicas("no-such-host.invalid:1") == ["no-such-host.invalid:1"]
+    with pytest.raises(Exception, match="not HOST:PORT"):
+        split_target("policy")
+
+
+def test_resolve_replicas_gives_one_target_per_address(monkeypatch):
+    import socket
+
+    from rlhf.core.client import resolve_replicas
+
+    # A headless Service answers with every pod's address (DNS stands in for the cluster here).
+    pods = ["10.0.0.7", "10.0.0.5", "10.0.0.7"]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, **kw: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in pods
+    ])
+    assert resolve_replicas("policy:50052") == ["10.0.0.5:50052", "10.0.0.7:50052"]

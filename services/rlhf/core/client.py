@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,3 +153,30 @@ def wait_until_serving(channel: grpc.Channel, timeout: float = 120.0, service: s
 def describe_rpc_error(err: grpc.RpcError) -> str:
     """One line for the CLI: `UNAVAILABLE: failed to connect ...`."""
     return f"{err.code().name}: {err.details()}"
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """("host", port) of `host:port`, `[v6]:port` or `dns:///host:port`."""
+    address = target.removeprefix("dns:///").removeprefix("dns:")
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"target {target!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def resolve_replicas(target: str) -> list[str]:
+    """One `ip:port` target per address that a name resolves to, e.g. every pod behind a headless Service.
+
+    Calls to a replica set go through one client per replica where each one must be reached (weight
+    pushes), rather than a round_robin channel that picks one. A name that resolves to a single address,
+    or cannot be resolved yet, is kept as given.
+    """
+    host, port = split_target(target)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return [target]
+    addresses = sorted({info[4][0] for info in infos})
+    if len(addresses) <= 1:
+        return [target]
+    return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]

@@ -40,7 +40,9 @@ def register(commands) -> None:
 
 def connect_services(config, args: argparse.Namespace):
     """gRPC clients for every service, with the per-call deadline at --service-timeout."""
-    from rlhf.core.client import ClientOptions
+    import dataclasses
+
+    from rlhf.core.client import ClientOptions, resolve_replicas, split_target
     from rlhf.core.security import read_secret
     from rlhf.learner.rollout import Services
     from rlhf.policy.client import PolicyClient
@@ -50,8 +52,17 @@ def connect_services(config, args: argparse.Namespace):
     options = ClientOptions(
         timeout=config.service_timeout, auth_token=read_secret(args.auth_token_file), tls_ca=args.service_tls_ca
     )
+    # A headless Service name stands for every policy pod: each one gets its own client, so rollouts
+    # spread over all of them and every one receives the new weights.
+    policies = []
+    for target in config.policy_targets:
+        replicas = resolve_replicas(target)
+        host = split_target(target)[0]
+        for replica in replicas:
+            named = dataclasses.replace(options, tls_server_name=options.tls_server_name or host)
+            policies.append(PolicyClient(replica, named if replica != target else options))
     return Services(
-        policies=[PolicyClient(target, options) for target in config.policy_targets],
+        policies=policies,
         reward=RewardClient(config.reward, options),
         reference=ReferenceClient(config.reference, options),
         timeout=config.service_timeout,
