@@ -224,3 +224,27 @@ def test_failed_weight_sync_logs_the_step_and_resume_continues(tiny_model_dir, s
     train(make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=4, resume=True), services)
     assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
     assert all(r["weights_version"] == r["step"] - 1 for r in read_jsonl(tmp_path / "run" / "rollouts.jsonl"))
+
+
+def test_a_stop_request_ends_retrying_at_once():
+    import time
+
+    from rlhf.learner.rollout import ServiceDown, with_retries
+
+    class Unavailable(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "down"
+
+    calls = []
+
+    def always_down():
+        calls.append(1)
+        raise Unavailable()
+
+    start = time.monotonic()
+    with pytest.raises(ServiceDown, match="stop requested"):
+        with_retries("generate on p", 300.0, always_down, abort=lambda: len(calls) >= 2)
+    assert len(calls) == 2 and time.monotonic() - start < 5  # not the 300 s --service-timeout

@@ -81,6 +81,7 @@ def run_ppo(args: argparse.Namespace) -> int:
     config = validate(config_from_args(args))
     services = connect_services(config, args)
     control = LearnerControl(config.steps, config.out)
+    services.abort = control.stop_requested
 
     def stop_after_this_step(signum, frame) -> None:
         """SIGTERM (kubectl delete) or a first Ctrl-C: finish the step, checkpoint, exit 0."""

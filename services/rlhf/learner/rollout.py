@@ -36,11 +36,13 @@ def name_of(service: object) -> str:
     return getattr(service, "target", None) or type(service).__name__
 
 
-def with_retries(what: str, timeout: float, fn: Callable, *args, wait_ready: Callable[[float], None] | None = None):
+def with_retries(what: str, timeout: float, fn: Callable, *args, wait_ready: Callable[[float], None] | None = None,
+                 abort: Callable[[], bool] = lambda: False):
     """fn(*args), retried on UNAVAILABLE/DEADLINE_EXCEEDED with exponential backoff until timeout.
 
     Between attempts, wait_ready(seconds) (a health check) holds off until a restarted server has
     loaded its model: a server accepts calls as soon as its port is bound, before it is SERVING.
+    abort() ends the waiting early (a stop was requested: SIGTERM must not wait out --service-timeout).
     """
     deadline, delay = time.monotonic() + timeout, 0.25
     while True:
@@ -49,6 +51,8 @@ def with_retries(what: str, timeout: float, fn: Callable, *args, wait_ready: Cal
         except grpc.RpcError as err:
             if err.code() not in RETRYABLE:
                 raise
+            if abort():
+                raise ServiceDown(f"{what}: stop requested while the service was unavailable") from err
             if time.monotonic() + delay > deadline:
                 raise ServiceDown(
                     f"{what} did not answer for {timeout:.0f}s (--service-timeout): {err.code().name}: {err.details()}"
@@ -67,6 +71,7 @@ class Services:
     reward: RewardService
     reference: ReferenceService
     timeout: float = 300.0  # --service-timeout
+    abort: Callable[[], bool] = lambda: False  # a stop was requested: give up retrying
     pool: ThreadPoolExecutor = field(init=False)  # one thread per replica, plus reward and reference
 
     def __post_init__(self) -> None:
@@ -76,7 +81,7 @@ class Services:
         """service.method(*args) with retries; gRPC clients are health-checked between attempts."""
         wait_ready = getattr(service, "wait_until_serving", None)
         return with_retries(f"{method} on {name_of(service)}", self.timeout, getattr(service, method), *args,
-                            wait_ready=wait_ready)
+                            wait_ready=wait_ready, abort=self.abort)
 
     def push_weights(self, weights: dict[str, torch.Tensor], version: int) -> None:
         """Send the weights to every replica, concurrently."""
