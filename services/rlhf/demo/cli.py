@@ -13,7 +13,7 @@ def register(commands) -> None:
     )
     demo.add_argument("--workdir", default="demo-run", help="keeps every artifact; a rerun reuses finished stages")
     demo.add_argument("--fresh", action="store_true", help="redo every stage")
-    demo.add_argument("--steps", type=int, default=80, help="PPO steps")
+    demo.add_argument("--steps", type=int, default=60, help="PPO steps")
     demo.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     demo.add_argument("--model-size", default="tiny", choices=["tiny", "small"], help="size of the bundled model")
     demo.add_argument("--data-scale", type=float, default=1.0, help="shrink or grow the synthetic data")

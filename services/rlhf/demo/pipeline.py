@@ -28,14 +28,14 @@ MODEL_SIZES = {  # name: (layers, hidden, heads)
 @dataclass
 class DemoConfig:
     workdir: Path
-    steps: int = 80
+    steps: int = 60
     fresh: bool = False
     device: str = "cpu"
     model_size: str = "tiny"
     data_scale: float = 1.0
     seed: int = 0
     ppo_batch_size: int = 32
-    rm_epochs: int = 3
+    rm_epochs: int = 1
     eval_prompts: int = 64
     timings: dict[str, float] = field(default_factory=dict)
 
