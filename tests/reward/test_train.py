@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
     data = write_task(work / "data", seed=SEED, scale=DATA_SCALE)["preferences"]
     command = [*RLHF, "train", "rm", "--model", str(lm), "--data", str(data), "--out", str(work / "rm"),
                "--epochs", str(EPOCHS), "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", str(EVAL_FRACTION),
-               "--seed", str(SEED), "--device", "cpu"]
+               "--seed", str(SEED), "--device", "cpu", "--adam-beta2", "0.95"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]

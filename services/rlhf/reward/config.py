@@ -34,6 +34,7 @@ class RewardTrainConfig:
     seed: int = _opt(0, "data split, shuffling and head initialisation")
     device: str = _opt("auto", "auto, cpu, cuda, mps")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
+    adam_beta2: float = _opt(0.999, "AdamW beta2; 0.95 (as in GPT-3) helps small models learn the task")
 
 
 @dataclass

@@ -58,9 +58,11 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
 
     rng = random.Random(config.seed)
     steps = config.epochs * len(prompt_batches(train_set, config.batch_size))
-    # beta2 = 0.95 (as in GPT-3 and nanoGPT): with 0.999 the tiny model learns the synthetic task's
+    # --adam-beta2 0.95 (as in GPT-3 and nanoGPT): with 0.999 the tiny model learns the synthetic task's
     # prompt-response relation (is the answer on topic?) later, and for some seeds not at all.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay
+    )
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
