@@ -58,20 +58,20 @@ def make_reward_model(workdir: Path, layers: int, hidden: int, heads: int) -> Pa
 
 
 def in_process_items_per_s(model_dir: Path, items, device: str, seconds: float) -> dict[int, float]:
-    """Items/s of RewardScorer.forward at each batch size, on pre-tokenized, length-sorted items."""
+    """Items/s of RewardScorer.score_batch (batched tokenizing + forward: the server's work per batch)
+    at each batch size, on length-sorted items."""
     from rlhf.core.batching import by_length_chunks
     from rlhf.reward.model import RewardScorer
 
     scorer = RewardScorer.load(model_dir, device=device)
-    encoded = [scorer.encode(p, r) for p, r in items]
     rates = {}
     for size in (8, 32, 64, 128, 256):
-        batches = [[encoded[i] for i in chunk] for chunk in by_length_chunks([len(e.input_ids) for e in encoded], size)]
-        scorer.forward(batches[0])  # warm-up for this shape
+        batches = [[items[i] for i in chunk] for chunk in by_length_chunks([len(p) + len(r) for p, r in items], size)]
+        scorer.score_batch(batches[0])  # warm-up for this shape
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             for batch in batches:
-                scorer.forward(batch)
+                scorer.score_batch(batch)
                 done += len(batch)
         rates[size] = done / (time.perf_counter() - start)
     return rates
@@ -131,9 +131,16 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=64, help="the service's batch limit")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="the service's batching delay")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long each measurement runs")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads, here and in the server (default: torch's choice); 1 is steadier on a "
+                             "busy machine")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the server processes
 
     items = synthetic_items(2048)
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-reward-") as tmp:

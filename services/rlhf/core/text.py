@@ -7,6 +7,7 @@ as one string), and EOS closes the response. Truncation policy, everywhere: keep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -42,3 +43,16 @@ def truncate_left(prompt_ids: list[int], response_ids: list[int], max_length: in
 
 def encode_pair(tokenizer, prompt: str, response: str, max_length: int, add_eos: bool = True) -> Encoded:
     return truncate_left(encode_prompt(tokenizer, prompt), encode_response(tokenizer, response, add_eos), max_length)
+
+
+def encode_pairs(
+    tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, add_eos: bool = True
+) -> list[Encoded]:
+    """encode_pair for many pairs: the same ids, from two batched tokenizer calls instead of two per pair
+    (the per-call Python overhead of a transformers tokenizer is far larger than the tokenizing itself)."""
+    if not pairs:
+        return []
+    prompts = tokenizer([p for p, _ in pairs], add_special_tokens=True)["input_ids"]
+    responses = tokenizer([r for _, r in pairs], add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
+    return [truncate_left(p, r + eos, max_length) for p, r in zip(prompts, responses, strict=True)]

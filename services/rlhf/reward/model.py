@@ -24,7 +24,7 @@ from rlhf.core.modeling import (
     resolve_device,
     resolve_dtype,
 )
-from rlhf.core.text import Encoded, encode_pair
+from rlhf.core.text import Encoded, encode_pairs
 from rlhf.v1 import common_pb2
 
 # Set only for architectures with no bias the mean can be folded into (see normalize.py).
@@ -66,9 +66,9 @@ class RewardScorer:
         model = load_sequence_classifier(path, tokenizer, torch_device, resolve_dtype(dtype, torch_device))
         return cls(model, tokenizer, str(path))
 
-    def encode(self, prompt: str, response: str) -> Encoded:
+    def encode(self, items: Sequence[tuple[str, str]]) -> list[Encoded]:
         """Token ids per the one truncation policy: keep the whole response and the end of the prompt."""
-        return encode_pair(self.tokenizer, prompt, response, self.max_length)
+        return encode_pairs(self.tokenizer, items, self.max_length)
 
     def forward(self, batch: Sequence[Encoded]) -> list[float]:
         """Rewards for one model batch (no grad)."""
@@ -84,7 +84,12 @@ class RewardScorer:
         return scores
 
     def score(self, items: Sequence[tuple[str, str]], batch_size: int = 64) -> list[float]:
-        return self.score_encoded([self.encode(p, r) for p, r in items], batch_size)
+        return self.score_encoded(self.encode(items), batch_size)
+
+    def score_batch(self, items: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """One model batch from text: (reward, whether the input was truncated) per item."""
+        encoded = self.encode(items)
+        return list(zip(self.forward(encoded), (e.truncated for e in encoded), strict=True))
 
     @property
     def model_version(self) -> str:

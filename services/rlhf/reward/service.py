@@ -1,8 +1,9 @@
 """The RewardScoring gRPC service: Score and GetModelInfo over a dynamically batched reward model.
 
-Requests are tokenized on the event loop (the same `encode_pair` as training), then their items
-join one queue; the batcher cuts model batches of similar lengths across concurrent requests and
-runs each forward on its single model thread under `torch.inference_mode`.
+The items of concurrent requests join one queue; the batcher cuts model batches of similar
+(character) lengths from it, and its model thread tokenizes each batch with two batched tokenizer
+calls (`encode_pairs`: the same ids as training's `encode_pair`) and runs the forward under
+`torch.inference_mode`. The event loop only moves messages.
 
     rlhf serve reward --model models/rm --port 50051
 """
@@ -16,7 +17,6 @@ import grpc
 
 from rlhf.core.batching import BatcherClosed, DynamicBatcher
 from rlhf.core.metrics import TRUNCATED_INPUTS
-from rlhf.core.text import Encoded
 from rlhf.reward.config import RewardServiceConfig
 from rlhf.reward.model import RewardScorer
 from rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
@@ -32,7 +32,7 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
     def __init__(self, config: RewardServiceConfig):
         self.config = config
         self.scorer: RewardScorer | None = None
-        self.batcher: DynamicBatcher[Encoded, float] | None = None
+        self.batcher: DynamicBatcher[tuple[str, str], tuple[float, bool]] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         reward_pb2_grpc.add_RewardScoringServicer_to_server(self, server)
@@ -41,14 +41,15 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
         config = self.config
         self.scorer = await asyncio.to_thread(RewardScorer.load, config.model, config.device, config.dtype)
         self.batcher = DynamicBatcher(
-            self.scorer.forward,
+            self.scorer.score_batch,  # tokenizes the whole batch at once, then runs the forward
             name=self.name,
             max_batch_size=config.max_batch_size,
             max_wait_ms=config.max_wait_ms,
-            length_of=lambda e: len(e.prompt_ids) + len(e.response_ids),
+            # Buckets by characters: tokens are only known once the batch is tokenized.
+            length_of=lambda item: len(item[0]) + len(item[1]),
         )
         # The first forward pays one-off costs (allocator, kernels); keep them out of the first request.
-        await self.batcher.run_exclusive(lambda: self.scorer.forward([self.scorer.encode("warm", "up")]))
+        await self.batcher.run_exclusive(lambda: self.scorer.score_batch([("warm", "up")]))
         log.info("reward model loaded", extra={"model": config.model, "device": str(self.scorer.device),
                                               "model_version": self.scorer.model_version})
 
@@ -67,18 +68,19 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{count} items is over this server's limit of {limit} items per request (split the request)",
             )
-        encoded = [self.scorer.encode(item.prompt, item.response) for item in request.items]
-        truncated = [e.truncated for e in encoded]
-        if any(truncated):
-            TRUNCATED_INPUTS.labels(self.name).inc(sum(truncated))
         try:
-            scores = await self.batcher.submit(encoded)
+            results = await self.batcher.submit([(item.prompt, item.response) for item in request.items])
         except BatcherClosed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         except Exception as err:  # noqa: BLE001 - a failed batch fails its requests, never the server
             log.exception("scoring failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"scoring failed: {type(err).__name__}: {err}")
-        return reward_pb2.ScoreResponse(scores=scores, model_version=self.scorer.model_version, truncated=truncated)
+        truncated = [cut for _, cut in results]
+        if any(truncated):
+            TRUNCATED_INPUTS.labels(self.name).inc(sum(truncated))
+        return reward_pb2.ScoreResponse(
+            scores=[score for score, _ in results], model_version=self.scorer.model_version, truncated=truncated
+        )
 
     async def GetModelInfo(self, request: common_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext):
         if self.scorer is None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from rlhf.core.errors import UserError
 from rlhf.core.logprobs import pad_right
 from rlhf.core.modeling import load_tokenizer, resolve_device, save_model_dir
-from rlhf.core.text import Encoded, encode_pair
+from rlhf.core.text import Encoded, encode_pairs
 from rlhf.reward.config import RewardTrainConfig
 from rlhf.reward.data import ComparisonBatch, collate, completions, load_rankings, prompt_batches, split_rankings
 from rlhf.reward.loss import kwise_loss, pairwise_accuracy
@@ -54,7 +54,8 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
     scorer = RewardScorer(model, tokenizer)
     max_length = config.max_length or scorer.max_length
     # Every distinct (prompt, response) is tokenized once, up front, not once per epoch.
-    encoded = {item: encode_pair(tokenizer, *item, max_length) for item in completions(rankings)}
+    items = completions(rankings)
+    encoded = dict(zip(items, encode_pairs(tokenizer, items, max_length), strict=True))
 
     rng = random.Random(config.seed)
     steps = config.epochs * len(prompt_batches(train_set, config.batch_size))
