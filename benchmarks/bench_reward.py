@@ -65,7 +65,7 @@ def in_process_items_per_s(model_dir: Path, items, device: str, seconds: float) 
 
     scorer = RewardScorer.load(model_dir, device=device)
     rates = {}
-    for size in (8, 32, 64, 128, 256):
+    for size in (8, 16, 32, 64, 128, 256):
         batches = [[items[i] for i in chunk] for chunk in by_length_chunks([len(p) + len(r) for p, r in items], size)]
         scorer.score_batch(batches[0])  # warm-up for this shape
         done, start = 0, time.perf_counter()

@@ -134,3 +134,48 @@ def test_run_exclusive_runs_between_batches_on_the_model_thread():
     run(main())
     assert [o[0] for o in order] == ["batch", "swap", "batch"]
     assert order[1][1].startswith("t-model")
+
+
+def test_concurrency_runs_batches_side_by_side_and_exclusive_work_alone():
+    import time
+
+    active, peak, log = [0], [0], []
+    lock = threading.Lock()
+
+    def process(items):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return items
+
+    def exclusive():
+        log.append(active[0])  # no batch is running while this runs
+
+    async def main():
+        batcher = DynamicBatcher(process, name="t", max_batch_size=2, max_wait_ms=1, concurrency=2)
+        work = asyncio.gather(*(batcher.submit([i]) for i in range(8)))
+        await asyncio.sleep(0.02)  # batches are running
+        await batcher.run_exclusive(exclusive)
+        results = await work
+        await batcher.close()
+        return results
+
+    assert run(main()) == [[i] for i in range(8)]
+    assert peak[0] == 2 and log == [0]
+
+
+def test_a_burst_wakes_the_batcher_only_when_a_batch_fills():
+    rec = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(rec, name="t", max_batch_size=4, max_wait_ms=10_000)
+        # 8 items with an enormous delay: only the filled groups can make them run
+        results = await asyncio.wait_for(asyncio.gather(*(batcher.submit([i]) for i in range(8))), timeout=5)
+        await batcher.close()
+        return results
+
+    assert run(main()) == [[i * 10] for i in range(8)]
+    assert sorted(len(b) for b in rec.batches) == [4, 4]

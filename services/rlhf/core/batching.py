@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +38,12 @@ class BatcherClosed(RuntimeError):
 
 
 class DynamicBatcher(Generic[In, Out]):
-    """Runs `process(items) -> outputs` on batches merged across concurrent `submit` calls."""
+    """Runs `process(items) -> outputs` on batches merged across concurrent `submit` calls.
+
+    `concurrency` > 1 lets that many batches run at once on as many threads, for a `process` that
+    spreads them over several model instances (e.g. worker processes); weights-changing work
+    (`run_exclusive`) still runs alone.
+    """
 
     def __init__(
         self,
@@ -48,15 +54,22 @@ class DynamicBatcher(Generic[In, Out]):
         max_wait_ms: float = 5.0,
         length_of: Callable[[In], int] = lambda _: 1,
         group_of: Callable[[In], Hashable] = lambda _: None,
+        concurrency: int = 1,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
         self.process, self.name = process, name
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
         self.length_of, self.group_of = length_of, group_of
+        self.concurrency = concurrency
         self._pending: list[_Pending[In]] = []
+        self._group_sizes: Counter[Hashable] = Counter()
         self._wakeup: asyncio.Event | None = None
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-model")
+        self._worker = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"{name}-model")
+        self._running: set[asyncio.Task] = set()
+        self._exclusive = 0  # run_exclusive calls waiting or running: no new batch starts meanwhile
         self._task: asyncio.Task | None = None
         self._closed = False
 
@@ -67,13 +80,34 @@ class DynamicBatcher(Generic[In, Out]):
         self._ensure_started()
         loop = asyncio.get_running_loop()
         entries = [_Pending(it, self.length_of(it), self.group_of(it), loop.create_future()) for it in items]
-        self._pending.extend(entries)
-        self._wakeup.set()
+        self._enqueue(entries)
+        if len(entries) == 1:
+            return [await entries[0].future]
         return list(await asyncio.gather(*(e.future for e in entries)))
 
+    def _enqueue(self, entries: list[_Pending[In]]) -> None:
+        # Wake the loop only when it has something new to act on: a first item (starts the
+        # delay), or a group that just filled a batch. Under load most submits wake nothing.
+        first = not self._pending
+        self._pending.extend(entries)
+        filled = False
+        for entry in entries:
+            self._group_sizes[entry.group] += 1
+            filled |= self._group_sizes[entry.group] == self.max_batch_size
+        if first or filled:
+            self._wakeup.set()
+
     async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
-        """Run fn on the model thread between batches (e.g. swapping weights)."""
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+        """Run fn on a model thread while no batch runs (e.g. swapping weights)."""
+        self._ensure_started()
+        self._exclusive += 1
+        try:
+            while self._running:
+                await asyncio.wait(set(self._running))
+            return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+        finally:
+            self._exclusive -= 1
+            self._wakeup.set()
 
     def _ensure_started(self) -> None:
         if self._task is None:
@@ -83,42 +117,59 @@ class DynamicBatcher(Generic[In, Out]):
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            # Items whose caller gave up (deadline, cancel) are dropped rather than computed.
-            self._pending = [p for p in self._pending if not p.future.cancelled()]
-            if not self._pending:
-                if self._closed:
+            self._drop_cancelled()
+            if self._running and (len(self._running) >= self.concurrency or self._exclusive):
+                await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if not self._pending or self._exclusive:
+                if self._closed and not self._pending:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             await self._wait_for_batch()
-            batch = self._cut_batch()
-            await self._run_batch(loop, batch)
+            task = loop.create_task(self._run_batch(loop, self._cut_batch()))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _drop_cancelled(self) -> None:
+        """Items whose caller gave up (deadline, cancel) are dropped rather than computed."""
+        if any(p.future.cancelled() for p in self._pending):
+            self._pending = [p for p in self._pending if not p.future.cancelled()]
+            self._group_sizes = Counter(p.group for p in self._pending)
 
     async def _wait_for_batch(self) -> None:
-        """Wait until a full batch is queued or the oldest item's deadline passes."""
-        deadline = self._pending[0].enqueued + self.max_wait
-        while not self._closed:
-            group = self._pending[0].group
-            if sum(1 for p in self._pending if p.group == group) >= self.max_batch_size:
-                return
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+        """Wait until the oldest item's group fills a batch or the oldest item's delay runs out."""
+        loop = asyncio.get_running_loop()
+        oldest = self._pending[0]
+        delay = oldest.enqueued + self.max_wait - time.perf_counter()
+        if delay <= 0 or self._group_sizes[oldest.group] >= self.max_batch_size:
+            return
+        timer = loop.call_later(delay, self._wakeup.set)
+        try:
+            while not self._closed and self._group_sizes[oldest.group] < self.max_batch_size:
+                if time.perf_counter() >= oldest.enqueued + self.max_wait or oldest.future.cancelled():
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        finally:
+            timer.cancel()
 
     def _cut_batch(self) -> list[_Pending[In]]:
         """The oldest item plus the items of its group closest to it in length."""
         oldest = self._pending[0]
-        group = sorted((p for p in self._pending if p.group == oldest.group), key=lambda p: p.length)
+        if len(self._pending) <= self.max_batch_size and self._group_sizes[oldest.group] == len(self._pending):
+            group = sorted(self._pending, key=lambda p: p.length)  # the common case: take everything
+        else:
+            group = sorted((p for p in self._pending if p.group == oldest.group), key=lambda p: p.length)
         if len(group) > self.max_batch_size:
             group = _tightest_window(group, group.index(oldest), self.max_batch_size)
-        chosen = {id(p) for p in group}
-        self._pending = [p for p in self._pending if id(p) not in chosen]
+        if len(group) == len(self._pending):
+            self._pending = []
+        else:
+            chosen = {id(p) for p in group}
+            self._pending = [p for p in self._pending if id(p) not in chosen]
+        self._group_sizes[oldest.group] -= len(group)
         return group
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[In]]) -> None:
@@ -141,6 +192,7 @@ class DynamicBatcher(Generic[In, Out]):
                 if not p.future.done():
                     p.future.set_result(out)
         BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        self._wakeup.set()  # a model slot is free
 
     async def close(self) -> None:
         """Finish the queued work, then stop the worker."""
@@ -148,6 +200,8 @@ class DynamicBatcher(Generic[In, Out]):
         if self._task is not None:
             self._wakeup.set()
             await self._task
+            while self._running:
+                await asyncio.wait(set(self._running))
         self._worker.shutdown(wait=True)
 
 

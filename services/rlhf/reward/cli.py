@@ -61,8 +61,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = config_from_args(args, RewardServiceConfig)
     check_model_path(config.model)
-    if config.max_batch_size < 1 or config.max_items_per_request < 1 or config.max_wait_ms < 0:
-        raise UserError("--max-batch-size and --max-items-per-request must be >= 1, --max-wait-ms >= 0")
+    if min(config.max_batch_size, config.max_items_per_request, config.instances) < 1 or config.max_wait_ms < 0:
+        raise UserError("--max-batch-size, --max-items-per-request and --instances must be >= 1, --max-wait-ms >= 0")
     return serve(RewardService(config), ServerOptions.from_args(args))
 
 

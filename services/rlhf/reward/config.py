@@ -47,6 +47,8 @@ class RewardServiceConfig:
     max_batch_size: int = _opt(64, "most items per model batch (1 turns dynamic batching off)")
     max_wait_ms: float = _opt(2.0, "longest an item waits for its batch to fill")
     max_items_per_request: int = _opt(1024, "larger requests are refused with INVALID_ARGUMENT")
+    instances: int = _opt(1, "model copies, each in its own process, running batches concurrently (on CPU each "
+                             "gets cpus/instances torch threads)")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

@@ -1,9 +1,10 @@
 """The RewardScoring gRPC service: Score and GetModelInfo over a dynamically batched reward model.
 
 The items of concurrent requests join one queue; the batcher cuts model batches of similar
-(character) lengths from it, and its model thread tokenizes each batch with two batched tokenizer
-calls (`encode_pairs`: the same ids as training's `encode_pair`) and runs the forward under
-`torch.inference_mode`. The event loop only moves messages.
+(character) lengths from it and hands each to a model worker process (`--instances` of them, each
+a batch at a time), which tokenizes it with two batched tokenizer calls (`encode_pairs`: the same
+ids as training's `encode_pair`) and runs the forward under `torch.inference_mode`. The event
+loop only moves messages.
 
     rlhf serve reward --model models/rm --port 50051
 """
@@ -18,7 +19,7 @@ import grpc
 from rlhf.core.batching import BatcherClosed, DynamicBatcher
 from rlhf.core.metrics import TRUNCATED_INPUTS
 from rlhf.reward.config import RewardServiceConfig
-from rlhf.reward.model import RewardScorer
+from rlhf.reward.worker import WorkerDied, WorkerPool
 from rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 log = logging.getLogger("rlhf.reward")
@@ -31,7 +32,7 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
 
     def __init__(self, config: RewardServiceConfig):
         self.config = config
-        self.scorer: RewardScorer | None = None
+        self.worker: WorkerPool | None = None
         self.batcher: DynamicBatcher[tuple[str, str], tuple[float, bool]] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -39,23 +40,26 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
 
     async def load(self) -> None:
         config = self.config
-        self.scorer = await asyncio.to_thread(RewardScorer.load, config.model, config.device, config.dtype)
+        self.worker = await asyncio.to_thread(WorkerPool, config.model, config.device, config.dtype, config.instances)
         self.batcher = DynamicBatcher(
-            self.scorer.score_batch,  # tokenizes the whole batch at once, then runs the forward
+            self.worker.score_batch,  # the worker tokenizes the whole batch at once, then runs the forward
             name=self.name,
             max_batch_size=config.max_batch_size,
             max_wait_ms=config.max_wait_ms,
             # Buckets by characters: tokens are only known once the batch is tokenized.
             length_of=lambda item: len(item[0]) + len(item[1]),
+            concurrency=config.instances,
         )
         # The first forward pays one-off costs (allocator, kernels); keep them out of the first request.
-        await self.batcher.run_exclusive(lambda: self.scorer.score_batch([("warm", "up")]))
-        log.info("reward model loaded", extra={"model": config.model, "device": str(self.scorer.device),
-                                              "model_version": self.scorer.model_version})
+        await self.batcher.run_exclusive(lambda: self.worker.score_batch([("warm", "up")]))
+        log.info("reward model loaded", extra={"model": config.model, "device": self.worker.device,
+                                              "model_version": self.worker.model_version})
 
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.close)
 
     async def Score(self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext):
         if self.batcher is None:
@@ -72,6 +76,8 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
             results = await self.batcher.submit([(item.prompt, item.response) for item in request.items])
         except BatcherClosed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        except WorkerDied as err:  # the pool restarts it; a retry will be served
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{err}; restarting it, retry")
         except Exception as err:  # noqa: BLE001 - a failed batch fails its requests, never the server
             log.exception("scoring failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"scoring failed: {type(err).__name__}: {err}")
@@ -79,10 +85,13 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
         if any(truncated):
             TRUNCATED_INPUTS.labels(self.name).inc(sum(truncated))
         return reward_pb2.ScoreResponse(
-            scores=[score for score, _ in results], model_version=self.scorer.model_version, truncated=truncated
+            scores=[score for score, _ in results], model_version=self.worker.model_version, truncated=truncated
         )
 
     async def GetModelInfo(self, request: common_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext):
-        if self.scorer is None:
+        if self.batcher is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the reward model is still loading")
-        return self.scorer.model_info(self.config.max_batch_size, self.config.max_items_per_request)
+        info = common_pb2.ModelInfo()
+        info.CopyFrom(self.worker.info)
+        info.max_batch_size, info.max_items_per_request = self.config.max_batch_size, self.config.max_items_per_request
+        return info
