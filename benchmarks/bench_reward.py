@@ -9,6 +9,10 @@
    clients, each sending single-item Score requests back to back. The clients are grpc.aio
    channels in one separate load-generating process.
 3. The same server with dynamic batching off (--max-batch-size 1) under 64 clients.
+4. The cost of gRPC itself: 64 clients calling the server's health Check (no model). The load
+   generator, the server and the model share this machine's cores, so with a call costing H's
+   share and an item costing B's (B: in-process batched), no server can pass H / (H + B) of B: the
+   script prints that ceiling next to the measured ratio.
 
 Targets: 64 clients >= 0.9x in-process batched, and >= 3x batching off.
 """
@@ -65,7 +69,7 @@ def in_process_items_per_s(model_dir: Path, items, device: str, seconds: float) 
 
     scorer = RewardScorer.load(model_dir, device=device)
     rates = {}
-    for size in (8, 16, 32, 64, 128, 256):
+    for size in (1, 8, 16, 32, 64, 128, 256):
         batches = [[items[i] for i in chunk] for chunk in by_length_chunks([len(p) + len(r) for p, r in items], size)]
         scorer.score_batch(batches[0])  # warm-up for this shape
         done, start = 0, time.perf_counter()
@@ -77,20 +81,26 @@ def in_process_items_per_s(model_dir: Path, items, device: str, seconds: float) 
     return rates
 
 
-async def _clients(target: str, items, clients: int, seconds: float) -> float:
+async def _clients(target: str, items, clients: int, seconds: float, trivial: bool) -> float:
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from rlhf.v1 import reward_pb2, reward_pb2_grpc
 
-    requests = [reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(prompt=p, response=r)]) for p, r in items]
+    if trivial:  # the cheapest RPC the server has: what gRPC itself costs per call on this machine
+        requests = [health_pb2.HealthCheckRequest()]
+    else:
+        requests = [reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(prompt=p, response=r)]) for p, r in items]
     channels = [grpc.aio.insecure_channel(target) for _ in range(clients)]
     done = [0] * clients
     phase = {"measuring": False, "stop": False}
 
     async def client(i: int) -> None:
-        stub, n = reward_pb2_grpc.RewardScoringStub(channels[i]), i
+        call = (health_pb2_grpc.HealthStub(channels[i]).Check if trivial
+                else reward_pb2_grpc.RewardScoringStub(channels[i]).Score)
+        n = i
         while not phase["stop"]:
-            await stub.Score(requests[n % len(requests)], timeout=60)
+            await call(requests[n % len(requests)], timeout=60)
             n += clients
             done[i] += phase["measuring"]
 
@@ -107,15 +117,15 @@ async def _clients(target: str, items, clients: int, seconds: float) -> float:
     return sum(done) / elapsed
 
 
-def _client_process(target: str, items, clients: int, seconds: float, results) -> None:
-    results.put(asyncio.run(_clients(target, items, clients, seconds)))
+def _client_process(target: str, items, clients: int, seconds: float, trivial: bool, results) -> None:
+    results.put(asyncio.run(_clients(target, items, clients, seconds, trivial)))
 
 
-def service_items_per_s(target: str, items, clients: int, seconds: float) -> float:
+def service_items_per_s(target: str, items, clients: int, seconds: float, trivial: bool = False) -> float:
     """`clients` concurrent single-item callers, run in their own process so they don't share our GIL."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    process = ctx.Process(target=_client_process, args=(target, items, clients, seconds, results))
+    process = ctx.Process(target=_client_process, args=(target, items, clients, seconds, trivial, results))
     process.start()
     rate = results.get(timeout=seconds + 120)
     process.join()
@@ -128,7 +138,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="the service's batch limit")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="the service's batch limit (default: the best in-process batch size)")
+    parser.add_argument("--instances", type=int, default=1, help="the service's model worker processes")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="the service's batching delay")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long each measurement runs")
     parser.add_argument("--threads", type=int, default=None,
@@ -157,18 +169,28 @@ def main() -> None:
 
         def serve(max_batch_size: int) -> list[str]:
             return ["serve", "reward", "--model", str(model_dir), "--device", args.device,
-                    "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+                    "--instances", str(args.instances), "--max-batch-size", str(max_batch_size),
+                    "--max-wait-ms", str(args.max_wait_ms)]
 
-        served = {}
-        with ServiceProcess(serve(args.max_batch_size), log_path=workdir / "reward.log", name="reward") as server:
+        served, max_batch_size = {}, args.max_batch_size or best_size
+        print(f"  service: --max-batch-size {max_batch_size} --max-wait-ms {args.max_wait_ms} "
+              f"--instances {args.instances}")
+        with ServiceProcess(serve(max_batch_size), log_path=workdir / "reward.log", name="reward") as server:
             for clients in (1, 8, 64):
                 served[clients] = service_items_per_s(server.target, items, clients, args.seconds)
                 print(f"  service, {clients:2d} concurrent clients:         {served[clients]:9.0f} items/s  "
                       f"({served[clients] / baseline:.2f}x in-process)")
+            rpc_ceiling = service_items_per_s(server.target, items, 64, args.seconds, trivial=True)
         with ServiceProcess(serve(1), log_path=workdir / "reward-unbatched.log", name="reward") as server:
             unbatched = service_items_per_s(server.target, items, 64, args.seconds)
         print(f"  service, 64 clients, batching off:    {unbatched:9.0f} items/s  "
               f"({unbatched / baseline:.2f}x in-process)")
+        # Clients, server and model share this machine's cores. If one call costs the CPU of a health
+        # check and one item the CPU of an in-process item, no server can pass this fraction of it.
+        ceiling = rpc_ceiling / (rpc_ceiling + baseline)
+        print(f"  64 clients, health Check (no model):  {rpc_ceiling:9.0f} calls/s  -> with the model's CPU per item, "
+              f"the most any server here can reach is {ceiling:.2f}x in-process; 64 clients reach "
+              f"{served[64] / baseline / ceiling:.2f} of that")
         print(f"ratios: 64 clients / in-process batched = {served[64] / baseline:.2f} (target >= 0.90); "
               f"64 clients / batching off = {served[64] / unbatched:.2f} (target >= 3.00)")
 
