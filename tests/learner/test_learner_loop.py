@@ -101,6 +101,19 @@ def test_loop_logs_syncs_and_checkpoints(tiny_model_dir, synth_dir, tmp_path, se
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
 
 
+def test_replicas_serving_bfloat16_get_the_float32_weights_cast(tiny_model_dir, synth_dir, tmp_path):
+    replicas = [LocalPolicy(tiny_model_dir, device="cpu", dtype="bfloat16"), LocalPolicy(tiny_model_dir, device="cpu")]
+    services = Services(replicas, CallableReward(ground_truth_score), LocalReference(tiny_model_dir, device="cpu"),
+                        timeout=5.0)
+    state = train(make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=2, ptx_data=None), services)
+    learner_weights = state.policy.state_dict()
+    assert all(t.dtype == torch.float32 for t in learner_weights.values() if t.is_floating_point())
+    for replica, dtype in zip(replicas, (torch.bfloat16, torch.float32), strict=True):
+        assert replica.model_info().weights_version == 2
+        for name, tensor in replica.policy.model.state_dict().items():
+            assert torch.equal(tensor, learner_weights[name].to(dtype)), name
+
+
 def test_resume_after_kill_repeats_nothing_and_matches(tiny_model_dir, synth_dir, tmp_path, services):
     out = tmp_path / "run"
     train(make_config(tiny_model_dir, synth_dir, out, anneal_lr=False), services)
@@ -183,6 +196,13 @@ def test_control_api_status_watch_weights_and_stop(tiny_model_dir, synth_dir, tm
             assert status.total_steps == 50 and status.step >= 1 and status.phase
             version, weights = client.get_weights()
             assert version >= 1 and set(weights) == set(services.policies[0].policy.model.state_dict())
+            _, halves = client.get_weights(dtype="bfloat16")  # what a bfloat16 replica pulls
+            assert set(halves) == set(weights)
+            assert all(t.dtype == (torch.bfloat16 if weights[n].is_floating_point() else weights[n].dtype)
+                       for n, t in halves.items())
+            with pytest.raises(grpc.RpcError) as refused:
+                client.get_weights(dtype="float8")
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "float8" in refused.value.details()
             stopped = client.stop()
         runner.join(60)
     state = result["state"]

@@ -88,6 +88,13 @@ def _varint(value: int) -> bytes:
 TensorSpec = tuple[torch.dtype, tuple[int, ...]]
 
 
+def cast_floating(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The state dict with its floating-point tensors in `dtype` (integer buffers stay as they are),
+    e.g. a float32 learner's weights for a replica serving bfloat16. Tensors already in `dtype` are
+    not copied."""
+    return {name: t.to(dtype) if t.is_floating_point() else t for name, t in state_dict.items()}
+
+
 def specs_of(state_dict: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
     return {name: (t.dtype, tuple(t.shape)) for name, t in state_dict.items()}
 

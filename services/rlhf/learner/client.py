@@ -31,6 +31,8 @@ class LearnerClient(BaseClient):
         """Checkpoint at the end of the current step, then the run ends."""
         return self.stub.Stop(learner_pb2.StopRequest(), **self.call_kwargs(timeout))
 
-    def get_weights(self) -> tuple[int, dict[str, torch.Tensor]]:
-        """(version, state dict) of the learner's current policy."""
-        return assemble(self.stub.GetWeights(learner_pb2.GetWeightsRequest(), **self.call_kwargs()))
+    def get_weights(self, dtype: str = "") -> tuple[int, dict[str, torch.Tensor]]:
+        """(version, state dict) of the learner's current policy; floating-point tensors in `dtype`
+        ("bfloat16", ...) when given, else as the learner trains them."""
+        request = learner_pb2.GetWeightsRequest(dtype=dtype)
+        return assemble(self.stub.GetWeights(request, **self.call_kwargs()))

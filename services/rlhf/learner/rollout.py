@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
+from rlhf.core.tensors import parse_dtype
 from rlhf.core.types import GenerationParams, Sample
+from rlhf.core.weights import cast_floating
 from rlhf.learner.interfaces import PolicyService, ReferenceService, RewardService
 from rlhf.learner.models import policy_forward, value_forward
 from rlhf.learner.state import TrainState
@@ -84,10 +86,21 @@ class Services:
                             wait_ready=wait_ready, abort=self.abort)
 
     def push_weights(self, weights: dict[str, torch.Tensor], version: int) -> None:
-        """Send the weights to every replica, concurrently."""
-        futures = [self.pool.submit(self.call, p, "update_weights", weights, version) for p in self.policies]
+        """Send the weights to every replica, concurrently, each in the dtype it serves."""
+        served = list(self.pool.map(self.served_dtype, self.policies))
+        casts = {dtype: cast_floating(weights, dtype) for dtype in set(served)}
+        futures = [self.pool.submit(self.call, p, "update_weights", casts[dtype], version)
+                   for p, dtype in zip(self.policies, served, strict=True)]
         for future in futures:
             future.result()
+
+    def push_to(self, replica: PolicyService, weights: dict[str, torch.Tensor], version: int) -> None:
+        self.call(replica, "update_weights", cast_floating(weights, self.served_dtype(replica)), version)
+
+    def served_dtype(self, replica: PolicyService) -> torch.dtype:
+        """The learner trains in float32; a replica may serve bfloat16 or float16. Asked at every push:
+        a replica may have restarted with other settings."""
+        return parse_dtype(self.call(replica, "model_info").dtype)
 
     def close(self) -> None:
         """Close the clients' channels (in-process services have nothing to close)."""
@@ -156,7 +169,7 @@ def generate_on_replicas(
                 return samples
             log.warning("stale weights on a replica; pushing again",
                         extra={"replica": name_of(replica), "versions": sorted(versions), "want": version})
-            services.call(replica, "update_weights", weights(), version)
+            services.push_to(replica, weights(), version)
         raise ServiceDown(f"policy {name_of(replica)} keeps serving weights other than version {version}")
 
     shares_out = services.pool.map(generate_share, [i for i in range(n) if shares[i]])

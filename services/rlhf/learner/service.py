@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from rlhf.core.weights import weight_chunks
+from rlhf.core.tensors import TensorDecodeError, parse_dtype
+from rlhf.core.weights import cast_floating, weight_chunks
 from rlhf.learner.control import CheckpointResult, LearnerControl
 from rlhf.v1 import common_pb2, learner_pb2, learner_pb2_grpc
 
@@ -52,6 +53,12 @@ class LearnerServicer(learner_pb2_grpc.LearnerServicer):
         version, weights = self.control.weights_version, self.control.weights
         if not weights:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the learner has not published weights yet")
+        if request.dtype:
+            try:
+                dtype = parse_dtype(request.dtype)
+            except TensorDecodeError as err:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"dtype: {err}")
+            weights = await asyncio.to_thread(cast_floating, weights, dtype)
         for chunk in weight_chunks(weights, version):
             yield chunk
 

@@ -24,6 +24,7 @@ from rlhf.core.checks import InvalidRequest
 from rlhf.core.client import BaseClient, ClientOptions
 from rlhf.core.errors import UserError
 from rlhf.core.security import read_secret
+from rlhf.core.tensors import dtype_name
 from rlhf.core.weights import WeightStreamAssembler, WeightStreamError
 from rlhf.policy.convert import params_from_proto, prompts_from_proto, sample_to_proto
 from rlhf.policy.model import PolicyModel, Row, RowResult
@@ -71,7 +72,7 @@ def pull_weights(target: str, policy: PolicyModel, token: str | None, timeout: f
     """(version, state dict) from the learner's GetWeights stream, checked against the model."""
     with BaseClient(target, ClientOptions(timeout=timeout, auth_token=token)) as learner:
         stream = learner_pb2_grpc.LearnerStub(learner.channel).GetWeights(
-            learner_pb2.GetWeightsRequest(), **learner.call_kwargs()
+            learner_pb2.GetWeightsRequest(dtype=dtype_name(policy.model.dtype)), **learner.call_kwargs()
         )
         assembler = WeightStreamAssembler(policy.specs)
         for chunk in stream:

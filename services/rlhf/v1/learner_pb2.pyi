@@ -78,5 +78,7 @@ class StopResponse(_message.Message):
     def __init__(self, checkpoint_path: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class GetWeightsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("dtype",)
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    def __init__(self, dtype: _Optional[str] = ...) -> None: ...
