@@ -24,7 +24,7 @@ from rlhf.learner.client import LearnerClient
 from rlhf.learner.config import PPOConfig, add_config_arguments, config_from_args, field_docs
 from rlhf.learner.control import LearnerControl
 from rlhf.learner.loop import train
-from rlhf.learner.rollout import Services
+from rlhf.learner.rollout import Services, name_of
 from rlhf.learner.service import LearnerService
 from rlhf.policy.local import LocalPolicy
 from rlhf.reference.local import LocalReference
@@ -155,6 +155,44 @@ def test_tokenizer_mismatch_is_refused(tiny_model_dir, synth_dir, tmp_path, serv
     with pytest.raises(UserError, match=r"tokenizer mismatch: reference LocalReference has fingerprint [0-9a-f]{12}, "
                                         r"but learner --model has [0-9a-f]{12}"):
         train(make_config(tiny_model_dir, synth_dir, tmp_path / "run"), services)
+
+
+class NamedReplica(LocalPolicy):
+    """A LocalPolicy with an address, as the learner's gRPC clients have."""
+
+    def __init__(self, target: str, model_dir):
+        super().__init__(model_dir, device="cpu")
+        self.target = target
+
+
+def test_replicas_found_mid_run_are_used_and_vanished_ones_dropped(tiny_model_dir, synth_dir, tmp_path, caplog):
+    other_tokenizer = tmp_path / "other"
+    make_tiny_model(other_tokenizer, TinyModelConfig(vocab_size=800))
+    models = {"a:1": tiny_model_dir, "b:1": tiny_model_dir, "odd:1": other_tokenizer}
+    # what DNS answers before each step: a second pod and a pod with the wrong tokenizer appear, then a goes
+    answers = iter([["a:1"], ["a:1", "b:1", "odd:1"], ["b:1", "odd:1"], ["b:1", "odd:1"]])
+    connected = []
+
+    def connect(target):
+        connected.append(NamedReplica(target, models[target]))
+        return connected[-1]
+
+    services = Services([connect("a:1")], CallableReward(ground_truth_score),
+                        LocalReference(tiny_model_dir, device="cpu"), timeout=5.0,
+                        discover=lambda: next(answers), connect=connect)
+    with caplog.at_level("INFO", logger="rlhf.learner"):
+        state = train(make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=3, ptx_data=None), services)
+
+    assert [name_of(p) for p in services.policies] == ["b:1"]
+    a, b = connected[0], next(c for c in connected if c.target == "b:1")
+    assert a.model_info().weights_version == 2  # pushed up to version 2, then left the set
+    assert b.model_info().weights_version == 3  # joined at step 2, then got every push
+    assert all(c.model_info().weights_version == 0 for c in connected if c.target == "odd:1")  # never used
+    rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
+    assert all(r["weights_version"] == r["step"] - 1 for r in rollouts)
+    assert state.step == 3
+    assert any("not using a new policy replica" in r.message for r in caplog.records)
+    assert any("policy replicas changed" in r.message for r in caplog.records)
 
 
 class Unavailable(grpc.RpcError):

@@ -54,18 +54,28 @@ def connect_services(config, args: argparse.Namespace):
     )
     # A headless Service name stands for every policy pod: each one gets its own client, so rollouts
     # spread over all of them and every one receives the new weights.
-    policies = []
-    for target in config.policy_targets:
-        replicas = resolve_replicas(target)
-        host = split_target(target)[0]
-        for replica in replicas:
-            named = dataclasses.replace(options, tls_server_name=options.tls_server_name or host)
-            policies.append(PolicyClient(replica, named if replica != target else options))
+    # The names are resolved again before every step, so pods added (or removed) mid-run are followed.
+    hosts: dict[str, str] = {}  # replica address -> the name it came from (TLS checks the name)
+
+    def discover() -> list[str]:
+        found = []
+        for target in config.policy_targets:
+            for replica in resolve_replicas(target):
+                hosts[replica] = split_target(target)[0]
+                found.append(replica)
+        return list(dict.fromkeys(found))
+
+    def connect(replica: str) -> PolicyClient:
+        named = dataclasses.replace(options, tls_server_name=options.tls_server_name or hosts[replica])
+        return PolicyClient(replica, named if replica not in config.policy_targets else options)
+
     return Services(
-        policies=policies,
+        policies=[connect(replica) for replica in discover()],
         reward=RewardClient(config.reward, options),
         reference=ReferenceClient(config.reference, options),
         timeout=config.service_timeout,
+        discover=discover,
+        connect=connect,
     )
 
 

@@ -157,18 +157,43 @@ def log_step(step: int, metrics: dict, rollout: Rollout, run_log: RunLog, contro
     bar.set_postfix(reward=f"{reward:.3f}", kl=f"{kl:.3f}")
 
 
-def check_tokenizers(state: TrainState, services: Services) -> None:
-    """Every replica and the reference must map text to the same ids as the learner."""
+def tokenizer_mismatch(state: TrainState, kind: str, name: str, fingerprint: str) -> str | None:
+    """Why a service with this tokenizer fingerprint cannot serve this run, or None."""
     from rlhf.core.modeling import tokenizer_fingerprint
 
-    ours = ("learner --model", tokenizer_fingerprint(state.tokenizer))
+    ours = tokenizer_fingerprint(state.tokenizer)
+    if fingerprint == ours:
+        return None
+    return (f"tokenizer mismatch: {kind} {name} has fingerprint {fingerprint[:12]}, "
+            f"but learner --model has {ours[:12]}; every service must serve the same tokenizer")
+
+
+def check_tokenizers(state: TrainState, services: Services) -> None:
+    """Every replica and the reference must map text to the same ids as the learner."""
     for kind, service in [*(("policy", p) for p in services.policies), ("reference", services.reference)]:
-        theirs = services.call(service, "model_info").tokenizer_fingerprint
-        if theirs != ours[1]:
-            raise UserError(
-                f"tokenizer mismatch: {kind} {name_of(service)} has fingerprint {theirs[:12]}, "
-                f"but {ours[0]} has {ours[1][:12]}; every service must serve the same tokenizer"
-            )
+        fingerprint = services.call(service, "model_info").tokenizer_fingerprint
+        if problem := tokenizer_mismatch(state, kind, name_of(service), fingerprint):
+            raise UserError(problem)
+
+
+def update_replicas(state: TrainState, services: Services) -> None:
+    """Pick up policy replicas added since the last step (a new pod behind the headless Service) and
+    drop those that went away. A new replica must answer and share the tokenizer; it gets the current
+    weights from its own GetWeights pull at start, or from the learner's push if it lacks them."""
+
+    def accept(replica) -> bool:
+        try:
+            problem = tokenizer_mismatch(state, "policy", name_of(replica), replica.model_info().tokenizer_fingerprint)
+        except grpc.RpcError as err:
+            problem = f"policy {name_of(replica)} is not answering yet ({err.code().name})"
+        if problem:
+            log.warning("not using a new policy replica", extra={"replica": name_of(replica), "reason": problem})
+        return problem is None
+
+    added, removed = services.update_replicas(accept)
+    if added or removed:
+        log.info("policy replicas changed", extra={"added": added, "removed": removed,
+                                                   "replicas": len(services.policies)})
 
 
 def serve_requests(state: TrainState, control: LearnerControl, config: PPOConfig) -> bool:
@@ -195,6 +220,7 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
         with tqdm(total=config.steps, initial=state.step, desc="ppo", unit="step", disable=None) as bar:
             while state.step < config.steps:
                 step_start = time.perf_counter()
+                update_replicas(state, services)
                 metrics, rollout = ppo_step(state, services, config, control)
                 try:
                     control.set_phase("weight_sync")

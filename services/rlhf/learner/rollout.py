@@ -74,10 +74,41 @@ class Services:
     reference: ReferenceService
     timeout: float = 300.0  # --service-timeout
     abort: Callable[[], bool] = lambda: False  # a stop was requested: give up retrying
-    pool: ThreadPoolExecutor = field(init=False)  # one thread per replica, plus reward and reference
+    # Replica discovery: `discover()` lists the policy targets now (a headless Service name resolved
+    # again: pods come and go), `connect(target)` makes a client. None: the replica set is fixed.
+    discover: Callable[[], list[str]] | None = None
+    connect: Callable[[str], PolicyService] | None = None
+    pool: ThreadPoolExecutor = field(init=False)  # threads for replicas, reward and reference
 
     def __post_init__(self) -> None:
-        self.pool = ThreadPoolExecutor(len(self.policies) + 2, "learner-rpc")
+        self.pool = ThreadPoolExecutor(max(32, len(self.policies) + 2), "learner-rpc")  # threads start lazily
+
+    def update_replicas(self, accept: Callable[[PolicyService], bool]) -> tuple[list[str], list[str]]:
+        """Follow the discovered replica set: connect new targets that `accept` approves, drop vanished
+        ones. Returns (added, removed) targets. An empty answer keeps the set (a DNS hiccup)."""
+        if self.discover is None or self.connect is None:
+            return [], []
+        targets = self.discover()
+        if not targets:
+            return [], []
+        current = {name_of(p): p for p in self.policies}
+        added = []
+        for target in targets:
+            if target not in current:
+                replica = self.connect(target)
+                if accept(replica):
+                    current[target] = replica
+                    added.append(target)
+                elif callable(getattr(replica, "close", None)):
+                    replica.close()
+        removed = [t for t in current if t not in targets]
+        for target in removed:
+            replica = current.pop(target)
+            if callable(getattr(replica, "close", None)):
+                replica.close()
+        if added or removed:
+            self.policies = list(current.values())
+        return added, removed
 
     def call(self, service: object, method: str, *args):
         """service.method(*args) with retries; gRPC clients are health-checked between attempts."""
