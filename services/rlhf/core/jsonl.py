@@ -22,7 +22,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: not JSON ({err.msg})") from None
+            raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{number}: each line must be a JSON object")
         rows.append((f"{path}:{number}", row))

@@ -13,13 +13,13 @@ distinct (prompt, response) is encoded once per batch however many comparisons i
 from __future__ import annotations
 
 import itertools
-import json
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.core.errors import UserError
+from rlhf.core.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -72,24 +72,10 @@ def load_rankings(source: str) -> list[Ranking]:
     if path.suffix == ".parquet":
         return [parse_row(row, f"{source} row {i}") for i, row in enumerate(_parquet_rows(path))]
     if path.exists():
-        return list(_jsonl_rankings(path))
+        return [parse_row(row, where) for where, row in read_jsonl(path)]
     if source.startswith((".", "/")) or path.suffix in (".jsonl", ".json"):
         raise UserError(f"preference data {source} does not exist")
     return [parse_row(row, f"{source} row {i}") for i, row in enumerate(_dataset_rows(source))]
-
-
-def _jsonl_rankings(path: Path) -> Iterator[Ranking]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{number}: each line must be a JSON object")
-            yield parse_row(row, f"{path}:{number}")
 
 
 def _parquet_rows(path: Path) -> list[dict]:
