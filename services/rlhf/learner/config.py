@@ -82,6 +82,10 @@ class PPOConfig:
     """policy ratio clip epsilon"""
     clip_range_value: float = 0.2
     """value clip: how far a value may move from its rollout estimate"""
+    importance_cap: float = 2.0
+    """truncated importance sampling: weight each token's policy loss by min(pi_learner/pi_sampler, cap),
+    correcting for samples drawn with stale weights (--max-staleness) or by bfloat16 replicas; 0 turns it
+    off"""
     vf_coef: float = 0.1
     """weight of the value loss"""
     max_grad_norm: float = 1.0
@@ -159,6 +163,7 @@ def validate(config: PPOConfig) -> PPOConfig:
         (config.max_length > config.max_new_tokens, "--max-length must exceed --max-new-tokens"),
         (config.target_kl is None or config.target_kl > 0, "--target-kl must be positive"),
         (config.max_staleness >= 0, "--max-staleness must be >= 0"),
+        (config.importance_cap == 0 or config.importance_cap >= 1, "--importance-cap must be 0 (off) or >= 1"),
         (config.save_every > 0, "--save-every must be positive"),
         (config.service_timeout > 0, "--service-timeout must be positive"),
         (0 < config.lam <= 1 and 0 < config.gamma <= 1, "--gamma and --lam must lie in (0, 1]"),

@@ -32,7 +32,8 @@ from rlhf.learner.tracking import RunLog
 log = logging.getLogger("rlhf.learner")
 
 
-def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantages, returns) -> dict[str, float]:
+def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantages, returns,
+               importance_weights: torch.Tensor | None = None) -> dict[str, float]:
     """config.ppo_epochs passes of minibatch PPO over the rollout; returns the mean diagnostics."""
     b_prompts, b_responses = rollout.prompt_ids, rollout.response_ids
     batch_size = len(b_prompts)
@@ -55,7 +56,7 @@ def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
                 # Policy loss
                 pg_loss, clipfrac, approxkl = ppo.clipped_policy_loss(
                     logprobs, rollout.logprobs[mb_inds, :width], advantages[mb_inds, :width], mask,
-                    config.clip_range,
+                    config.clip_range, None if importance_weights is None else importance_weights[mb_inds, :width],
                 )
                 # Value loss
                 vf_loss, vf_clipfrac = ppo.clipped_value_loss(
@@ -79,6 +80,14 @@ def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
             state.optimizer.step()
     state.scheduler.step()
     return {name: sum(values) / len(values) for name, values in stats.items()}
+
+
+def sampler_logprobs_of(rollout: Rollout) -> torch.Tensor:
+    """(B, R) the log-probs the replicas reported for their samples, right-padded like rollout.logprobs."""
+    out = torch.zeros_like(rollout.logprobs)
+    for row, sample in enumerate(rollout.samples):
+        out[row, : len(sample.logprobs)] = torch.tensor(sample.logprobs, dtype=out.dtype)
+    return out
 
 
 def sync_weights(state: TrainState, services: Services, control: LearnerControl) -> float:
@@ -113,19 +122,24 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
     advantages, returns = ppo.gae_advantages(rewards, rollout.values, mask, config.gamma, config.lam)
     if config.whiten_advantages:
         advantages = ppo.whiten(advantages, mask)
+    # Off-policy correction: the replicas sampled with their weights, PPO's ratio starts from ours
+    sampler_logprobs = sampler_logprobs_of(rollout)
+    weights = None
+    if config.importance_cap:
+        weights = ppo.truncated_importance_weights(rollout.logprobs, sampler_logprobs, config.importance_cap)
     # Update
     control.set_phase("update")
     lr = state.scheduler.get_last_lr()[0]
     start = time.perf_counter()
-    stats = ppo_update(state, config, rollout, advantages, returns)
+    stats = ppo_update(state, config, rollout, advantages, returns, weights)
     update_time = time.perf_counter() - start
     state.step += 1
     kl_per_sequence = kl.sum(1).mean().item()
     state.kl_ctl.update(kl_per_sequence, len(prompts))
 
-    sampler_logprobs = torch.zeros_like(rollout.logprobs)
-    for row, sample in enumerate(rollout.samples):
-        sampler_logprobs[row, : len(sample.logprobs)] = torch.tensor(sample.logprobs)
+    if weights is not None:
+        stats["rollout/importance_weight"] = ppo.masked_mean(weights, mask).item()
+        stats["rollout/importance_truncated"] = ppo.masked_mean((weights >= config.importance_cap).float(), mask).item()
     metrics = {
         "objective/reward": rollout.scores.mean().item(),
         "objective/kl": kl_per_sequence,

@@ -92,19 +92,33 @@ def gae_advantages(
     return advantages, returns
 
 
+def truncated_importance_weights(
+    old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """min(pi_old(y_t) / pi_sampler(y_t), cap) per token: the correction for samples drawn by a policy
+    other than the one PPO's ratio starts from (stale weights, or a bfloat16 replica of float32 ones).
+    Truncated importance sampling (Ionides 2008; for RL-for-LLM samplers, Yao et al. 2025)."""
+    return torch.exp(old_logprobs - sampler_logprobs).clamp(max=cap)
+
+
 def clipped_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    importance_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's clipped surrogate objective, as a loss. Returns (loss, clipfrac, approxkl)."""
+    """PPO's clipped surrogate objective, as a loss; each token's term is scaled by its importance
+    weight when given (constants: no gradient flows through them). Returns (loss, clipfrac, approxkl)."""
     logratio = logprobs - old_logprobs
     ratio = torch.exp(logratio)
     pg_losses = -advantages * ratio
     pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+    per_token = torch.max(pg_losses, pg_losses2)
+    if importance_weights is not None:
+        per_token = importance_weights.detach() * per_token
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         clipfrac = masked_mean((pg_losses2 > pg_losses).float(), mask)
         approxkl = masked_mean((ratio - 1) - logratio, mask)  # k3 estimate of KL(old || new)
