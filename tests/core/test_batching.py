@@ -179,3 +179,36 @@ def test_a_burst_wakes_the_batcher_only_when_a_batch_fills():
 
     assert run(main()) == [[i * 10] for i in range(8)]
     assert sorted(len(b) for b in rec.batches) == [4, 4]
+
+
+def test_exclusive_work_never_overlaps_batches_or_itself():
+    import time
+
+    active, overlaps = {"batch": 0, "exclusive": 0}, []
+    lock = threading.Lock()
+
+    def track(kind):
+        with lock:
+            active[kind] += 1
+            if active["exclusive"] > 1 or (active["exclusive"] and active["batch"]):
+                overlaps.append(dict(active))
+        time.sleep(0.03)
+        with lock:
+            active[kind] -= 1
+
+    def process(items):
+        track("batch")
+        return items
+
+    async def main():
+        batcher = DynamicBatcher(process, name="t", max_batch_size=8, max_wait_ms=20, concurrency=2)
+        waiting = asyncio.ensure_future(batcher.submit([1]))  # the loop sits in its 20 ms wait
+        await asyncio.sleep(0.005)
+        await asyncio.gather(batcher.run_exclusive(lambda: track("exclusive")),
+                             batcher.run_exclusive(lambda: track("exclusive")))
+        result = await waiting
+        await batcher.close()
+        return result
+
+    assert run(main()) == [1]
+    assert overlaps == []

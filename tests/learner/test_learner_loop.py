@@ -169,8 +169,9 @@ def test_replicas_found_mid_run_are_used_and_vanished_ones_dropped(tiny_model_di
     other_tokenizer = tmp_path / "other"
     make_tiny_model(other_tokenizer, TinyModelConfig(vocab_size=800))
     models = {"a:1": tiny_model_dir, "b:1": tiny_model_dir, "odd:1": other_tokenizer}
-    # what DNS answers before each step: a second pod and a pod with the wrong tokenizer appear, then a goes
-    answers = iter([["a:1"], ["a:1", "b:1", "odd:1"], ["b:1", "odd:1"], ["b:1", "odd:1"]])
+    # what DNS answers before each step: a second pod and a pod with the wrong tokenizer appear, then a
+    # goes; at the last step only the refused pod is left, and the learner keeps what it has
+    answers = iter([["a:1"], ["a:1", "b:1", "odd:1"], ["b:1", "odd:1"], ["odd:1"], ["odd:1"]])
     connected = []
 
     def connect(target):
@@ -181,17 +182,18 @@ def test_replicas_found_mid_run_are_used_and_vanished_ones_dropped(tiny_model_di
                         LocalReference(tiny_model_dir, device="cpu"), timeout=5.0,
                         discover=lambda: next(answers), connect=connect)
     with caplog.at_level("INFO", logger="rlhf.learner"):
-        state = train(make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=3, ptx_data=None), services)
+        state = train(make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=4, ptx_data=None), services)
 
     assert [name_of(p) for p in services.policies] == ["b:1"]
     a, b = connected[0], next(c for c in connected if c.target == "b:1")
     assert a.model_info().weights_version == 2  # pushed up to version 2, then left the set
-    assert b.model_info().weights_version == 3  # joined at step 2, then got every push
+    assert b.model_info().weights_version == 4  # joined at step 2, then got every push
     assert all(c.model_info().weights_version == 0 for c in connected if c.target == "odd:1")  # never used
     rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
     assert all(r["weights_version"] == r["step"] - 1 for r in rollouts)
-    assert state.step == 3
+    assert state.step == 4
     assert any("not using a new policy replica" in r.message for r in caplog.records)
+    assert any("keeping the old one" in r.message for r in caplog.records)
     assert any("policy replicas changed" in r.message for r in caplog.records)
 
 
@@ -238,9 +240,10 @@ def test_control_api_status_watch_weights_and_stop(tiny_model_dir, synth_dir, tm
             assert set(halves) == set(weights)
             assert all(t.dtype == (torch.bfloat16 if weights[n].is_floating_point() else weights[n].dtype)
                        for n, t in halves.items())
-            with pytest.raises(grpc.RpcError) as refused:
-                client.get_weights(dtype="float8")
-            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "float8" in refused.value.details()
+            for bad in ("float8", "int8"):
+                with pytest.raises(grpc.RpcError) as refused:
+                    client.get_weights(dtype=bad)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and bad in refused.value.details()
             stopped = client.stop()
         runner.join(60)
     state = result["state"]

@@ -70,6 +70,7 @@ class DynamicBatcher(Generic[In, Out]):
         self._worker = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"{name}-model")
         self._running: set[asyncio.Task] = set()
         self._exclusive = 0  # run_exclusive calls waiting or running: no new batch starts meanwhile
+        self._exclusive_lock: asyncio.Lock | None = None  # one run_exclusive at a time
         self._task: asyncio.Task | None = None
         self._closed = False
 
@@ -102,16 +103,17 @@ class DynamicBatcher(Generic[In, Out]):
         self._ensure_started()
         self._exclusive += 1
         try:
-            while self._running:
-                await asyncio.wait(set(self._running))
-            return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+            async with self._exclusive_lock:
+                while self._running:
+                    await asyncio.wait(set(self._running))
+                return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
         finally:
             self._exclusive -= 1
             self._wakeup.set()
 
     def _ensure_started(self) -> None:
         if self._task is None:
-            self._wakeup = asyncio.Event()
+            self._wakeup, self._exclusive_lock = asyncio.Event(), asyncio.Lock()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"{self.name}-batcher")
 
     async def _loop(self) -> None:
@@ -127,7 +129,8 @@ class DynamicBatcher(Generic[In, Out]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            await self._wait_for_batch()
+            if not await self._wait_for_batch():
+                continue  # exclusive work came first, or the oldest item was cancelled: look again
             task = loop.create_task(self._run_batch(loop, self._cut_batch()))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -138,22 +141,25 @@ class DynamicBatcher(Generic[In, Out]):
             self._pending = [p for p in self._pending if not p.future.cancelled()]
             self._group_sizes = Counter(p.group for p in self._pending)
 
-    async def _wait_for_batch(self) -> None:
-        """Wait until the oldest item's group fills a batch or the oldest item's delay runs out."""
+    async def _wait_for_batch(self) -> bool:
+        """Wait until the oldest item's group fills a batch or the oldest item's delay runs out. False if
+        the batch should not be cut after all: run_exclusive is waiting, or the oldest item was cancelled."""
         loop = asyncio.get_running_loop()
         oldest = self._pending[0]
         delay = oldest.enqueued + self.max_wait - time.perf_counter()
-        if delay <= 0 or self._group_sizes[oldest.group] >= self.max_batch_size:
-            return
-        timer = loop.call_later(delay, self._wakeup.set)
+        timer = loop.call_later(delay, self._wakeup.set) if delay > 0 else None
         try:
             while not self._closed and self._group_sizes[oldest.group] < self.max_batch_size:
-                if time.perf_counter() >= oldest.enqueued + self.max_wait or oldest.future.cancelled():
-                    return
+                if time.perf_counter() >= oldest.enqueued + self.max_wait or self._exclusive:
+                    break
+                if oldest.future.cancelled():
+                    return False
                 self._wakeup.clear()
                 await self._wakeup.wait()
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
+        return not (self._exclusive or oldest.future.cancelled())
 
     def _cut_batch(self) -> list[_Pending[In]]:
         """The oldest item plus the items of its group closest to it in length."""

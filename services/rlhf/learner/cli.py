@@ -56,11 +56,16 @@ def connect_services(config, args: argparse.Namespace):
     # spread over all of them and every one receives the new weights.
     # The names are resolved again before every step, so pods added (or removed) mid-run are followed.
     hosts: dict[str, str] = {}  # replica address -> the name it came from (TLS checks the name)
+    last: dict[str, list[str]] = {}  # each --policy target -> what it resolved to last time
 
     def discover() -> list[str]:
         found = []
         for target in config.policy_targets:
-            for replica in resolve_replicas(target):
+            replicas = resolve_replicas(target)
+            if replicas == [target] and last.get(target, [target]) != [target]:
+                replicas = last[target]  # resolving failed this time (a DNS hiccup): keep the pods we know
+            last[target] = replicas
+            for replica in replicas:
                 hosts[replica] = split_target(target)[0]
                 found.append(replica)
         return list(dict.fromkeys(found))

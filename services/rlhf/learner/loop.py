@@ -86,6 +86,9 @@ def sampler_logprobs_of(rollout: Rollout) -> torch.Tensor:
     """(B, R) the log-probs the replicas reported for their samples, right-padded like rollout.logprobs."""
     out = torch.zeros_like(rollout.logprobs)
     for row, sample in enumerate(rollout.samples):
+        if len(sample.logprobs) != len(sample.response_token_ids):
+            raise ServiceDown(f"a policy replica returned {len(sample.logprobs)} log-probs for "
+                              f"{len(sample.response_token_ids)} response tokens")
         out[row, : len(sample.logprobs)] = torch.tensor(sample.logprobs, dtype=out.dtype)
     return out
 

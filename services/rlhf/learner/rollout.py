@@ -102,6 +102,9 @@ class Services:
                 elif callable(getattr(replica, "close", None)):
                     replica.close()
         removed = [t for t in current if t not in targets]
+        if len(removed) == len(current):  # e.g. a rolling restart whose new pods are still loading
+            log.warning("no policy replica left in the new set; keeping the old one", extra={"found": targets})
+            removed = []
         for target in removed:
             replica = current.pop(target)
             if callable(getattr(replica, "close", None)):

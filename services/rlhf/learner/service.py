@@ -58,6 +58,9 @@ class LearnerServicer(learner_pb2_grpc.LearnerServicer):
                 dtype = parse_dtype(request.dtype)
             except TensorDecodeError as err:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"dtype: {err}")
+            if not dtype.is_floating_point:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"dtype: {request.dtype} is not a floating-point type")
             weights = await asyncio.to_thread(cast_floating, weights, dtype)
         for chunk in weight_chunks(weights, version):
             yield chunk

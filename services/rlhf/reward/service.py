@@ -50,8 +50,6 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
             length_of=lambda item: len(item[0]) + len(item[1]),
             concurrency=config.instances,
         )
-        # The first forward pays one-off costs (allocator, kernels); keep them out of the first request.
-        await self.batcher.run_exclusive(lambda: self.worker.score_batch([("warm", "up")]))
         log.info("reward model loaded", extra={"model": config.model, "device": self.worker.device,
                                               "model_version": self.worker.model_version})
 

@@ -11,7 +11,7 @@ runs at in-process speed while the server's event loop moves messages. The batch
 
 `instances` > 1 runs that many model copies, each taking a batch at a time (the batcher's
 `concurrency`); on CPU they split the cores between them. A worker that dies (OOM killer, a
-crashing kernel) fails the batch it held with `WorkerDied` and is started again.
+crashing kernel) fails the batch it held with `WorkerDied`, and a new one takes its place.
 """
 
 from __future__ import annotations
@@ -86,38 +86,61 @@ class ModelWorker:
 
 
 class WorkerPool:
-    """`instances` ModelWorkers; `score_batch` borrows an idle one, so that many threads may call it."""
+    """`instances` ModelWorkers; `score_batch` borrows an idle one, so that many threads may call it.
+
+    A worker that dies fails its batch at once (WorkerDied); its slot is refilled by the next batch
+    that borrows it, so that batch waits for the model to load. If the new worker cannot start, that
+    batch fails with WorkerDied too and the next one tries again.
+    """
 
     def __init__(self, model: str, device: str, dtype: str, instances: int = 1):
         self._spec = (model, device, dtype, cpu_threads_per_instance(device, instances))
-        self.workers = [ModelWorker(*self._spec) for _ in range(instances)]
-        self._idle: queue.SimpleQueue[ModelWorker] = queue.SimpleQueue()
-        for worker in self.workers:
-            self._idle.put(worker)
+        self.workers: list[ModelWorker | None] = []
+        try:
+            for _ in range(instances):
+                self.workers.append(ModelWorker(*self._spec))
+        except BaseException:
+            self.close()
+            raise
+        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()  # slots of self.workers
+        for slot in range(instances):
+            self._idle.put(slot)
         first = self.workers[0]
         self.info, self.model_version, self.device = first.info, first.model_version, first.device
 
     def score_batch(self, items: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        worker = self._idle.get()
+        slot = self._idle.get()
         try:
-            return worker.score_batch(items)
+            return self._worker(slot).score_batch(items)
         except WorkerDied:
-            worker = self._replace(worker)
+            self._retire(slot)
             raise
         finally:
-            self._idle.put(worker)
+            self._idle.put(slot)
 
-    def _replace(self, dead: ModelWorker) -> ModelWorker:
-        log.error("reward model process died; starting a new one", extra={"pid": dead.pid,
-                                                                         "exitcode": dead.process.exitcode})
-        dead.close()
-        worker = ModelWorker(*self._spec)
-        self.workers[self.workers.index(dead)] = worker
+    def _worker(self, slot: int) -> ModelWorker:
+        """The slot's worker, started again if the last one died."""
+        worker = self.workers[slot]
+        if worker is None:
+            try:
+                worker = self.workers[slot] = ModelWorker(*self._spec)
+            except (WorkerError, OSError) as err:
+                raise WorkerDied(f"the reward model process could not be restarted: {err}") from err
+            log.info("reward model process restarted", extra={"pid": worker.pid})
         return worker
+
+    def _retire(self, slot: int) -> None:
+        dead = self.workers[slot]
+        self.workers[slot] = None
+        if dead is not None:
+            log.error("reward model process died; the next batch on its slot starts a new one",
+                      extra={"pid": dead.pid, "exitcode": dead.process.exitcode})
+            dead.close()
 
     def close(self) -> None:
         for worker in self.workers:
-            worker.close()
+            if worker is not None:
+                worker.close()
 
 
 def cpu_threads_per_instance(device: str, instances: int) -> int | None:
@@ -143,6 +166,7 @@ def _serve(conn, model: str, device: str, dtype: str, threads: int | None) -> No
     except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", f"{type(err).__name__}: {err}"))
         return
+    scorer.score_batch([("warm", "up")])  # one-off costs (allocator, kernels) before the first request
     conn.send(("ok", (scorer.model_info().SerializeToString(), scorer.model_version, str(scorer.device))))
     while (items := conn.recv()) is not None:
         try:
