@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+import torch
 
 from rlhf.core.tensors import TensorDecodeError, parse_dtype
 from rlhf.core.weights import cast_floating, weight_chunks
@@ -20,6 +21,9 @@ from rlhf.v1 import common_pb2, learner_pb2, learner_pb2_grpc
 class LearnerServicer(learner_pb2_grpc.LearnerServicer):
     def __init__(self, control: LearnerControl):
         self.control = control
+        # The latest snapshot cast to each dtype replicas asked for: pods that start together share one copy.
+        self._casts: dict[torch.dtype, tuple[int, dict[str, torch.Tensor]]] = {}
+        self._casting = asyncio.Lock()
 
     async def GetStatus(self, request: learner_pb2.GetStatusRequest, context) -> learner_pb2.LearnerStatus:
         c = self.control
@@ -61,9 +65,16 @@ class LearnerServicer(learner_pb2_grpc.LearnerServicer):
             if not dtype.is_floating_point:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"dtype: {request.dtype} is not a floating-point type")
-            weights = await asyncio.to_thread(cast_floating, weights, dtype)
+            weights = await self._cast(version, weights, dtype)
         for chunk in weight_chunks(weights, version):
             yield chunk
+
+    async def _cast(self, version: int, weights: dict[str, torch.Tensor], dtype: torch.dtype):
+        async with self._casting:
+            cached = self._casts.get(dtype)
+            if cached is None or cached[0] != version:
+                self._casts[dtype] = (version, await asyncio.to_thread(cast_floating, weights, dtype))
+            return self._casts[dtype][1]
 
     @staticmethod
     async def _await(future, context) -> CheckpointResult:
