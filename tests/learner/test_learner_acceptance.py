@@ -21,6 +21,7 @@ import pytest
 from rlhf.core.processes import RLHF_COMMAND, ServiceProcess, free_port
 from rlhf.core.synthetic import ground_truth_score
 from rlhf.core.types import GenerationParams
+from rlhf.learner.client import LearnerClient
 from rlhf.policy.client import PolicyClient
 from rlhf.reward.client import RewardClient
 
@@ -145,15 +146,13 @@ def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, 
                           "--lr", "3e-4", "--kl-coef", "0.1", "--ptx-data", str(trained.pretrain),
                           "--ptx-coef", "0.05", "--ptx-batch-size", "4", "--save-every", "6")
         run.wait_for_step(2)
-        status = subprocess.run([*RLHF_COMMAND, "learner", "status", "--target", f"127.0.0.1:{run.learner_port}",
-                                 "--json"], capture_output=True, text=True, timeout=60)
+        with LearnerClient(f"127.0.0.1:{run.learner_port}", timeout=60) as learner:
+            reported = learner.status()  # in-process: a CLI's start-up could outlast a fast run
         run.wait_learner()
         final_version = policy.model_info().weights_version
         after = evaluate(policy, reward, held_out)  # now serving the final PPO weights
 
-    assert status.returncode == 0, status.stderr
-    reported = json.loads(status.stdout)
-    assert reported["total_steps"] == steps and reported["step"] >= 2 and "objective/kl" in reported["metrics"]
+    assert reported.total_steps == steps and reported.step >= 2 and "objective/kl" in reported.metrics
     metrics = run.metrics()
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))
     rollouts = read_jsonl(run.out / "rollouts.jsonl")
@@ -179,9 +178,14 @@ def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path
         run = Run(stack, untrained, tmp_path / "ppo")
         latest = run.out / "checkpoints" / "latest"
 
-        # `rlhf learner stop`: checkpoint at the end of the step, exit 0
+        # `rlhf learner status`, then `rlhf learner stop`: checkpoint at the end of the step, exit 0
         run.start_learner(*flags)
         run.wait_for_step(2)
+        status = subprocess.run([*RLHF_COMMAND, "learner", "status", "--target", f"127.0.0.1:{run.learner_port}",
+                                 "--json"], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        reported = json.loads(status.stdout)
+        assert reported["total_steps"] == steps and reported["step"] >= 2 and "objective/kl" in reported["metrics"]
         stop = subprocess.run([*RLHF_COMMAND, "learner", "stop", "--target", f"127.0.0.1:{run.learner_port}",
                                "--timeout", "300"], capture_output=True, text=True, timeout=300)
         run.wait_learner()
@@ -221,7 +225,7 @@ def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path
 
 
 def test_policy_killed_and_restarted_gets_the_weights_back(untrained, tmp_path):
-    steps = 8
+    steps = 30  # enough that the run outlasts the `learner watch` CLI's start-up on a fast machine
     with ExitStack() as stack:
         run = Run(stack, untrained, tmp_path / "ppo")
         run.start_learner("--steps", str(steps), "--batch-size", "8", "--max-new-tokens", "8", "--ppo-epochs", "2",
