@@ -89,7 +89,7 @@ def test_resolve_replicas_expands_names_to_every_address():
     assert split_target("dns:///policy.rlhf.svc:50052") == ("policy.rlhf.svc", 50052)
     assert split_target("[::1]:7") == ("::1", 7)
     assert resolve_replicas("127.0.0.1:50052") == ["127.0.0.1:50052"]
-    assert resolve_replicas("no-such-host.invalid:1") == ["no-such-host.invalid:1"]
+    assert resolve_replicas("no-such-host.invalid:1") == []
     with pytest.raises(Exception, match="not HOST:PORT"):
         split_target("policy")
 
@@ -105,3 +105,19 @@ def test_resolve_replicas_gives_one_target_per_address(monkeypatch):
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in pods
     ])
     assert resolve_replicas("policy:50052") == ["10.0.0.5:50052", "10.0.0.7:50052"]
+    pods = ["10.0.0.5"]  # scaled down to one pod: still its address, not the name
+    assert resolve_replicas("policy:50052") == ["10.0.0.5:50052"]
+
+
+def test_resolve_replicas_counts_a_dual_stack_address_once(monkeypatch):
+    import socket
+
+    from rlhf.core.client import resolve_replicas
+
+    answers = [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "fd00::7")]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, **kw: [
+        (family, socket.SOCK_STREAM, 6, "", (ip, port)) for family, ip in answers
+    ])
+    assert resolve_replicas("localhost:50052") == ["127.0.0.1:50052"]
+    answers = [(socket.AF_INET6, "fd00::7"), (socket.AF_INET6, "fd00::5")]  # an IPv6-only cluster
+    assert resolve_replicas("policy:50052") == ["[fd00::5]:50052", "[fd00::7]:50052"]

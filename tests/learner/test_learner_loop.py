@@ -309,3 +309,30 @@ def test_a_stop_request_ends_retrying_at_once():
     with pytest.raises(ServiceDown, match="stop requested"):
         with_retries("generate on p", 300.0, always_down, abort=lambda: len(calls) >= 2)
     assert len(calls) == 2 and time.monotonic() - start < 5  # not the 300 s --service-timeout
+
+
+def test_policy_names_are_followed_through_scaling_and_dns_failures(tiny_model_dir, synth_dir, tmp_path,
+                                                                    monkeypatch):
+    import socket
+
+    from rlhf.learner.cli import connect_services
+
+    answers = [["10.0.0.5", "10.0.0.7"]]  # what DNS says for policy.rlhf.svc, newest last
+
+    def getaddrinfo(host, port, **kwargs):
+        if answers[-1] is None:
+            raise socket.gaierror("temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answers[-1]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    config = make_config(tiny_model_dir, synth_dir, tmp_path / "run", policy="policy.rlhf.svc:50052",
+                         reward="reward:50051", reference="reference:50053")
+    services = connect_services(config, argparse.Namespace(auth_token_file=None, service_tls_ca=None))
+    try:
+        assert [name_of(p) for p in services.policies] == ["10.0.0.5:50052", "10.0.0.7:50052"]
+        answers.append(None)  # a DNS hiccup: keep the pods we know
+        assert services.discover() == ["10.0.0.5:50052", "10.0.0.7:50052"]
+        answers.append(["10.0.0.7"])  # scaled down to one pod
+        assert services.discover() == ["10.0.0.7:50052"]
+    finally:
+        services.close()

@@ -165,18 +165,18 @@ def split_target(target: str) -> tuple[str, int]:
 
 
 def resolve_replicas(target: str) -> list[str]:
-    """One `ip:port` target per address that a name resolves to, e.g. every pod behind a headless Service.
+    """One `ip:port` target per address that a name resolves to, e.g. every pod behind a headless Service;
+    [] when the name cannot be resolved (now).
 
     Calls to a replica set go through one client per replica where each one must be reached (weight
-    pushes), rather than a round_robin channel that picks one. A name that resolves to a single address,
-    or cannot be resolved yet, is kept as given.
+    pushes), rather than a round_robin channel that picks one. IPv4 addresses are preferred over IPv6
+    ones, so a dual-stack pod or `localhost` (127.0.0.1 and ::1) counts once.
     """
     host, port = split_target(target)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
-        return [target]
-    addresses = sorted({info[4][0] for info in infos})
-    if len(addresses) <= 1:
-        return [target]
-    return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
+        return []
+    v4 = sorted({info[4][0] for info in infos if info[0] == socket.AF_INET})
+    v6 = sorted({info[4][0] for info in infos if info[0] == socket.AF_INET6})
+    return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in (v4 or v6)]

@@ -61,10 +61,8 @@ def connect_services(config, args: argparse.Namespace):
     def discover() -> list[str]:
         found = []
         for target in config.policy_targets:
-            replicas = resolve_replicas(target)
-            if replicas == [target] and last.get(target, [target]) != [target]:
-                replicas = last[target]  # resolving failed this time (a DNS hiccup): keep the pods we know
-            last[target] = replicas
+            # Not resolvable now (a DNS hiccup): keep the pods we know, or let gRPC resolve the name itself.
+            replicas = last[target] = resolve_replicas(target) or last.get(target) or [target]
             for replica in replicas:
                 hosts[replica] = split_target(target)[0]
                 found.append(replica)
