@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from rlhf.core.errors import UserError
+from rlhf.core.flags import add_config_arguments, config_from_args, field_docs
 from rlhf.core.server import ServerOptions, ServerThread
 from rlhf.core.synthetic import ground_truth_score
 from rlhf.core.tiny import TinyModelConfig, make_tiny_model
 from rlhf.learner.client import LearnerClient
-from rlhf.learner.config import PPOConfig, add_config_arguments, config_from_args, field_docs
+from rlhf.learner.config import PPOConfig
 from rlhf.learner.control import LearnerControl
 from rlhf.learner.loop import train
 from rlhf.learner.rollout import Services, name_of
@@ -62,12 +63,12 @@ def test_every_field_has_help_and_flags_parse():
     docs = field_docs(PPOConfig)
     assert {f.name for f in dataclasses.fields(PPOConfig)} == set(docs)
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
+    add_config_arguments(parser, PPOConfig)
     assert "beta: weight of the per-token KL penalty" in parser.format_help()
     args = parser.parse_args(["--model", "m", "--policy", "a:1,b:2", "--reward", "r:1", "--reference", "f:1",
                               "--prompts", "p", "--out", "o", "--kl-coef", "0.2", "--no-whiten-advantages",
                               "--target-kl", "6"])
-    config = config_from_args(args)
+    config = config_from_args(args, PPOConfig)
     assert config.policy_targets == ["a:1", "b:2"]
     assert (config.kl_coef, config.whiten_advantages, config.target_kl, config.ptx_data) == (0.2, False, 6.0, None)
 

@@ -8,8 +8,9 @@ import json
 
 def register(commands) -> None:
     from rlhf.core.client import ClientOptions
+    from rlhf.core.flags import add_config_arguments
     from rlhf.core.server import ServerOptions
-    from rlhf.learner.config import DEFAULT_PORT, add_config_arguments
+    from rlhf.learner.config import DEFAULT_PORT, PPOConfig
 
     ppo = commands.train.add_parser(
         "ppo",
@@ -19,7 +20,7 @@ def register(commands) -> None:
         "updates pi_RL and the value model, then pushes the new weights to every replica. While it runs, "
         "the learner serves rlhf.v1.Learner on --port.",
     )
-    add_config_arguments(ppo)
+    add_config_arguments(ppo, PPOConfig)
     ServerOptions.add_arguments(ppo, default_port=DEFAULT_PORT)
     ppo.add_argument("--service-tls-ca", default=None, help="CA certificate: reach the services over TLS")
     ppo.set_defaults(func=run_ppo)
@@ -85,13 +86,14 @@ def connect_services(config, args: argparse.Namespace):
 def run_ppo(args: argparse.Namespace) -> int:
     import signal
 
+    from rlhf.core.flags import config_from_args
     from rlhf.core.server import ServerOptions, ServerThread
-    from rlhf.learner.config import config_from_args, validate
+    from rlhf.learner.config import PPOConfig, validate
     from rlhf.learner.control import LearnerControl
     from rlhf.learner.loop import train
     from rlhf.learner.service import LearnerService
 
-    config = validate(config_from_args(args))
+    config = validate(config_from_args(args, PPOConfig))
     services = connect_services(config, args)
     control = LearnerControl(config.steps, config.out)
     services.abort = control.stop_requested

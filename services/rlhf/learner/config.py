@@ -1,20 +1,17 @@
-"""Every PPO setting in one dataclass; `rlhf train ppo --help` is generated from its field docstrings."""
+"""Every PPO setting in one dataclass; `rlhf train ppo --help` is generated from its field docstrings
+(rlhf.core.flags)."""
 
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
-import inspect
-import textwrap
 from dataclasses import dataclass
-from typing import Literal, get_args, get_origin, get_type_hints
+from typing import ClassVar, Literal
 
 DEFAULT_PORT = 50054
 
 
 @dataclass
 class PPOConfig:
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "policy", "reward", "reference", "prompts", "out")
     # --- run ---
     model: str = ""
     """SFT model dir: pi_RL starts here, and its tokenizer is the one every service must share"""
@@ -108,45 +105,6 @@ class PPOConfig:
     @property
     def policy_targets(self) -> list[str]:
         return [t.strip() for t in self.policy.split(",") if t.strip()]
-
-
-REQUIRED = ("model", "policy", "reward", "reference", "prompts", "out")
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field (Python keeps none at runtime, so read the source)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, following in zip(body, body[1:], strict=False):
-        is_docstring = isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-        if isinstance(node, ast.AnnAssign) and is_docstring and isinstance(following.value.value, str):
-            docs[node.target.id] = following.value.value  # type: ignore[union-attr]
-    return docs
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type = PPOConfig) -> None:
-    """One --flag per field (underscores become dashes), with the field's docstring as help."""
-    docs, hints = field_docs(cls), get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
-        help_text = docs.get(f.name, "")
-        if hint is bool:  # --flag for an option that is off by default, --no-flag for one that is on
-            action = argparse.BooleanOptionalAction if f.default else "store_true"
-            parser.add_argument(flag, action=action, default=f.default, help=help_text)
-        elif get_origin(hint) is Literal:
-            help_text += f" (default {f.default})"
-            parser.add_argument(flag, choices=get_args(hint), default=f.default, help=help_text)
-        elif f.name in REQUIRED:
-            parser.add_argument(flag, type=str, required=True, help=help_text)
-        else:
-            kind = next(t for t in (int, float, str) if t == hint or t in get_args(hint))
-            default = "" if f.default is None else f" (default {f.default})"  # None: off, or as the help says
-            parser.add_argument(flag, type=kind, default=f.default, help=help_text + default)
-
-
-def config_from_args(args: argparse.Namespace, cls: type = PPOConfig):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def validate(config: PPOConfig) -> PPOConfig:

@@ -7,13 +7,8 @@ import json
 import sys
 from itertools import islice
 
-from rlhf.reward.config import (
-    DEFAULT_PORT,
-    RewardServiceConfig,
-    RewardTrainConfig,
-    add_config_arguments,
-    config_from_args,
-)
+from rlhf.core.flags import add_config_arguments, config_from_args
+from rlhf.reward.config import DEFAULT_PORT, RewardServiceConfig, RewardTrainConfig
 
 SCORE_CHUNK = 256  # --input lines scored per round trip
 
