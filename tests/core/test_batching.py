@@ -167,7 +167,7 @@ def test_concurrency_runs_batches_side_by_side_and_exclusive_work_alone():
     assert peak[0] == 2 and log == [0]
 
 
-def test_a_burst_wakes_the_batcher_only_when_a_batch_fills():
+def test_full_batches_run_without_waiting_out_the_delay():
     rec = Recorder()
 
     async def main():
@@ -212,3 +212,22 @@ def test_exclusive_work_never_overlaps_batches_or_itself():
 
     assert run(main()) == [1]
     assert overlaps == []
+
+
+def test_cancelled_items_are_not_computed_and_do_not_count_towards_a_batch():
+    rec = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(rec, name="t", max_batch_size=4, max_wait_ms=10_000)
+        first = [asyncio.ensure_future(batcher.submit([i])) for i in range(3)]
+        await asyncio.sleep(0.01)  # queued; the batcher waits for a fourth item
+        first[0].cancel()
+        first[1].cancel()
+        await asyncio.sleep(0.01)
+        later = asyncio.gather(*(batcher.submit([i]) for i in (10, 11, 12)))
+        results = await asyncio.wait_for(asyncio.gather(first[2], later), timeout=5)
+        await batcher.close()
+        return results
+
+    assert run(main()) == [[2 * 10], [[100], [110], [120]]]
+    assert [sorted(b) for b in rec.batches] == [[2, 10, 11, 12]]
