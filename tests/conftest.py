@@ -37,3 +37,27 @@ def port() -> int:
     from tests.helpers import free_port
 
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def seed() -> int:
+    """The seed of every learning test: $RLHF_TEST_SEED, default 0. benchmarks/seed_sweep.py runs the
+    learning tests over several seeds; each test's thresholds sit well below the worst seed seen there."""
+    return int(os.environ.get("RLHF_TEST_SEED", "0"))
+
+
+@pytest.fixture
+def record_figures(request, seed):
+    """record_figures(figures, bounds): a learning test's measured figures, and the bound each must clear
+    (a figure named in `bounds` must reach it; one ending in `_max` must stay at or below it). Appended as one
+    JSON line to $RLHF_SWEEP_RECORD when set (benchmarks/seed_sweep.py reads it); always printed."""
+    import json
+
+    def record(figures: dict[str, float], bounds: dict[str, float]) -> None:
+        row = {"test": request.node.nodeid, "seed": seed, "figures": figures, "bounds": bounds}
+        print("figures:", json.dumps(row))
+        if path := os.environ.get("RLHF_SWEEP_RECORD"):
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    return record

@@ -38,14 +38,15 @@ def rlhf(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model_dir, synth_dir, tmp_path_factory) -> SimpleNamespace:
+def trained(tiny_model_dir, synth_dir, tmp_path_factory, seed) -> SimpleNamespace:
     """SFT and reward models trained through the CLI on the synthetic task (one epoch each)."""
     root = tmp_path_factory.mktemp("ppo-models")
     sft, rm = root / "sft", root / "rm"
     rlhf("train", "sft", "--model", str(tiny_model_dir), "--data", str(synth_dir / "sft.jsonl"), "--out", str(sft),
-         "--lr", "3e-3", "--batch-size", "32", "--device", "cpu")
+         "--lr", "3e-3", "--batch-size", "32", "--device", "cpu", "--seed", str(seed))
     rlhf("train", "rm", "--model", str(sft), "--data", str(synth_dir / "preferences.jsonl"), "--out", str(rm),
-         "--epochs", "1", "--batch-size", "16", "--lr", "2e-3", "--max-length", "48", "--device", "cpu")
+         "--epochs", "1", "--batch-size", "16", "--lr", "2e-3", "--max-length", "48", "--device", "cpu",
+         "--seed", str(seed))
     return SimpleNamespace(sft=sft, rm=rm, prompts=synth_dir / "prompts.jsonl", pretrain=synth_dir / "pretrain.jsonl")
 
 
@@ -134,7 +135,7 @@ def evaluate(policy: PolicyClient, reward: RewardClient, prompts: list[str]) -> 
     return mean(reward.score(items)), mean(ground_truth_score(p, r) for p, r in items)
 
 
-def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, tmp_path):
+def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, tmp_path, seed, record_figures):
     steps, batch = 12, 32
     held_out = [json.loads(line)["prompt"] for line in (synth_dir / "prompts_eval.jsonl").read_text().splitlines()]
     with ExitStack() as stack:

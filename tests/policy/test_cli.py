@@ -16,14 +16,15 @@ from tests.policy.test_sft import taught_examples
 
 
 @pytest.mark.slow
-def test_train_serve_and_generate_through_the_cli(tiny_model_dir, synth_dir, tmp_path):
+def test_train_serve_and_generate_through_the_cli(tiny_model_dir, synth_dir, tmp_path, seed, record_figures):
     taught = taught_examples(synth_dir)
     data = tmp_path / "taught.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in taught))
     sft = tmp_path / "sft"
     trained = subprocess.run(
         [*RLHF, "train", "sft", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(sft),
-         "--epochs", "60", "--lr", "3e-3", "--batch-size", "8", "--eval-fraction", "0", "--device", "cpu"],
+         "--epochs", "60", "--lr", "3e-3", "--batch-size", "8", "--eval-fraction", "0", "--device", "cpu",
+         "--seed", str(seed)],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # a tiny model trains faster on one thread than on a busy two
     )
@@ -42,11 +43,19 @@ def test_train_serve_and_generate_through_the_cli(tiny_model_dir, synth_dir, tmp
             every = policy.generate([row["prompt"] for row in taught],
                                     GenerationParams(temperature=0, max_new_tokens=24))
     # the tuned model produces the taught responses, each closed by EOS
+    taught_fraction = sum(s.response_text == row["response"] for s, row in zip(every, taught, strict=True))
+    taught_fraction /= len(taught)
+    record_figures({"taught_fraction": taught_fraction}, {"taught_fraction": 1.0})
     assert [s.response_text for s in every] == [row["response"] for row in taught]
     assert {s.finish_reason for s in every} == {"eos"}
     assert text == taught[0]["response"] + "\n"
     samples = [json.loads(line) for line in lines.splitlines()]
-    assert len(samples) == 2 and samples[0] == samples[1]  # greedy: n samples agree
+    # Greedy: the n samples agree token for token. Their log-probs come from different rows of one
+    # batch, whose float kernels may differ in the last bits (AVX2 vs AVX-512), so those get a tolerance.
+    assert len(samples) == 2
+    assert {k: v for k, v in samples[0].items() if k != "logprobs"} == {
+        k: v for k, v in samples[1].items() if k != "logprobs"}
+    assert samples[0]["logprobs"] == pytest.approx(samples[1]["logprobs"], abs=1e-4)
     assert set(samples[0]) == {"response", "prompt_token_ids", "response_token_ids", "logprobs", "finish_reason",
                                "weights_version"}
     assert samples[0]["response"] == taught[0]["response"] and samples[0]["finish_reason"] == "eos"

@@ -47,14 +47,18 @@ def test_completion_is_accepted_for_response_and_bad_lines_are_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss(tiny_model_dir, synth_dir, tmp_path):
+def test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss(tiny_model_dir, synth_dir, tmp_path, seed,
+                                                                    record_figures):
     rows = (synth_dir / "sft.jsonl").read_text().splitlines()[:320]
     data = tmp_path / "sft.jsonl"
     data.write_text("\n".join(rows) + "\n")
     result = train_sft(SFTConfig(model=str(tiny_model_dir), data=str(data), out=str(tmp_path / "sft"), lr=2e-3,
-                                 batch_size=16, eval_fraction=0.2, device="cpu"), progress=False)
+                                 batch_size=16, eval_fraction=0.2, device="cpu", seed=seed), progress=False)
     assert (result.train_examples, result.eval_examples) == (256, 64)
-    assert result.eval_loss_after < 0.6 * result.eval_loss_before
+    # The held-out loss falls to at most 0.6 of its start; the seed sweep's worst seed reaches RATIO_WORST.
+    ratio = result.eval_loss_after / result.eval_loss_before
+    record_figures({"eval_loss_ratio_max": ratio}, {"eval_loss_ratio_max": 0.6})
+    assert ratio < 0.6
     assert (tmp_path / "sft" / "config.json").is_file() and (tmp_path / "sft" / "tokenizer.json").is_file()
     assert not (tmp_path / "sft.tmp").exists()
 

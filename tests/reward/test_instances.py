@@ -49,6 +49,14 @@ def wait_for_workers(server_pid: int, count: int, exclude: set[int], timeout: fl
     raise AssertionError(f"workers of {server_pid}: {model_workers(server_pid)}")
 
 
+def wait_for_log(server: CliServer, *lines: str, timeout: float = 60) -> None:
+    """Poll the server's log until every line is in it: a log line is written after the event it reports."""
+    deadline = time.monotonic() + timeout
+    while not all(line in (logs := server.logs(20000)) for line in lines):
+        assert time.monotonic() < deadline, f"not all of {lines} in the log after {timeout}s:\n{logs[-3000:]}"
+        time.sleep(0.1)
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
 def test_two_instances_score_like_one_and_a_killed_worker_is_replaced(reward_model_dir, tmp_path):
     expected = LocalReward(str(reward_model_dir), device="cpu").score(ITEMS)
@@ -77,6 +85,5 @@ def test_two_instances_score_like_one_and_a_killed_worker_is_replaced(reward_mod
         replaced = wait_for_workers(server.proc.pid, 2, exclude={workers[0]})
         assert workers[1] in replaced
         assert client.score(ITEMS) == pytest.approx(expected, abs=1e-5)  # served by both again
-        logs = server.logs(20000)
-        assert "reward model process died" in logs and "reward model process restarted" in logs
+        wait_for_log(server, "reward model process died", "reward model process restarted")
         assert server.running()

@@ -120,8 +120,8 @@ class BaseClient:
     def call_kwargs(self, timeout: float | None = None) -> dict:
         return {"timeout": timeout or self.options.timeout, "metadata": self.metadata}
 
-    def wait_until_serving(self, timeout: float = 120.0, service: str = "") -> None:
-        wait_until_serving(self.channel, timeout, service)
+    def wait_until_serving(self, timeout: float = 120.0, service: str = "", abort=lambda: False) -> None:
+        wait_until_serving(self.channel, timeout, service, abort)
 
     def close(self) -> None:
         self.channel.close()
@@ -133,20 +133,25 @@ class BaseClient:
         self.close()
 
 
-def wait_until_serving(channel: grpc.Channel, timeout: float = 120.0, service: str = "") -> None:
-    """Poll grpc.health.v1 until it answers SERVING; raises TimeoutError otherwise."""
+def wait_until_serving(channel: grpc.Channel, timeout: float = 120.0, service: str = "",
+                       abort=lambda: False) -> None:
+    """Poll grpc.health.v1 until it answers SERVING; raises TimeoutError otherwise, or as soon as
+    abort() is true (a stop request must not wait out the timeout)."""
     stub = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + timeout
     last = "no answer"
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not abort():
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service),
+                               timeout=max(0.05, min(1.0, deadline - time.monotonic())))
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
             last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         except grpc.RpcError as err:
             last = err.code().name
         time.sleep(0.1)
+    if abort():
+        raise TimeoutError(f"stop requested while waiting for SERVING (last: {last})")
     raise TimeoutError(f"not SERVING after {timeout:.0f}s (last: {last})")
 
 
@@ -180,3 +185,44 @@ def resolve_replicas(target: str) -> list[str]:
     v4 = sorted({info[4][0] for info in infos if info[0] == socket.AF_INET})
     v6 = sorted({info[4][0] for info in infos if info[0] == socket.AF_INET6})
     return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in (v4 or v6)]
+
+
+def served_services(client: BaseClient, timeout: float = 5.0) -> list[str] | None:
+    """The gRPC services a server lists through reflection, or None if it does not say."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    try:
+        for reply in stub.ServerReflectionInfo(iter([request]), timeout=timeout, metadata=client.metadata):
+            return [s.name for s in reply.list_services_response.service]
+    except grpc.RpcError:
+        return None
+    return None
+
+
+def wrong_service(client: BaseClient, expected: str, timeout: float = 5.0) -> str | None:
+    """`HOST:PORT serves rlhf.v1.RewardScoring, not rlhf.v1.PolicyInference` when the server behind
+    the client lists other services than `expected`; None when it serves it, or cannot tell."""
+    names = served_services(client, timeout)
+    if names is None or expected in names:
+        return None
+    ours = [n for n in names if not n.startswith("grpc.")] or names
+    return f"{client.target} serves {', '.join(ours) or 'no service'}, not {expected}"
+
+
+def wait_until_connected(client: BaseClient, timeout: float, abort=lambda: False) -> bool:
+    """Wait until the client's channel connects (a TCP connection, and TLS if set); False after timeout
+    or once abort() is true. It is checked every 0.1 s, so a stop request ends the wait at once."""
+    ready = grpc.channel_ready_future(client.channel)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not abort():
+            try:
+                ready.result(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                return True
+            except grpc.FutureTimeoutError:
+                continue
+        return False
+    finally:
+        ready.cancel()

@@ -27,3 +27,12 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
             raise UserError(f"{path}:{number}: each line must be a JSON object")
         rows.append((f"{path}:{number}", row))
     return rows
+
+
+def check_input_file(path: str | os.PathLike, field: str, flag: str) -> int:
+    """Fail now, with one line, if a JSONL input cannot be read or has no row with `field`: before any
+    model loads, not minutes later. Returns the number of such rows."""
+    count = sum(field in row for _, row in read_jsonl(path))
+    if count == 0:
+        raise UserError(f"{flag} {path}: no line with a {field!r} field")
+    return count

@@ -139,8 +139,11 @@ def describe_model(model: torch.nn.Module, tokenizer, path: str | os.PathLike, *
 
 
 def save_model_dir(model: torch.nn.Module, tokenizer, out: str | os.PathLike) -> Path:
-    """Write model + tokenizer as a standard Hugging Face dir, atomically: to `out.tmp`, then renamed."""
+    """Write model + tokenizer as a standard Hugging Face dir, atomically: to `out.tmp`, then swapped in
+    (rlhf.core.files.replace_dir), so `out` holds the old dir or the new one at every moment."""
     import shutil
+
+    from rlhf.core.files import replace_dir
 
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -148,7 +151,4 @@ def save_model_dir(model: torch.nn.Module, tokenizer, out: str | os.PathLike) ->
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    return replace_dir(tmp, out)

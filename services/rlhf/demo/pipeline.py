@@ -136,7 +136,10 @@ def run_ppo(config: DemoConfig) -> None:
             print(f"  {name:<9} serving on {proc.target}  (log: {proc.log_path})", flush=True)
             services[name] = proc
         learner = ServiceProcess([], name="learner")  # for a free port only
-        resume = ["--resume"] if (p["ppo"] / "checkpoints").exists() else []
+        from rlhf.learner.state import latest_checkpoint
+
+        # A rerun continues from the last checkpoint; an earlier attempt cut short before any is redone.
+        resume = ["--resume"] if latest_checkpoint(p["ppo"]) else ["--overwrite"]
         command = [
             *RLHF_COMMAND, "train", "ppo", "--model", str(p["sft"]), "--value-model", str(p["rm"]),
             "--policy", services["policy"].target, "--reward", services["reward"].target,

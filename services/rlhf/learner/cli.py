@@ -87,27 +87,41 @@ def run_ppo(args: argparse.Namespace) -> int:
     import signal
 
     from rlhf.core.flags import config_from_args
+    from rlhf.core.jsonl import check_input_file
     from rlhf.core.server import ServerOptions, ServerThread
     from rlhf.learner.config import PPOConfig, validate
     from rlhf.learner.control import LearnerControl
     from rlhf.learner.loop import train
+    from rlhf.learner.preflight import check_services
     from rlhf.learner.service import LearnerService
 
     config = validate(config_from_args(args, PPOConfig))
+    check_input_file(config.prompts, "prompt", "--prompts")
+    if config.ptx_data:
+        check_input_file(config.ptx_data, "text", "--ptx-data")
     services = connect_services(config, args)
     control = LearnerControl(config.steps, config.out)
     services.abort = control.stop_requested
+
+    training = False
 
     def stop_after_this_step(signum, frame) -> None:
         """SIGTERM (kubectl delete) or a first Ctrl-C: finish the step, checkpoint, exit 0."""
         if signum == signal.SIGINT and control.stop_requested():
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         if signum == signal.SIGINT:
-            print("\nstopping after this step with a checkpoint (Ctrl-C again to abort)", flush=True)
+            print("\nstopping after this step with a checkpoint (Ctrl-C again to abort)" if training
+                  else "\nstopping", flush=True)
         control.request_stop()
 
     signal.signal(signal.SIGTERM, stop_after_this_step)
     signal.signal(signal.SIGINT, stop_after_this_step)
+    try:
+        check_services(services, config.connect_timeout, config.service_timeout, control.stop_requested)
+    except BaseException:
+        services.close()
+        raise
+    training = True
     server = ServerThread(LearnerService(control), ServerOptions.from_args(args))
     port = server.start()
     print(f"learner control API on {args.host}:{port} (rlhf learner status --target HOST:{port})", flush=True)

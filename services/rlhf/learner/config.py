@@ -29,6 +29,8 @@ class PPOConfig:
     """PPO steps (each: one rollout batch, then the update)"""
     resume: bool = False
     """continue from the latest checkpoint in --out"""
+    overwrite: bool = False
+    """start over in an --out that holds an earlier run, deleting its checkpoints, logs and policy"""
     value_model: str | None = None
     """value model (critic) init: a reward-model dir or the SFT dir (default: --model)"""
     seed: int = 0
@@ -46,6 +48,9 @@ class PPOConfig:
     """how many weight versions behind a sample may be and still be trained on"""
     service_timeout: float = 300.0
     """seconds to keep retrying a service that is UNAVAILABLE or past its deadline before giving up"""
+    connect_timeout: float = 5.0
+    """at start, before any model loads: seconds for each service's address to answer before the run
+    fails (raise it where services may start after the learner)"""
     # --- rewards with the KL penalty ---
     kl_coef: float = 0.05
     """beta: weight of the per-token KL penalty (the initial value when --target-kl is set)"""
@@ -113,6 +118,7 @@ def validate(config: PPOConfig) -> PPOConfig:
 
     checks = [
         (config.steps > 0, "--steps must be positive"),
+        (not (config.resume and config.overwrite), "--resume and --overwrite exclude each other"),
         (bool(config.policy_targets), "--policy needs at least one HOST:PORT"),
         (config.batch_size >= config.num_minibatches > 0, "--batch-size must be >= --num-minibatches >= 1"),
         (config.gradient_accumulation_steps > 0, "--gradient-accumulation-steps must be positive"),
@@ -124,6 +130,7 @@ def validate(config: PPOConfig) -> PPOConfig:
         (config.importance_cap == 0 or config.importance_cap >= 1, "--importance-cap must be 0 (off) or >= 1"),
         (config.save_every > 0, "--save-every must be positive"),
         (config.service_timeout > 0, "--service-timeout must be positive"),
+        (config.connect_timeout > 0, "--connect-timeout must be positive"),
         (0 < config.lam <= 1 and 0 < config.gamma <= 1, "--gamma and --lam must lie in (0, 1]"),
     ]
     for ok, message in checks:

@@ -26,7 +26,14 @@ from rlhf.learner.config import PPOConfig
 from rlhf.learner.control import CheckpointResult, LearnerControl
 from rlhf.learner.models import policy_forward, sequence_logprobs, value_forward
 from rlhf.learner.rollout import Rollout, ServiceDown, Services, collect_rollout, name_of
-from rlhf.learner.state import TrainState, build_state, resume_state, save_checkpoint, save_final_policy
+from rlhf.learner.state import (
+    TrainState,
+    build_state,
+    claim_out_dir,
+    resume_state,
+    save_checkpoint,
+    save_final_policy,
+)
 from rlhf.learner.tracking import RunLog
 
 log = logging.getLogger("rlhf.learner")
@@ -227,6 +234,7 @@ def serve_requests(state: TrainState, control: LearnerControl, config: PPOConfig
 def train(config: PPOConfig, services: Services, control: LearnerControl | None = None) -> TrainState:
     """Run PPO from the SFT model (or --resume) up to config.steps; returns the final state."""
     control = control or LearnerControl(config.steps, config.out)
+    claim_out_dir(config)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     state = resume_state(config) if config.resume else build_state(config)
     check_tokenizers(state, services)

@@ -60,11 +60,18 @@ def with_retries(what: str, timeout: float, fn: Callable, *args, wait_ready: Cal
                     f"{what} did not answer for {timeout:.0f}s (--service-timeout): {err.code().name}: {err.details()}"
                 ) from err
             log.warning("retrying", extra={"service": what, "code": err.code().name, "delay_s": delay})
-            time.sleep(delay)
+            sleep_unless(abort, delay)
             delay = min(2 * delay, 5.0)
-            if wait_ready is not None:
+            if wait_ready is not None and not abort():
                 with contextlib.suppress(TimeoutError, grpc.RpcError):
-                    wait_ready(max(0.1, deadline - time.monotonic()))
+                    wait_ready(max(0.1, deadline - time.monotonic()), abort=abort)
+
+
+def sleep_unless(abort: Callable[[], bool], seconds: float, tick: float = 0.05) -> None:
+    """time.sleep(seconds), cut short once abort() is true."""
+    deadline = time.monotonic() + seconds
+    while not abort() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(tick, left))
 
 
 @dataclass

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from rlhf.core.errors import UserError
-from rlhf.core.modeling import context_length, load_tokenizer, resolve_device
+from rlhf.core.files import write_text_atomic
+from rlhf.core.modeling import context_length, load_tokenizer, resolve_device, save_model_dir
 from rlhf.learner import ppo
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.data import CursorSampler, load_prompts, load_ptx_sequences
@@ -112,7 +113,7 @@ def save_checkpoint(state: TrainState, out: str | Path, keep: int = 2) -> Path:
         tmp / "trainer_state.pt",
     )
     os.rename(tmp, final)
-    _write_atomic(root / "latest", final.name)
+    write_text_atomic(root / "latest", final.name)
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint saved", extra={"step": state.step, "path": str(final)})
@@ -127,6 +128,24 @@ def latest_checkpoint(out: str | Path) -> Path | None:
         return root / pointer.read_text().strip()
     complete = sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").exists())
     return complete[-1] if complete else None
+
+
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "rollouts.jsonl", "tb", "policy")
+
+
+def claim_out_dir(config: PPOConfig) -> None:
+    """A fresh run refuses an --out that holds an earlier one (its logs and checkpoints would mix with
+    the new), unless --overwrite, which deletes them first."""
+    out = Path(config.out)
+    earlier = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
+    if config.resume or not earlier:
+        return
+    if not config.overwrite:
+        raise UserError(f"--out {out} holds an earlier run: continue it with --resume, choose a new --out, "
+                        "or start over with --overwrite")
+    for path in earlier:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    log.info("overwriting an earlier run", extra={"out": str(out)})
 
 
 def resume_state(config: PPOConfig) -> TrainState:
@@ -156,16 +175,5 @@ def resume_state(config: PPOConfig) -> TrainState:
 
 def save_final_policy(state: TrainState, out: str | Path) -> Path:
     """OUT/policy: pi_RL as a standard model dir with its tokenizer, replaced atomically."""
-    final, tmp = Path(out) / "policy", Path(out) / f".tmp-policy-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    state.policy.save_pretrained(tmp)
-    state.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    return final
+    return save_model_dir(state.policy, state.tokenizer, Path(out) / "policy")
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from rlhf.core.files import write_text_atomic
+
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep only the lines whose `step` is <= last_step (and drop a torn last line); atomic."""
@@ -23,9 +25,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
                 kept.append(line + "\n")
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line cut short by SIGKILL
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(kept))
 
 
 class RunLog:

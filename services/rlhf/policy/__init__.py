@@ -7,21 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rlhf.core.lazy import lazy_exports
+
 if TYPE_CHECKING:
     from rlhf.policy.client import PolicyClient
     from rlhf.policy.local import LocalPolicy
 
 __all__ = ["LocalPolicy", "PolicyClient"]
-
-
-def __getattr__(name: str):
-    # Imported on first use, so `rlhf --help` (which imports rlhf.policy.cli) stays free of torch.
-    if name == "PolicyClient":
-        from rlhf.policy.client import PolicyClient
-
-        return PolicyClient
-    if name == "LocalPolicy":
-        from rlhf.policy.local import LocalPolicy
-
-        return LocalPolicy
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, {"PolicyClient": "rlhf.policy.client", "LocalPolicy": "rlhf.policy.local"})

@@ -7,21 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rlhf.core.lazy import lazy_exports
+
 if TYPE_CHECKING:
     from rlhf.reference.client import ReferenceClient
     from rlhf.reference.local import LocalReference
 
 __all__ = ["LocalReference", "ReferenceClient"]
-
-
-def __getattr__(name: str):
-    # Imported on first use, so `rlhf --help` (which imports rlhf.reference.cli) stays free of torch.
-    if name == "ReferenceClient":
-        from rlhf.reference.client import ReferenceClient
-
-        return ReferenceClient
-    if name == "LocalReference":
-        from rlhf.reference.local import LocalReference
-
-        return LocalReference
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, {"ReferenceClient": "rlhf.reference.client",
+                                     "LocalReference": "rlhf.reference.local"})

@@ -1,0 +1,146 @@
+"""`rlhf train ppo` checks its services before any model loads: a wrong address fails in seconds with
+one line naming the flag, another kind of service is named as such, and Ctrl-C ends every wait at once.
+
+The learner runs as a real process through the CLI; the servers it meets are real gRPC servers built
+on the project's bootstrap (health and reflection), with no model behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import threading
+import time
+from contextlib import ExitStack
+
+import grpc
+import pytest
+
+from rlhf.core.client import BaseClient
+from rlhf.core.processes import RLHF_COMMAND, free_port
+from rlhf.core.server import ServerOptions, ServerThread
+from rlhf.learner.rollout import ServiceDown, with_retries
+
+
+class BareService:
+    """Serves health and reflection under `service_name`, no RPCs; SERVING once `loaded` is set."""
+
+    name = "bare"
+
+    def __init__(self, service_name: str, loaded: bool = True):
+        self.service_names = [service_name]
+        self.loaded = threading.Event()
+        if loaded:
+            self.loaded.set()
+
+    def add_to_server(self, server):
+        pass
+
+    async def load(self):
+        await asyncio.to_thread(self.loaded.wait, 120)
+
+    async def close(self):
+        self.loaded.set()
+
+
+def serve(stack: ExitStack, service_name: str, loaded: bool = True) -> str:
+    service, port = BareService(service_name, loaded), free_port()
+    server = ServerThread(service, ServerOptions(host="127.0.0.1", port=port))
+    starter = threading.Thread(target=server.start, daemon=True)  # start() returns once SERVING
+    starter.start()
+    stack.callback(server.stop)
+    stack.callback(service.loaded.set)
+    deadline = time.monotonic() + 30
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=max(0.1, deadline - time.monotonic()))
+    return f"127.0.0.1:{port}"
+
+
+def learner(tmp_path, policy: str, reward: str, reference: str) -> subprocess.Popen:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Human: Describe cats.\\nAssistant:"}\n')
+    # --model names no dir: if a model were loaded before the services are checked, that would fail first
+    command = [*RLHF_COMMAND, "train", "ppo", "--model", str(tmp_path / "no-model-here"), "--policy", policy,
+               "--reward", reward, "--reference", reference, "--prompts", str(prompts), "--out", str(tmp_path / "out"),
+               "--port", "0", "--device", "cpu"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    _, stderr = proc.communicate(timeout=timeout)
+    return proc.returncode, stderr.strip()
+
+
+def test_a_wrong_address_fails_within_seconds_naming_the_flag(tmp_path):
+    with ExitStack() as stack:
+        reward, reference = serve(stack, "rlhf.v1.RewardScoring"), serve(stack, "rlhf.v1.ReferencePolicy")
+        nothing = f"127.0.0.1:{free_port()}"
+        start = time.monotonic()
+        code, stderr = finish(learner(tmp_path, nothing, reward, reference), timeout=60)
+        elapsed = time.monotonic() - start
+    assert code == 2 and elapsed < 15, (code, elapsed, stderr)
+    assert stderr.splitlines() == [f"rlhf: error: --policy {nothing}: nothing answers there "
+                                   "(no connection within 5s, --connect-timeout)"]
+
+
+@pytest.mark.parametrize("wrong", ["--reward", "--reference"])
+def test_each_flag_is_checked(tmp_path, wrong):
+    with ExitStack() as stack:
+        targets = {"--policy": serve(stack, "rlhf.v1.PolicyInference"),
+                   "--reward": serve(stack, "rlhf.v1.RewardScoring"),
+                   "--reference": serve(stack, "rlhf.v1.ReferencePolicy")}
+        targets[wrong] = f"127.0.0.1:{free_port()}"
+        code, stderr = finish(learner(tmp_path, targets["--policy"], targets["--reward"], targets["--reference"]), 60)
+    assert code == 2 and stderr.splitlines()[-1].startswith(f"rlhf: error: {wrong} {targets[wrong]}: nothing answers")
+
+
+def test_another_kind_of_service_is_named(tmp_path):
+    with ExitStack() as stack:
+        reward, reference = serve(stack, "rlhf.v1.RewardScoring"), serve(stack, "rlhf.v1.ReferencePolicy")
+        code, stderr = finish(learner(tmp_path, reward, reward, reference), timeout=60)
+    assert code == 2
+    assert stderr.splitlines() == [f"rlhf: error: --policy: {reward} serves rlhf.v1.RewardScoring, "
+                                   "not rlhf.v1.PolicyInference"]
+
+
+def test_ctrl_c_while_waiting_for_a_loading_service_exits_within_2s(tmp_path):
+    with ExitStack() as stack:
+        policy = serve(stack, "rlhf.v1.PolicyInference", loaded=False)  # NOT_SERVING: "loading" for good
+        reward, reference = serve(stack, "rlhf.v1.RewardScoring"), serve(stack, "rlhf.v1.ReferencePolicy")
+        proc = learner(tmp_path, policy, reward, reference)
+        stack.callback(proc.kill)
+        seen = ""
+        while "waiting for the service to report SERVING" not in seen:
+            line = proc.stderr.readline()
+            assert line, seen
+            seen += line
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        code, stderr = finish(proc, timeout=60)
+        elapsed = time.monotonic() - start
+    assert elapsed < 2.0 and code == 2, (elapsed, code, stderr)
+    assert stderr.splitlines()[-1].startswith(f"rlhf: error: --policy {policy}: stop requested while waiting")
+
+
+def test_a_stop_request_ends_the_health_wait_between_retries():
+    """Mid-run: a call fails UNAVAILABLE, and the wait for the restarted server to load is cut short."""
+    with ExitStack() as stack:
+        client = stack.enter_context(BaseClient(serve(stack, "rlhf.v1.PolicyInference", loaded=False)))
+        stop = threading.Event()
+
+        class Unavailable(grpc.RpcError):
+            def code(self):
+                return grpc.StatusCode.UNAVAILABLE
+
+            def details(self):
+                return "restarting"
+
+        def down():
+            threading.Timer(0.5, stop.set).start()  # Ctrl-C, half a second into the wait
+            raise Unavailable()
+
+        start = time.monotonic()
+        with pytest.raises(ServiceDown, match="stop requested"):
+            with_retries("generate", 300.0, down, wait_ready=client.wait_until_serving, abort=stop.is_set)
+        assert time.monotonic() - start < 2.0  # not the 300 s --service-timeout
