@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -40,6 +41,28 @@ class Commands:
     serve: argparse._SubParsersAction
 
 
+class DefaultsShownFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already names one; options that are
+    off or unset by default (False, None) have nothing to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not action.option_strings or action.required or "default" in text or unset:
+            return text
+        shown = ("on" if action.default else "off") if isinstance(action.default, bool) else "%(default)s"
+        return f"{text} (default {shown})".lstrip()
+
+
+def every_parser(parser: argparse.ArgumentParser):
+    """The parser and each of its subcommands' parsers, depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from every_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description="RLHF as gRPC services: SFT, reward model, PPO.")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
@@ -53,10 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = Commands(top=top, train=train, serve=serve)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(commands)
+    for each in every_parser(parser):
+        each.formatter_class = DefaultsShownFormatter
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # No Hugging Face progress bars ("Loading weights", "Writing model shards"): they interleave with the
+    # services' log lines. Training stages keep their own bars.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     from rlhf.core.logs import configure_logging

@@ -8,6 +8,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from rlhf.core.errors import UserError
 from rlhf.core.server import ServerOptions, ServerThread
 
 
@@ -79,8 +80,22 @@ def test_bearer_token_guards_everything_but_health(port, tmp_path):
 def test_taken_port_fails_to_start(port):
     service = SlowLoadingService()
     service.release.set()
-    with ServerThread(service, ServerOptions(port=port)), pytest.raises(OSError, match="cannot bind"):
+    with ServerThread(service, ServerOptions(port=port)), pytest.raises(UserError, match=f"^port {port} is in use$"):
         ServerThread(SlowLoadingService(), ServerOptions(port=port)).start(timeout=30)
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line_with_exit_2(port, tiny_model_dir):
+    import socket
+    import subprocess
+
+    from tests.helpers import RLHF
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", port))
+        taken.listen()
+        result = subprocess.run([*RLHF, "serve", "reference", "--model", str(tiny_model_dir), "--port", str(port),
+                                 "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"rlhf: error: port {port} is in use"]
 
 
 def test_resolve_replicas_expands_names_to_every_address():

@@ -144,3 +144,40 @@ def test_a_stop_request_ends_the_health_wait_between_retries():
         with pytest.raises(ServiceDown, match="stop requested"):
             with_retries("generate", 300.0, down, wait_ready=client.wait_until_serving, abort=stop.is_set)
         assert time.monotonic() - start < 2.0  # not the 300 s --service-timeout
+
+
+def test_client_commands_name_the_target_and_the_wrong_kind_of_service():
+    with ExitStack() as stack:
+        reward = serve(stack, "rlhf.v1.RewardScoring")
+        nothing = f"127.0.0.1:{free_port()}"
+        commands = {
+            "generate at a reward service": (["generate", "--target", reward, "--prompt", "hi"],
+                                             f"rlhf: error: {reward} (generate): UNIMPLEMENTED: {reward} serves "
+                                             "rlhf.v1.RewardScoring, not rlhf.v1.PolicyInference"),
+            "learner status at nothing": (["learner", "status", "--target", nothing, "--timeout", "3"],
+                                          f"rlhf: error: {nothing} (status): "),
+            "learner watch at nothing": (["learner", "watch", "--target", nothing],
+                                         f"rlhf: error: {nothing} (watch): "),
+            "generate at nothing": (["generate", "--target", nothing, "--prompt", "hi", "--timeout", "3"],
+                                    f"rlhf: error: {nothing} (generate): "),
+        }
+        for what, (args, start) in commands.items():
+            result = subprocess.run([*RLHF_COMMAND, *args], capture_output=True, text=True, timeout=120)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(start), (what, result.stderr)
+
+
+def test_python_clients_raise_one_exception_type_with_target_method_and_status():
+    from rlhf.core.client import ServiceError
+    from rlhf.core.types import GenerationParams
+    from rlhf.policy import PolicyClient
+
+    with ExitStack() as stack:
+        reward = serve(stack, "rlhf.v1.RewardScoring")
+        with PolicyClient(reward, timeout=10) as client, pytest.raises(ServiceError) as info:
+            client.generate(["hi"], GenerationParams())
+    err = info.value
+    assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert (err.target, err.method) == (reward, "generate")
+    assert str(err) == f"{reward} (generate): UNIMPLEMENTED: {reward} serves rlhf.v1.RewardScoring, not " \
+                       "rlhf.v1.PolicyInference"

@@ -62,4 +62,5 @@ def test_train_serve_and_generate_through_the_cli(tiny_model_dir, synth_dir, tmp
     assert samples[0]["prompt_token_ids"] == encode_prompt(tokenizer, taught[0]["prompt"])
     assert samples[0]["response_token_ids"][-1] == tokenizer.eos_token_id and samples[0]["weights_version"] == 0
     assert len(samples[0]["logprobs"]) == len(samples[0]["response_token_ids"])
-    assert bad.returncode == 2 and bad.stderr.startswith("rlhf: error: INVALID_ARGUMENT: top_p must lie in (0, 1]")
+    assert bad.returncode == 2 and bad.stderr.startswith(
+        f"rlhf: error: {server.target} (generate): INVALID_ARGUMENT: top_p must lie in (0, 1]")

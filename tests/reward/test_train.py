@@ -53,6 +53,10 @@ def trained(tmp_path_factory, seed):
 def test_cli_reports_accuracy_and_writes_a_standard_model_dir(trained):
     assert "held-out pairwise accuracy:" in trained["stdout"]
     assert "reward model" in trained["stderr"]  # the progress bar
+    # log noise: transformers' load report about the new head, its own progress bars, a redrawn bar
+    assert "LOAD REPORT" not in trained["stderr"] and "has no score head yet" in trained["stderr"]
+    assert "Loading weights" not in trained["stderr"] and "Writing model shards" not in trained["stderr"]
+    assert "100%" not in trained["stderr"].split(f"epoch {EPOCHS}: held-out")[-1]
     files = {p.name for p in trained["dir"].iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
     assert not trained["dir"].with_name("rm.tmp").exists()

@@ -7,10 +7,13 @@ client pointed at `dns:///policy.ns.svc:50052` spreads calls over every replica 
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,8 +111,69 @@ def make_channel(target: str, options: ClientOptions | None = None) -> grpc.Chan
     return grpc.insecure_channel(target, options=channel_args)
 
 
+class ServiceError(grpc.RpcError):
+    """What every project client raises for a failed call: the target, the method and the gRPC status.
+
+    A grpc.RpcError, so `except grpc.RpcError` and `err.code()` keep working; str() is one line."""
+
+    def __init__(self, target: str, method: str, code: grpc.StatusCode, details: str):
+        super().__init__(f"{target} ({method}): {code.name}: {details}")
+        self.target, self.method, self.status, self.message = target, method, code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self.status
+
+    def details(self) -> str:
+        return self.message
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _raising_service_errors(method: Callable) -> Callable:
+    """Wrap a client method (or generator method) so that a grpc.RpcError leaves it as a ServiceError."""
+
+    def convert(client: BaseClient, err: grpc.RpcError) -> ServiceError:
+        if isinstance(err, ServiceError):
+            return err
+        details = err.details() or ""
+        if err.code() == grpc.StatusCode.UNIMPLEMENTED and client.SERVICE:
+            details = wrong_service(client, client.SERVICE) or details
+        return ServiceError(client.target, method.__name__, err.code(), details)
+
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def streaming(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except grpc.RpcError as err:
+                raise convert(self, err) from None
+
+        return streaming
+
+    @functools.wraps(method)
+    def unary(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except grpc.RpcError as err:
+            raise convert(self, err) from None
+
+    return unary
+
+
 class BaseClient:
-    """Owns a channel; subclasses wrap one service's stub. Usable as a context manager."""
+    """Owns a channel; subclasses wrap one service's stub. Usable as a context manager.
+
+    Every public method a subclass defines raises ServiceError (never a raw grpc.RpcError), and an
+    UNIMPLEMENTED answer says which service the target serves instead of SERVICE."""
+
+    SERVICE = ""  # the full gRPC service name, e.g. "rlhf.v1.PolicyInference"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name, value in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.isfunction(value):
+                setattr(cls, name, _raising_service_errors(value))
 
     def __init__(self, target: str, options: ClientOptions | None = None, **overrides):
         self.options = options or ClientOptions(**overrides)
@@ -156,7 +220,9 @@ def wait_until_serving(channel: grpc.Channel, timeout: float = 120.0, service: s
 
 
 def describe_rpc_error(err: grpc.RpcError) -> str:
-    """One line for the CLI: `UNAVAILABLE: failed to connect ...`."""
+    """One line for the CLI: `HOST:PORT (Method): UNAVAILABLE: failed to connect ...`."""
+    if isinstance(err, ServiceError):
+        return str(err)
     return f"{err.code().name}: {err.details()}"
 
 

@@ -19,7 +19,7 @@ def register(commands) -> None:
     data = commands.top.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the bundled synthetic task (SFT, preferences, prompts, pretraining)")
     synth.add_argument("--out", required=True, help="directory for the JSONL files")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     synth.add_argument("--scale", type=float, default=1.0, help="multiply every file's size (e.g. 0.1 for tests)")
     synth.set_defaults(func=_synth)
 

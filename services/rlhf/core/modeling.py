@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import torch
 
 from rlhf.core.errors import UserError
+
+log = logging.getLogger("rlhf.modeling")
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
@@ -76,6 +79,34 @@ def load_causal_lm(path: str | os.PathLike, device: torch.device, dtype: torch.d
     except OSError as err:
         raise UserError(f"cannot load model from {path}: {str(err).splitlines()[0]}") from err
     return model.to(device).eval()
+
+
+def load_score_model(path: str | os.PathLike, device: torch.device, dtype: torch.dtype, what: str = "reward model"):
+    """AutoModelForSequenceClassification with one label: a reward model or a critic.
+
+    From a causal-LM dir the score head is new and starts from random weights, as intended; that is
+    said once, in one log line, instead of transformers' load report and its advice to train."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            check_model_path(path), num_labels=1, dtype=dtype, output_loading_info=True
+        )
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load {what} from {path}: {str(err).splitlines()[0]}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = list(info.get("missing_keys", []))
+    head = [k for k in missing if k.split(".")[0] in ("score", "classifier")]
+    if head:
+        log.info(f"{what}: {path} has no score head yet, so it starts from random weights",
+                 extra={"path": str(path), "new": head})
+    if other := [k for k in missing if k not in head]:
+        log.warning(f"{what}: weights missing from {path}, left as initialised", extra={"missing": other})
+    return model.to(device)
 
 
 def load_causal_lm_and_tokenizer(path: str | os.PathLike, device: str = "auto", dtype: str = "float32"):

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rlhf.core.errors import UserError
 from rlhf.core.metrics import MetricsInterceptor, start_metrics_server
 from rlhf.core.security import BearerTokenInterceptor, read_secret, server_credentials
 
@@ -140,6 +143,27 @@ class RunningServer:
         log.info("stopped", extra={"service": self.service.name})
 
 
+def check_port_free(host: str, port: int) -> None:
+    """UserError `port N is in use` when another process listens there, before gRPC tries (and logs its
+    own multi-line complaint). SO_REUSEADDR, as servers bind: a port whose old connections linger in
+    TIME_WAIT counts as free."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} is in use") from None
+            raise UserError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
 async def start_server(service: Service, options: ServerOptions) -> RunningServer:
     """Bind and start the server, then load the model; health turns SERVING when loading is done."""
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
@@ -158,10 +182,11 @@ async def start_server(service: Service, options: ServerOptions) -> RunningServe
         [*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     address = f"{options.host}:{options.port}"
+    check_port_free(options.host, options.port)
     try:
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as err:
-        raise OSError(f"cannot bind {address}: {err}") from err
+        raise UserError(f"cannot listen on {address}: {err}") from err
     await server.start()
     if options.metrics_port is not None:
         metrics_port = start_metrics_server(options.metrics_port)

@@ -19,7 +19,7 @@ def register(commands) -> None:
     demo.add_argument("--data-scale", type=float, default=1.0, help="shrink or grow the synthetic data")
     demo.add_argument("--ppo-batch-size", type=int, default=32, help="prompts per PPO step")
     demo.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts for the final comparison")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the model, data and every training stage")
     demo.set_defaults(func=_demo)
 
 

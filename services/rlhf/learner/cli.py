@@ -94,8 +94,10 @@ def run_ppo(args: argparse.Namespace) -> int:
     from rlhf.learner.loop import train
     from rlhf.learner.preflight import check_services
     from rlhf.learner.service import LearnerService
+    from rlhf.learner.state import check_out_dir
 
     config = validate(config_from_args(args, PPOConfig))
+    check_out_dir(config)
     check_input_file(config.prompts, "prompt", "--prompts")
     if config.ptx_data:
         check_input_file(config.ptx_data, "text", "--ptx-data")
@@ -162,11 +164,21 @@ def show_status(args: argparse.Namespace) -> int:
                           "weights_version": status.weights_version, "out_dir": status.out_dir,
                           "metrics": dict(status.metrics)}))
         return 0
-    print(f"step {status.step}/{status.total_steps}  phase {status.phase}  weights v{status.weights_version}  "
-          f"out {status.out_dir}")
+    print(f"{describe_progress(status)}  weights v{status.weights_version}  out {status.out_dir}")
     for name in sorted(status.metrics):
         print(f"  {name:<28} {status.metrics[name]:.6g}")
     return 0
+
+
+def describe_progress(status) -> str:
+    """`3/40 steps done; step 4: update` (the step under way and its phase), `3/40 steps done; checkpoint`
+    (work between steps), or `40/40 steps done`."""
+    done = f"{status.step}/{status.total_steps} steps done"
+    if status.phase == "done":
+        return done
+    if status.phase in ("initialize", "weight_sync", "checkpoint"):  # between steps
+        return f"{done}; {status.phase}"
+    return f"{done}; step {status.step + 1}: {status.phase}"
 
 
 def watch_metrics(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ from rlhf.v1 import learner_pb2, learner_pb2_grpc
 
 
 class LearnerClient(BaseClient):
+    SERVICE = "rlhf.v1.Learner"
+
     def __init__(self, target: str, options=None, **overrides):
         super().__init__(target, options, **overrides)
         self.stub = learner_pb2_grpc.LearnerStub(self.channel)

@@ -80,6 +80,10 @@ class PPOConfig:
     """optimizer steps per epoch"""
     gradient_accumulation_steps: int = 1
     """micro-batches per minibatch (forward/backward in pieces to save memory)"""
+    early_stop_kl: float | None = None
+    """end a step's PPO epochs early once a minibatch's approx KL(old || new) exceeds this, skipping its
+    update (CleanRL's and Stable-Baselines3's target_kl): a guard against one rollout moving the policy
+    too far (default off)"""
     clip_range: float = 0.2
     """policy ratio clip epsilon"""
     clip_range_value: float = 0.2
@@ -126,6 +130,7 @@ def validate(config: PPOConfig) -> PPOConfig:
         (config.max_new_tokens > 0, "--max-new-tokens must be positive"),
         (config.max_length > config.max_new_tokens, "--max-length must exceed --max-new-tokens"),
         (config.target_kl is None or config.target_kl > 0, "--target-kl must be positive"),
+        (config.early_stop_kl is None or config.early_stop_kl > 0, "--early-stop-kl must be positive"),
         (config.max_staleness >= 0, "--max-staleness must be >= 0"),
         (config.importance_cap == 0 or config.importance_cap >= 1, "--importance-cap must be 0 (off) or >= 1"),
         (config.save_every > 0, "--save-every must be positive"),

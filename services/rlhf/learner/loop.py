@@ -47,11 +47,16 @@ def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
     minibatch_size = max(1, batch_size // config.num_minibatches)
     microbatch_size = max(1, minibatch_size // config.gradient_accumulation_steps)
     stats = defaultdict(list)
+    updates, planned = 0, config.ppo_epochs * len(range(0, batch_size, minibatch_size))
+    stopped_early = False
     for _epoch in range(config.ppo_epochs):
+        if stopped_early:
+            break
         b_inds = torch.randperm(batch_size, generator=state.generator)
         for start in range(0, batch_size, minibatch_size):
             state.optimizer.zero_grad()
             micro_batches = b_inds[start : start + minibatch_size].split(microbatch_size)
+            mb_approxkl = 0.0
             for mb_inds in micro_batches:
                 mb_prompts = [b_prompts[i] for i in mb_inds]
                 mb_responses = [b_responses[i] for i in mb_inds]
@@ -74,6 +79,12 @@ def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
                 for name, value in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("policy/clipfrac", clipfrac),
                                     ("policy/approxkl", approxkl), ("val/clipfrac", vf_clipfrac)):
                     stats[name].append(value.item())
+                mb_approxkl += approxkl.item() / len(micro_batches)
+
+            # Early stop: this minibatch already sits too far from the rollout policy; skip its update
+            if config.early_stop_kl is not None and mb_approxkl > config.early_stop_kl:
+                stopped_early = True
+                break
 
             # PPO-ptx: keep the pretraining log-likelihood up, against forgetting
             if state.ptx is not None:
@@ -85,8 +96,10 @@ def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
 
             torch.nn.utils.clip_grad_norm_(state.parameters(), config.max_grad_norm)
             state.optimizer.step()
+            updates += 1
     state.scheduler.step()
-    return {name: sum(values) / len(values) for name, values in stats.items()}
+    return {**{name: sum(values) / len(values) for name, values in stats.items()},
+            "policy/update_fraction": updates / planned}
 
 
 def sampler_logprobs_of(rollout: Rollout) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 
 from rlhf.core.errors import UserError
 from rlhf.core.logprobs import gather_logprobs, pad_right, response_positions
-from rlhf.core.modeling import check_model_path, load_causal_lm
+from rlhf.core.modeling import load_causal_lm, load_score_model
 from rlhf.learner import ppo
 
 TokenIds = Sequence[Sequence[int]]
@@ -32,17 +32,10 @@ def load_value_model(path: str, device: torch.device) -> torch.nn.Module:
 
     From an SFT dir the scalar head starts random; from a reward-model dir it starts as r_theta.
     """
-    from transformers import AutoModelForSequenceClassification
-
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            check_model_path(path), num_labels=1, dtype=torch.float32
-        )
-    except OSError as err:
-        raise UserError(f"cannot load value model from {path}: {str(err).splitlines()[0]}") from err
+    model = load_score_model(path, device, torch.float32, "value model")
     if not isinstance(getattr(model, "score", None), torch.nn.Module):
         raise UserError(f"value model {path}: {type(model).__name__} has no `score` head to apply per token")
-    return model.to(device).eval()
+    return model.eval()
 
 
 def _batch(prompts: TokenIds, responses: TokenIds, pad_id: int, device: torch.device):

@@ -19,13 +19,6 @@ from rlhf.core.errors import UserError
 
 log = logging.getLogger("rlhf.learner")
 
-EXPECTED = {
-    "--policy": "rlhf.v1.PolicyInference",
-    "--reward": "rlhf.v1.RewardScoring",
-    "--reference": "rlhf.v1.ReferencePolicy",
-}
-
-
 def check_service(flag: str, client: BaseClient, connect_timeout: float, service_timeout: float,
                   abort: Callable[[], bool] = lambda: False) -> None:
     """Raise UserError (one line, naming `flag` and the address) unless the service is up and right."""
@@ -35,7 +28,7 @@ def check_service(flag: str, client: BaseClient, connect_timeout: float, service
             raise UserError(f"stop requested while connecting to {where}")
         raise UserError(f"{where}: nothing answers there (no connection within {connect_timeout:g}s, "
                         "--connect-timeout)")
-    if problem := wrong_service(client, EXPECTED[flag], timeout=min(5.0, service_timeout)):
+    if problem := wrong_service(client, client.SERVICE, timeout=min(5.0, service_timeout)):
         raise UserError(f"{flag}: {problem}")
     try:
         try:

@@ -133,19 +133,27 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "rollouts.jsonl", "tb", "policy")
 
 
-def claim_out_dir(config: PPOConfig) -> None:
-    """A fresh run refuses an --out that holds an earlier one (its logs and checkpoints would mix with
-    the new), unless --overwrite, which deletes them first."""
+def check_out_dir(config: PPOConfig) -> None:
+    """Refuse, before anything loads, a --resume without a checkpoint, and a fresh run over an earlier one
+    in --out (its logs and checkpoints would mix with the new) unless --overwrite."""
     out = Path(config.out)
-    earlier = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
-    if config.resume or not earlier:
-        return
-    if not config.overwrite:
+    if config.resume:
+        if latest_checkpoint(out) is None:
+            raise UserError(f"--resume: no checkpoint under {checkpoint_root(out)}")
+    elif not config.overwrite and any((out / name).exists() for name in RUN_OUTPUTS):
         raise UserError(f"--out {out} holds an earlier run: continue it with --resume, choose a new --out, "
                         "or start over with --overwrite")
-    for path in earlier:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    log.info("overwriting an earlier run", extra={"out": str(out)})
+
+
+def claim_out_dir(config: PPOConfig) -> None:
+    """check_out_dir, then with --overwrite delete the earlier run's outputs."""
+    check_out_dir(config)
+    out = Path(config.out)
+    earlier = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
+    if config.overwrite and earlier:
+        for path in earlier:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        log.info("overwriting an earlier run", extra={"out": str(out)})
 
 
 def resume_state(config: PPOConfig) -> TrainState:

@@ -21,7 +21,7 @@ def register(commands) -> None:
     sft.add_argument("--max-length", type=int, default=512,
                      help="longest prompt + response in tokens; longer pairs lose the start of the prompt")
     sft.add_argument("--eval-fraction", type=float, default=0.05, help="share held out for the eval loss")
-    sft.add_argument("--seed", type=int, default=0)
+    sft.add_argument("--seed", type=int, default=0, help="seed of the held-out split, shuffling and dropout")
     sft.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     sft.set_defaults(func=_train_sft)
 
@@ -43,9 +43,10 @@ def register(commands) -> None:
     gen = commands.top.add_parser("generate", help="sample responses from a policy service")
     gen.add_argument("--target", required=True, help="policy service HOST:PORT")
     gen.add_argument("--prompt", required=True, help="prompt text (tokenized by the service)")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="longest response")
     gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
-    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: sample from the likeliest tokens "
+                     "whose probabilities add up to this")
     gen.add_argument("--top-k", type=int, default=0, help="0: off")
     gen.add_argument("--seed", type=int, default=None, help="same seed and weights give the same samples")
     gen.add_argument("--n", type=int, default=1, help="samples for the prompt")

@@ -19,6 +19,8 @@ from rlhf.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
 
 class PolicyClient(BaseClient):
+    SERVICE = "rlhf.v1.PolicyInference"
+
     def __init__(self, target: str, options=None, **overrides):
         super().__init__(target, options, **overrides)
         self.stub = policy_pb2_grpc.PolicyInferenceStub(self.channel)

@@ -13,6 +13,8 @@ from rlhf.v1 import common_pb2, reference_pb2, reference_pb2_grpc
 
 
 class ReferenceClient(BaseClient):
+    SERVICE = "rlhf.v1.ReferencePolicy"
+
     def __init__(self, target: str, options=None, **overrides):
         super().__init__(target, options, **overrides)
         self.stub = reference_pb2_grpc.ReferencePolicyStub(self.channel)

@@ -80,7 +80,7 @@ def _score(args: argparse.Namespace) -> int:
                 for row, value in zip(rows, scores, strict=True):
                     print(json.dumps({**row, "score": value}, ensure_ascii=False))
     except grpc.RpcError as err:
-        raise UserError(f"{args.target}: {describe_rpc_error(err)}") from None
+        raise UserError(describe_rpc_error(err)) from None
     return 0
 
 

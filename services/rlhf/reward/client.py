@@ -18,6 +18,8 @@ from rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 class RewardClient(BaseClient):
     """Scores (prompt, response) pairs; satisfies the learner's RewardService interface."""
 
+    SERVICE = "rlhf.v1.RewardScoring"
+
     def __init__(self, target: str, options=None, **overrides):
         super().__init__(target, options, **overrides)
         self.stub = reward_pb2_grpc.RewardScoringStub(self.channel)

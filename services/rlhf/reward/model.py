@@ -13,12 +13,11 @@ from collections.abc import Sequence
 import torch
 
 from rlhf.core.batching import by_length_chunks
-from rlhf.core.errors import UserError
 from rlhf.core.logprobs import pad_right
 from rlhf.core.modeling import (
-    check_model_path,
     context_length,
     describe_model,
+    load_score_model,
     load_tokenizer,
     model_dir_version,
     resolve_device,
@@ -33,15 +32,10 @@ OFFSET_KEY = "reward_offset"
 
 def load_sequence_classifier(path: str | os.PathLike, tokenizer, device: torch.device, dtype: torch.dtype):
     """AutoModelForSequenceClassification with one label; its pad id set so the head reads the last real token."""
-    from transformers import AutoModelForSequenceClassification
-
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(check_model_path(path), num_labels=1, dtype=dtype)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load reward model from {path}: {str(err).splitlines()[0]}") from err
+    model = load_score_model(path, device, dtype, "reward model")
     # Without a pad id the head reads the last position, which is padding in all but the longest row.
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device)
+    return model
 
 
 def reward_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -77,9 +77,11 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
         model.eval()
+        if epoch + 1 == config.epochs:
+            bar.close()  # before the last epoch's line, so the finished bar is not drawn again below it
         if eval_set:
             accuracy, n = evaluate(scorer, eval_set, encoded)
-            bar.write(f"epoch {epoch + 1}: held-out pairwise accuracy {accuracy:.4f} ({n} comparisons)")
+            tqdm.write(f"epoch {epoch + 1}: held-out pairwise accuracy {accuracy:.4f} ({n} comparisons)")
     bar.close()
 
     accuracy, n_eval = evaluate(scorer, eval_set, encoded) if eval_set else (None, 0)

@@ -1,0 +1,68 @@
+"""`rlhf train ppo` refuses bad runs in one line before it loads or dials anything, and
+`rlhf learner status` says which step is done and which is under way."""
+
+from __future__ import annotations
+
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from rlhf.core.processes import RLHF_COMMAND, free_port
+from rlhf.learner.cli import describe_progress
+
+
+def train_ppo(tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    # Nothing listens at these addresses and no model is there: each refusal below must come first.
+    nowhere = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    command = [*RLHF_COMMAND, "train", "ppo", "--model", str(tmp_path / "no-model"), "--policy", nowhere[0],
+               "--reward", nowhere[1], "--reference", nowhere[2], "--port", "0", *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "Human: Describe cats.\\nAssistant:"}\n')
+    return path
+
+
+@pytest.mark.parametrize("case", ["earlier run", "resume without checkpoint", "resume and overwrite",
+                                  "missing prompts", "empty prompts", "prompts without the field"])
+def test_bad_runs_are_refused_in_one_line_before_anything_loads(tmp_path, prompts, case):
+    out = tmp_path / "run"
+    flags = ["--prompts", str(prompts), "--out", str(out)]
+    if case == "earlier run":
+        out.mkdir()
+        (out / "metrics.jsonl").write_text('{"step": 1}\n')
+        expected = (f"rlhf: error: --out {out} holds an earlier run: continue it with --resume, choose a new --out, "
+                    "or start over with --overwrite")
+    elif case == "resume without checkpoint":
+        flags.append("--resume")
+        expected = f"rlhf: error: --resume: no checkpoint under {out / 'checkpoints'}"
+    elif case == "resume and overwrite":
+        flags += ["--resume", "--overwrite"]
+        expected = "rlhf: error: --resume and --overwrite exclude each other"
+    elif case == "missing prompts":
+        flags[1] = str(tmp_path / "nope.jsonl")
+        expected = f"rlhf: error: cannot read {tmp_path / 'nope.jsonl'}: No such file or directory"
+    elif case == "empty prompts":
+        prompts.write_text("\n")
+        expected = f"rlhf: error: --prompts {prompts}: no line with a 'prompt' field"
+    else:
+        prompts.write_text('{"text": "no prompt here"}\n')
+        expected = f"rlhf: error: --prompts {prompts}: no line with a 'prompt' field"
+    result = train_ppo(tmp_path, *flags)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [expected], result.stderr
+
+
+def status(step: int, phase: str, total: int = 40) -> SimpleNamespace:
+    return SimpleNamespace(step=step, total_steps=total, phase=phase)
+
+
+def test_status_says_which_step_is_done_and_which_is_under_way():
+    assert describe_progress(status(3, "update")) == "3/40 steps done; step 4: update"
+    assert describe_progress(status(3, "generate")) == "3/40 steps done; step 4: generate"
+    assert describe_progress(status(3, "checkpoint")) == "3/40 steps done; checkpoint"
+    assert describe_progress(status(0, "weight_sync")) == "0/40 steps done; weight_sync"
+    assert describe_progress(status(40, "done")) == "40/40 steps done"
