@@ -27,7 +27,10 @@ from rlhf.reward.client import RewardClient
 
 pytestmark = pytest.mark.slow
 
-KL_BOUND = 10.0  # nats per response (at most 12 tokens): the policy improves without wandering off
+# Bounds for the learning run, set well inside the worst of 5 seeds x 2 CPU kinds (AVX-512, AVX2) in
+# benchmarks/seed_sweep.py (README, "Seed sweep"): reward-model score and ground truth must rise, and the
+# KL per response (at most 12 tokens) stay bounded, so the policy improves without wandering off.
+RM_GAIN, TRUTH_GAIN, KL_BOUND = 0.3, 0.3, 10.0
 
 
 def rlhf(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -40,12 +43,16 @@ def rlhf(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, synth_dir, tmp_path_factory, seed) -> SimpleNamespace:
     """SFT and reward models trained through the CLI on the synthetic task (one epoch each)."""
+    from rlhf.core.synthetic import write_task
+
     root = tmp_path_factory.mktemp("ppo-models")
     sft, rm = root / "sft", root / "rm"
+    # The demo's recipe (rlhf.demo.pipeline): 3x the preferences, lr 1e-3, beta2 0.95 for the reward model.
+    preferences = write_task(root / "rm-data", preference_scale=3)["preferences"]
     rlhf("train", "sft", "--model", str(tiny_model_dir), "--data", str(synth_dir / "sft.jsonl"), "--out", str(sft),
          "--lr", "3e-3", "--batch-size", "32", "--device", "cpu", "--seed", str(seed))
-    rlhf("train", "rm", "--model", str(sft), "--data", str(synth_dir / "preferences.jsonl"), "--out", str(rm),
-         "--epochs", "1", "--batch-size", "16", "--lr", "2e-3", "--max-length", "48", "--device", "cpu",
+    rlhf("train", "rm", "--model", str(sft), "--data", str(preferences), "--out", str(rm), "--epochs", "1",
+         "--batch-size", "16", "--lr", "1e-3", "--adam-beta2", "0.95", "--max-length", "48", "--device", "cpu",
          "--seed", str(seed))
     return SimpleNamespace(sft=sft, rm=rm, prompts=synth_dir / "prompts.jsonl", pretrain=synth_dir / "pretrain.jsonl")
 
@@ -144,7 +151,8 @@ def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, 
         reward = stack.enter_context(RewardClient(run.reward.target))
         before = evaluate(policy, reward, held_out)  # the replica still serves the SFT weights
         run.start_learner("--steps", str(steps), "--batch-size", str(batch), "--max-new-tokens", "12",
-                          "--lr", "3e-4", "--kl-coef", "0.1", "--ptx-data", str(trained.pretrain),
+                          "--lr", "3e-4", "--early-stop-kl", "0.05", "--kl-coef", "0.1", "--seed", str(seed),
+                          "--ptx-data", str(trained.pretrain),
                           "--ptx-coef", "0.05", "--ptx-batch-size", "4", "--save-every", "6")
         run.wait_for_step(2)
         with LearnerClient(f"127.0.0.1:{run.learner_port}", timeout=60) as learner:
@@ -163,9 +171,13 @@ def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, 
     assert final_version == steps
     print(f"held-out reward {before[0]:.3f} -> {after[0]:.3f}, ground truth {before[1]:.3f} -> {after[1]:.3f}, "
           f"KL per response: max {max(m['objective/kl'] for m in metrics):.2f}")
-    assert after[0] > before[0] + 0.3  # the reward model's score
-    assert after[1] > before[1] + 0.3  # the hidden rule it was trained to imitate
-    assert max(m["objective/kl"] for m in metrics) < KL_BOUND
+    figures = {"reward_model_gain": after[0] - before[0], "ground_truth_gain": after[1] - before[1],
+               "kl_per_step_max": max(m["objective/kl"] for m in metrics)}
+    record_figures(figures, {"reward_model_gain": RM_GAIN, "ground_truth_gain": TRUTH_GAIN,
+                             "kl_per_step_max": KL_BOUND})
+    assert figures["reward_model_gain"] > RM_GAIN  # the reward model's score
+    assert figures["ground_truth_gain"] > TRUTH_GAIN  # the hidden rule it was trained to imitate
+    assert figures["kl_per_step_max"] < KL_BOUND
     assert (run.out / "policy" / "config.json").exists()
 
 

@@ -66,3 +66,14 @@ def test_status_says_which_step_is_done_and_which_is_under_way():
     assert describe_progress(status(3, "checkpoint")) == "3/40 steps done; checkpoint"
     assert describe_progress(status(0, "weight_sync")) == "0/40 steps done; weight_sync"
     assert describe_progress(status(40, "done")) == "40/40 steps done"
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm"])
+def test_training_data_is_read_before_the_model_loads(tmp_path, stage):
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n")
+    command = [*RLHF_COMMAND, "train", stage, "--model", str(tmp_path / "no-model"), "--data", str(data),
+               "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and str(data) in lines[0] and "no-model" not in lines[0], lines

@@ -102,6 +102,18 @@ def test_loop_logs_syncs_and_checkpoints(tiny_model_dir, synth_dir, tmp_path, se
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
 
 
+def test_early_stop_kl_ends_the_epochs_once_a_minibatch_drifts_too_far(tiny_model_dir, synth_dir, tmp_path,
+                                                                         services):
+    # 2 epochs x 2 minibatches = 4 planned updates a step. The first minibatch of a step always trains
+    # (pi_theta = pi_old there); at lr 1e-2 every later one sits beyond KL 1e-6 and is skipped.
+    settings = dict(steps=2, ppo_epochs=2, num_minibatches=2, lr=1e-2, ptx_data=None, anneal_lr=False)
+    train(make_config(tiny_model_dir, synth_dir, tmp_path / "stop", early_stop_kl=1e-6, **settings), services)
+    stopped = read_jsonl(tmp_path / "stop" / "metrics.jsonl")
+    assert [m["policy/update_fraction"] for m in stopped] == [0.25, 0.25]
+    train(make_config(tiny_model_dir, synth_dir, tmp_path / "full", **settings), services)
+    assert [m["policy/update_fraction"] for m in read_jsonl(tmp_path / "full" / "metrics.jsonl")] == [1.0, 1.0]
+
+
 def test_replicas_serving_bfloat16_get_the_float32_weights_cast(tiny_model_dir, synth_dir, tmp_path):
     replicas = [LocalPolicy(tiny_model_dir, device="cpu", dtype="bfloat16"), LocalPolicy(tiny_model_dir, device="cpu")]
     services = Services(replicas, CallableReward(ground_truth_score), LocalReference(tiny_model_dir, device="cpu"),

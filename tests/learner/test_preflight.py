@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -44,26 +45,32 @@ class BareService:
         self.loaded.set()
 
 
-def serve(stack: ExitStack, service_name: str, loaded: bool = True) -> str:
+def serve(stack: ExitStack, service_name: str, loaded: bool = True, **options) -> str:
     service, port = BareService(service_name, loaded), free_port()
-    server = ServerThread(service, ServerOptions(host="127.0.0.1", port=port))
+    server = ServerThread(service, ServerOptions(host="127.0.0.1", port=port, **options))
     starter = threading.Thread(target=server.start, daemon=True)  # start() returns once SERVING
     starter.start()
     stack.callback(server.stop)
     stack.callback(service.loaded.set)
     deadline = time.monotonic() + 30
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        grpc.channel_ready_future(channel).result(timeout=max(0.1, deadline - time.monotonic()))
-    return f"127.0.0.1:{port}"
+    while not socket_open(port):
+        assert time.monotonic() < deadline, f"nothing listens on {port}"
+        time.sleep(0.05)
+    return f"{'localhost' if options else '127.0.0.1'}:{port}"  # the server certificate names localhost
 
 
-def learner(tmp_path, policy: str, reward: str, reference: str) -> subprocess.Popen:
+def socket_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def learner(tmp_path, policy: str, reward: str, reference: str, *flags: str) -> subprocess.Popen:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Human: Describe cats.\\nAssistant:"}\n')
     # --model names no dir: if a model were loaded before the services are checked, that would fail first
     command = [*RLHF_COMMAND, "train", "ppo", "--model", str(tmp_path / "no-model-here"), "--policy", policy,
                "--reward", reward, "--reference", reference, "--prompts", str(prompts), "--out", str(tmp_path / "out"),
-               "--port", "0", "--device", "cpu"]
+               "--port", "0", "--device", "cpu", *flags]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -181,3 +188,24 @@ def test_python_clients_raise_one_exception_type_with_target_method_and_status()
     assert (err.target, err.method) == (reward, "generate")
     assert str(err) == f"{reward} (generate): UNIMPLEMENTED: {reward} serves rlhf.v1.RewardScoring, not " \
                        "rlhf.v1.PolicyInference"
+
+
+@pytest.mark.parametrize("client_cert", [True, False])
+def test_mtls_to_the_services_with_a_client_certificate(tmp_path, tls_dir, client_cert):
+    tls = {"tls_cert": str(tls_dir / "server.crt"), "tls_key": str(tls_dir / "server.key"),
+           "tls_client_ca": str(tls_dir / "ca.crt")}
+    flags = ["--service-tls-ca", str(tls_dir / "ca.crt")]
+    if client_cert:
+        flags += ["--service-tls-cert", str(tls_dir / "client.crt"), "--service-tls-key", str(tls_dir / "client.key")]
+    with ExitStack() as stack:
+        policy, reward, reference = (serve(stack, name, **tls) for name in
+                                     ("rlhf.v1.PolicyInference", "rlhf.v1.RewardScoring", "rlhf.v1.ReferencePolicy"))
+        code, stderr = finish(learner(tmp_path, policy, reward, reference, *flags), timeout=60)
+    assert code == 2
+    if client_cert:  # every service checked out; what fails next is the (absent) model
+        assert "--policy" not in stderr and "no-model-here" in stderr.splitlines()[-1], stderr
+    else:  # the servers require a client certificate: the handshake fails
+        replica = policy.replace("localhost", "127.0.0.1")  # a replica is an address the name resolved to
+        assert stderr.splitlines()[-1] == (f"rlhf: error: --policy {replica}: nothing answers there or its TLS "
+                                           "handshake fails (check --service-tls-*) (no connection within 5s, "
+                                           "--connect-timeout)")

@@ -175,11 +175,13 @@ def test_score_cli_bad_target_is_one_line():
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_zero(reward_model_dir, tmp_path):
-    # A 1.5 s batching window keeps the request in flight while the signal arrives.
-    args = ["serve", "reward", "--model", str(reward_model_dir), "--device", "cpu", "--max-wait-ms", "1500"]
+    # A 5 s batching window keeps the request in flight while the signal arrives (0.5 s in). A first
+    # call opens the connection, so on a loaded machine too the second one is at the server by then.
+    args = ["serve", "reward", "--model", str(reward_model_dir), "--device", "cpu", "--max-wait-ms", "5000"]
     process = CliServer(args, log_path=tmp_path / "reward.log").start()
     try:
         with RewardClient(process.target) as client:
+            client.model_info()
             request = reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(prompt=PROMPT, response=" cats.")])
             pending = client.stub.Score.future(request, timeout=30)
             time.sleep(0.5)

@@ -21,6 +21,9 @@ def register(commands) -> None:
     synth.add_argument("--out", required=True, help="directory for the JSONL files")
     synth.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     synth.add_argument("--scale", type=float, default=1.0, help="multiply every file's size (e.g. 0.1 for tests)")
+    synth.add_argument("--preference-scale", type=float, default=1.0,
+                       help="multiply the preference file's size once more: from about 3x, the tiny reward model "
+                       "learns the task's topic relation on every seed")
     synth.set_defaults(func=_synth)
 
 
@@ -46,7 +49,8 @@ def _tiny_model(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from rlhf.core.synthetic import write_task
 
-    for name, path in write_task(args.out, seed=args.seed, scale=args.scale).items():
+    for name, path in write_task(args.out, seed=args.seed, scale=args.scale,
+                                     preference_scale=args.preference_scale).items():
         lines = sum(1 for _ in path.open())
         print(f"{name:>13}: {path} ({lines} rows)")
     return 0

@@ -109,15 +109,16 @@ def pretraining_text(rng: random.Random, n: int) -> list[dict]:
     return rows
 
 
-def write_task(out: str | Path, seed: int = 0, scale: float = 1.0) -> dict[str, Path]:
-    """Write the task's JSONL files under out; scale shrinks or grows every file."""
+def write_task(out: str | Path, seed: int = 0, scale: float = 1.0, preference_scale: float = 1.0) -> dict[str, Path]:
+    """Write the task's JSONL files under out; scale shrinks or grows every file, preference_scale the
+    preferences once more (a reward model needs more comparisons than SFT needs demonstrations)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     size = lambda n: max(8, int(n * scale))  # noqa: E731
     files = {
         "sft": sft_examples(rng, size(2000)),
-        "preferences": preference_examples(rng, size(1500)),
+        "preferences": preference_examples(rng, size(1500 * preference_scale)),
         "prompts": [{"prompt": make_prompt(rng)} for _ in range(size(1000))],
         "prompts_eval": [{"prompt": make_prompt(rng)} for _ in range(size(64))],
         "pretrain": pretraining_text(rng, size(1000)),

@@ -19,6 +19,11 @@ from pathlib import Path
 from rlhf.core.errors import UserError
 from rlhf.core.processes import RLHF_COMMAND, ServiceProcess, die_with_parent
 
+# The demo's recipe, chosen with benchmarks/seed_sweep.py (README, "make demo"): a reward model on 3x the
+# preferences at lr 1e-3 with AdamW beta2 0.95 learns the task's topic relation on every seed and CPU (on 1x,
+# or at lr 2e-3, some collapse to near-constant scores), and PPO at lr 3e-4 stops a step's epochs once the
+# policy has moved KL 0.05 from the rollout's, so no single update blows KL up.
+PREFERENCE_SCALE = 3
 MODEL_SIZES = {  # name: (layers, hidden, heads)
     "tiny": (2, 128, 4),
     "small": (4, 256, 8),
@@ -98,7 +103,8 @@ def run_demo(config: DemoConfig) -> dict:
     stages.run("prepare", "1/6 tiny model and synthetic task", lambda: (
         run_cli(["tiny-model", "--out", str(p["base"]), "--layers", str(layers), "--hidden", str(hidden),
                  "--heads", str(heads), "--seed", seed]),
-        run_cli(["data", "synth", "--out", str(p["data"]), "--seed", seed, "--scale", str(config.data_scale)]),
+        run_cli(["data", "synth", "--out", str(p["data"]), "--seed", seed, "--scale", str(config.data_scale),
+                 "--preference-scale", str(PREFERENCE_SCALE)]),
     ))
     stages.run("sft", "2/6 supervised fine-tuning", lambda: run_cli([
         "train", "sft", "--model", str(p["base"]), "--data", str(p["data"] / "sft.jsonl"), "--out", str(p["sft"]),
@@ -107,7 +113,7 @@ def run_demo(config: DemoConfig) -> dict:
     stages.run("rm", "3/6 reward model from preference rankings", lambda: run_cli([
         "train", "rm", "--model", str(p["sft"]), "--data", str(p["data"] / "preferences.jsonl"),
         "--out", str(p["rm"]), "--epochs", str(config.rm_epochs), "--seed", seed, "--device", config.device,
-        "--lr", "2e-3", "--batch-size", "16", "--max-length", "64",
+        "--lr", "1e-3", "--adam-beta2", "0.95", "--batch-size", "16", "--max-length", "64",
     ]))
     stages.run("ppo", "4/6 PPO through the policy, reward and reference services", lambda: run_ppo(config))
     from rlhf.demo.report import evaluate, write_report
@@ -146,7 +152,8 @@ def run_ppo(config: DemoConfig) -> None:
             "--reference", services["reference"].target, "--prompts", str(p["data"] / "prompts.jsonl"),
             "--ptx-data", str(p["data"] / "pretrain.jsonl"), "--out", str(p["ppo"]), "--steps", str(config.steps),
             "--batch-size", str(config.ppo_batch_size), "--seed", str(config.seed), "--device", config.device,
-            "--port", str(learner.port), "--log-rollouts", "--lr", "3e-4", "--kl-coef", "0.1",
+            "--port", str(learner.port), "--log-rollouts", "--lr", "3e-4", "--early-stop-kl", "0.05",
+            "--kl-coef", "0.1",
             "--max-new-tokens", "12", "--ptx-coef", "0.05", "--ptx-batch-size", "4", "--save-every", "20", *resume,
         ]
         print(f"  learner   control API on 127.0.0.1:{learner.port}  (log: {logs / 'learner.log'})", flush=True)

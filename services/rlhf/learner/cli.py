@@ -22,7 +22,13 @@ def register(commands) -> None:
     )
     add_config_arguments(ppo, PPOConfig)
     ServerOptions.add_arguments(ppo, default_port=DEFAULT_PORT)
+    ppo._option_string_actions["--auth-token-file"].help = (
+        "bearer token file: required on every RPC to this learner's control API, and sent on the learner's own "
+        "calls to the policy, reward and reference services (env RLHF_AUTH_TOKEN_FILE)")
     ppo.add_argument("--service-tls-ca", default=None, help="CA certificate: reach the services over TLS")
+    ppo.add_argument("--service-tls-cert", default=None,
+                     help="client certificate, PEM: mTLS to services that require one (with --service-tls-key)")
+    ppo.add_argument("--service-tls-key", default=None, help="client private key, PEM, for --service-tls-cert")
     ppo.set_defaults(func=run_ppo)
 
     learner = commands.top.add_parser("learner", help="talk to a running learner: status, watch, stop")
@@ -44,6 +50,7 @@ def connect_services(config, args: argparse.Namespace):
     import dataclasses
 
     from rlhf.core.client import ClientOptions, resolve_replicas, split_target
+    from rlhf.core.errors import UserError
     from rlhf.core.security import read_secret
     from rlhf.learner.rollout import Services
     from rlhf.policy.client import PolicyClient
@@ -51,8 +58,11 @@ def connect_services(config, args: argparse.Namespace):
     from rlhf.reward.client import RewardClient
 
     options = ClientOptions(
-        timeout=config.service_timeout, auth_token=read_secret(args.auth_token_file), tls_ca=args.service_tls_ca
+        timeout=config.service_timeout, auth_token=read_secret(args.auth_token_file), tls_ca=args.service_tls_ca,
+        tls_cert=getattr(args, "service_tls_cert", None), tls_key=getattr(args, "service_tls_key", None),
     )
+    if bool(options.tls_cert) != bool(options.tls_key):
+        raise UserError("--service-tls-cert and --service-tls-key go together")
     # A headless Service name stands for every policy pod: each one gets its own client, so rollouts
     # spread over all of them and every one receives the new weights.
     # The names are resolved again before every step, so pods added (or removed) mid-run are followed.

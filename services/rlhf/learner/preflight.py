@@ -26,7 +26,8 @@ def check_service(flag: str, client: BaseClient, connect_timeout: float, service
     if not wait_until_connected(client, connect_timeout, abort):
         if abort():
             raise UserError(f"stop requested while connecting to {where}")
-        raise UserError(f"{where}: nothing answers there (no connection within {connect_timeout:g}s, "
+        tls = " or its TLS handshake fails (check --service-tls-*)" if client.options.tls_ca else ""
+        raise UserError(f"{where}: nothing answers there{tls} (no connection within {connect_timeout:g}s, "
                         "--connect-timeout)")
     if problem := wrong_service(client, client.SERVICE, timeout=min(5.0, service_timeout)):
         raise UserError(f"{flag}: {problem}")

@@ -126,12 +126,13 @@ def train_sft(config: SFTConfig, progress: bool = True) -> SFTResult:
 
     if config.epochs < 1 or config.batch_size < 1 or not 0 <= config.eval_fraction < 1:
         raise UserError("need --epochs >= 1, --batch-size >= 1 and 0 <= --eval-fraction < 1")
+    pairs = load_pairs(config.data)  # before any model loads: a bad or empty file fails at once
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     tokenizer = load_tokenizer(config.model)
     model = load_causal_lm(config.model, device, torch.float32)
     max_length = min(config.max_length, context_length(model.config))
-    examples = [encode_pair(tokenizer, p, r, max_length) for p, r in load_pairs(config.data)]
+    examples = [encode_pair(tokenizer, p, r, max_length) for p, r in pairs]
     train, held_out = split(examples, config.eval_fraction, config.seed)
     pad_id = tokenizer.pad_token_id
 
