@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,20 +41,21 @@ ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "A
 
 
 def run_tests(seed: int, ids: list[str], env: dict) -> list[dict]:
-    """Run the tests with RLHF_TEST_SEED=seed; their recorded figures (whether they passed or not)."""
+    """Run the tests with RLHF_TEST_SEED=seed: the figures each recorded, marked passed or not. A test that
+    ended before it recorded any (an error, a timeout) gets a row of its own with no figures."""
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "figures.jsonl"
         env = {**env, "RLHF_TEST_SEED": str(seed), "RLHF_SWEEP_RECORD": str(record)}
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ids],
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *ids],
                                 cwd=ROOT, env=env, capture_output=True, text=True)
         rows = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
-    if len(rows) < len(ids):
-        print(result.stdout[-3000:], file=sys.stderr)
+    passed = set(re.findall(r"^PASSED (\S+)", result.stdout, flags=re.M))
     for row in rows:
-        row["passed"] = f"{row['test']} PASSED" in result.stdout or result.returncode == 0
+        row["passed"] = row["test"] in passed
+    for test in set(ids) - {r["test"] for r in rows}:
+        print(f"seed {seed}: {test} recorded no figures:\n{result.stdout[-3000:]}", file=sys.stderr)
+        rows.append({"test": test, "seed": seed, "figures": {}, "bounds": {}, "passed": False})
     return rows
-
-
 def run_demo(seed: int, size: str, env: dict) -> dict:
     """`rlhf demo --seed seed` at `size`; its figures against DEMO_BOUNDS."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +64,8 @@ def run_demo(seed: int, size: str, env: dict) -> dict:
                                  *DEMO_SIZES[size]], cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if result.returncode != 0:
-            raise SystemExit(f"demo seed {seed} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            print(f"demo seed {seed} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}", file=sys.stderr)
+            return {"test": f"rlhf demo ({size})", "seed": seed, "figures": {}, "bounds": {}, "passed": False}
         report = json.loads((Path(tmp) / "report.json").read_text())
         metrics = [json.loads(line) for line in (Path(tmp) / "ppo" / "metrics.jsonl").read_text().splitlines()]
     figures = {
@@ -86,7 +89,12 @@ def margin(figures: dict, bounds: dict, name: str) -> float:
 def print_table(rows: list[dict]) -> None:
     """One block per test: a line per seed, then the worst seed of each bounded figure and its margin."""
     for test in dict.fromkeys(r["test"] for r in rows):
-        mine = [r for r in rows if r["test"] == test]
+        broken = [r for r in rows if r["test"] == test and not r["figures"]]
+        mine = [r for r in rows if r["test"] == test and r["figures"]]
+        if broken:
+            print(f"\n{test}: no figures for seed(s) {', '.join(str(r['seed']) for r in broken)} (it failed early)")
+        if not mine:
+            continue
         names = list(mine[0]["figures"])
         print(f"\n{test}")
         print("  seed  " + "  ".join(f"{n:>22}" for n in names) + "  passed")

@@ -69,11 +69,13 @@ def test_the_ppo_job_resumes_only_from_a_complete_checkpoint(overlay, fake_bin, 
     container = dict(main_container(of_kind(rendered(overlay), "Job")["ppo"]))
     out = tmp_path / "run"
     container["args"] = merge_args(container["args"], {"out": str(out)})
-    expected = ["rlhf", *container["args"]]
+    expected = ["rlhf", *container["args"], "--overwrite"]
 
     first = run_container(container, fake_bin)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.split("\n")[:-1] == expected  # a fresh run: no --resume
+    # a fresh run: no --resume, and --overwrite so that a retry of an attempt that died before its first
+    # checkpoint (leaving metrics and TensorBoard files) starts over instead of being refused
+    assert first.stdout.split("\n")[:-1] == expected
 
     (out / "checkpoints" / ".tmp-step-000005-7").mkdir(parents=True)  # a save cut short
     assert run_container(container, fake_bin).stdout.split("\n")[:-1] == expected
@@ -82,7 +84,7 @@ def test_the_ppo_job_resumes_only_from_a_complete_checkpoint(overlay, fake_bin, 
     step.mkdir()
     (step / "trainer_state.pt").write_bytes(b"")
     again = run_container(container, fake_bin)
-    assert again.stdout.split("\n")[:-1] == [*expected, "--resume"]
+    assert again.stdout.split("\n")[:-1] == [*expected[:-1], "--resume"]
 
 
 def setup_container(data: Path) -> dict:

@@ -48,10 +48,10 @@ def test_bad_runs_are_refused_in_one_line_before_anything_loads(tmp_path, prompt
         expected = f"rlhf: error: cannot read {tmp_path / 'nope.jsonl'}: No such file or directory"
     elif case == "empty prompts":
         prompts.write_text("\n")
-        expected = f"rlhf: error: --prompts {prompts}: no line with a 'prompt' field"
+        expected = f"rlhf: error: {prompts} holds no prompts"
     else:
-        prompts.write_text('{"text": "no prompt here"}\n')
-        expected = f"rlhf: error: --prompts {prompts}: no line with a 'prompt' field"
+        prompts.write_text('{"prompt": "Human: hi\\nAssistant:"}\n{"prompt": 3}\n')
+        expected = f'rlhf: error: {prompts}:2: expected a string "prompt" field'
     result = train_ppo(tmp_path, *flags)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [expected], result.stderr
 
@@ -64,7 +64,7 @@ def test_status_says_which_step_is_done_and_which_is_under_way():
     assert describe_progress(status(3, "update")) == "3/40 steps done; step 4: update"
     assert describe_progress(status(3, "generate")) == "3/40 steps done; step 4: generate"
     assert describe_progress(status(3, "checkpoint")) == "3/40 steps done; checkpoint"
-    assert describe_progress(status(0, "weight_sync")) == "0/40 steps done; weight_sync"
+    assert describe_progress(status(0, "weight_sync")) == "0/40 steps done; step 1: weight_sync"
     assert describe_progress(status(40, "done")) == "40/40 steps done"
 
 

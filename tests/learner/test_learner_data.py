@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rlhf.core.errors import UserError
-from rlhf.learner.data import CursorSampler, read_jsonl_field
+from rlhf.core.jsonl import read_jsonl_field
+from rlhf.learner.data import CursorSampler
 
 
 def test_cursor_sampler_covers_each_pass_once_and_resumes_from_the_cursor():

@@ -209,3 +209,16 @@ def test_mtls_to_the_services_with_a_client_certificate(tmp_path, tls_dir, clien
         assert stderr.splitlines()[-1] == (f"rlhf: error: --policy {replica}: nothing answers there or its TLS "
                                            "handshake fails (check --service-tls-*) (no connection within 5s, "
                                            "--connect-timeout)")
+
+
+def test_a_wrong_token_is_named_before_any_model_loads(tmp_path):
+    (tmp_path / "server-token").write_text("right\n")
+    (tmp_path / "client-token").write_text("wrong\n")
+    with ExitStack() as stack:
+        policy, reward, reference = (serve(stack, name, auth_token_file=str(tmp_path / "server-token")) for name in
+                                     ("rlhf.v1.PolicyInference", "rlhf.v1.RewardScoring", "rlhf.v1.ReferencePolicy"))
+        policy = policy.replace("localhost", "127.0.0.1")
+        code, stderr = finish(learner(tmp_path, policy, reward, reference, "--auth-token-file",
+                                      str(tmp_path / "client-token")), timeout=60)
+    assert code == 2 and stderr.splitlines()[-1].startswith(f"rlhf: error: --policy {policy}: UNAUTHENTICATED"), stderr
+    assert "--auth-token-file" in stderr.splitlines()[-1]

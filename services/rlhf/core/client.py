@@ -129,13 +129,16 @@ class ServiceError(grpc.RpcError):
     def __str__(self) -> str:
         return self.args[0]
 
+    def __reduce__(self):
+        return type(self), (self.target, self.method, self.status, self.message)
+
 
 def _raising_service_errors(method: Callable) -> Callable:
     """Wrap a client method (or generator method) so that a grpc.RpcError leaves it as a ServiceError."""
 
     def convert(client: BaseClient, err: grpc.RpcError) -> ServiceError:
-        if isinstance(err, ServiceError):
-            return err
+        if isinstance(err, ServiceError):  # from a method this one called: name the one the caller used
+            return ServiceError(err.target, method.__name__, err.status, err.message)
         details = err.details() or ""
         if err.code() == grpc.StatusCode.UNIMPLEMENTED and client.SERVICE:
             details = wrong_service(client, client.SERVICE) or details
@@ -253,8 +256,12 @@ def resolve_replicas(target: str) -> list[str]:
     return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in (v4 or v6)]
 
 
+REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
 def served_services(client: BaseClient, timeout: float = 5.0) -> list[str] | None:
-    """The gRPC services a server lists through reflection, or None if it does not say."""
+    """The gRPC services a server lists through reflection, or None if it does not say. A server that
+    refuses the client's credentials raises ServiceError (UNAUTHENTICATED, PERMISSION_DENIED)."""
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
@@ -262,7 +269,9 @@ def served_services(client: BaseClient, timeout: float = 5.0) -> list[str] | Non
     try:
         for reply in stub.ServerReflectionInfo(iter([request]), timeout=timeout, metadata=client.metadata):
             return [s.name for s in reply.list_services_response.service]
-    except grpc.RpcError:
+    except grpc.RpcError as err:
+        if err.code() in REFUSED:
+            raise ServiceError(client.target, "ServerReflectionInfo", err.code(), err.details() or "") from None
         return None
     return None
 

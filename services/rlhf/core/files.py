@@ -4,8 +4,8 @@ neither and never a mix, whatever moment a crash or SIGKILL picks."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -21,19 +21,24 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@functools.cache
+def _renameat2():
+    """libc's renameat2 (Linux, glibc 2.28+), from the C library this process already runs on; or None."""
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:
+        return None
+
+
 def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:  # not Linux, or glibc older than 2.28
+    """Swap two existing paths in one step (renameat2 RENAME_EXCHANGE); False where unsupported."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a filesystem without the flag
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):  # no such flag here, or seccomp
         return False
     raise OSError(err, os.strerror(err), str(a))
 
@@ -50,7 +55,7 @@ def replace_dir(new: Path, final: Path) -> Path:
         os.rename(new, final)
         return final
     if _exchange(new, final):
-        shutil.rmtree(new)  # now the old version
+        shutil.rmtree(new, ignore_errors=True)  # now the old version; the save itself is complete
         return final
     aside = final.with_name(final.name + ".old")
     shutil.rmtree(aside, ignore_errors=True)

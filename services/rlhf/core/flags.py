@@ -8,11 +8,12 @@
         lr: float = 1e-5
         \"\"\"learning rate\"\"\"
 
-    add_config_arguments(parser, TrainConfig)    # --model (required), --lr (default 1e-05)
+    add_config_arguments(parser, TrainConfig)    # --model (required), --lr
     config = config_from_args(parser.parse_args(), TrainConfig)
 
-bool fields become --flag (off by default) or --flag/--no-flag (on by default), Literal fields get
-choices, and a None default is left out of the help ("off", or as the docstring says).
+bool fields become --flag (off by default) or --flag/--no-flag (on by default), and Literal fields get
+choices. `rlhf --help` shows each default (rlhf.cli.DefaultsShownFormatter); a None default is left
+out ("off", or as the docstring says).
 """
 
 from __future__ import annotations
@@ -47,14 +48,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             action = argparse.BooleanOptionalAction if f.default else "store_true"
             parser.add_argument(flag, action=action, default=f.default, help=help_text)
         elif get_origin(hint) is Literal:
-            help_text += f" (default {f.default})"
             parser.add_argument(flag, choices=get_args(hint), default=f.default, help=help_text)
         elif f.name in required:
             parser.add_argument(flag, type=str, required=True, help=help_text)
         else:
             kind = next(t for t in (int, float, str) if t == hint or t in get_args(hint))
-            default = "" if f.default is None else f" (default {f.default})"  # None: off, or as the help says
-            parser.add_argument(flag, type=kind, default=f.default, help=help_text + default)
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, cls: type):

@@ -29,10 +29,13 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
     return rows
 
 
-def check_input_file(path: str | os.PathLike, field: str, flag: str) -> int:
-    """Fail now, with one line, if a JSONL input cannot be read or has no row with `field`: before any
-    model loads, not minutes later. Returns the number of such rows."""
-    count = sum(field in row for _, row in read_jsonl(path))
-    if count == 0:
-        raise UserError(f"{flag} {path}: no line with a {field!r} field")
-    return count
+def read_jsonl_field(path: str | os.PathLike, field: str) -> list[str]:
+    """The `field` string of every line of a JSONL file; a line without one is a one-line error."""
+    values = []
+    for where, row in read_jsonl(path):
+        if not isinstance(row.get(field), str):
+            raise UserError(f'{where}: expected a string "{field}" field')
+        values.append(row[field])
+    if not values:
+        raise UserError(f"{path} holds no {field}s")
+    return values

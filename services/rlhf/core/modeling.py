@@ -106,6 +106,8 @@ def load_score_model(path: str | os.PathLike, device: torch.device, dtype: torch
                  extra={"path": str(path), "new": head})
     if other := [k for k in missing if k not in head]:
         log.warning(f"{what}: weights missing from {path}, left as initialised", extra={"missing": other})
+    if unused := list(info.get("unexpected_keys", [])) + [str(k) for k in info.get("mismatched_keys", [])]:
+        log.warning(f"{what}: weights in {path} that the model does not use", extra={"unused": unused})
     return model.to(device)
 
 

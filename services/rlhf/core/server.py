@@ -145,23 +145,23 @@ class RunningServer:
 
 def check_port_free(host: str, port: int) -> None:
     """UserError `port N is in use` when another process listens there, before gRPC tries (and logs its
-    own multi-line complaint). SO_REUSEADDR, as servers bind: a port whose old connections linger in
-    TIME_WAIT counts as free."""
+    own multi-line complaint). Every address the host resolves to is probed, with SO_REUSEADDR as servers
+    bind, so a port whose old connections linger in TIME_WAIT counts as free; an address the probe cannot
+    bind for another reason (no IPv6 here, say) is left to gRPC."""
     if port == 0:
         return
     try:
         infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
         raise UserError(f"cannot listen on {host}:{port}: {err.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for family, kind, proto, _, address in infos:
         try:
-            probe.bind(address)
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
                 raise UserError(f"port {port} is in use") from None
-            raise UserError(f"cannot listen on {host}:{port}: {err.strerror}") from None
 
 
 async def start_server(service: Service, options: ServerOptions) -> RunningServer:

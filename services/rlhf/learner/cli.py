@@ -97,8 +97,8 @@ def run_ppo(args: argparse.Namespace) -> int:
     import signal
 
     from rlhf.core.flags import config_from_args
-    from rlhf.core.jsonl import check_input_file
-    from rlhf.core.server import ServerOptions, ServerThread
+    from rlhf.core.jsonl import read_jsonl_field
+    from rlhf.core.server import ServerOptions, ServerThread, check_port_free
     from rlhf.learner.config import PPOConfig, validate
     from rlhf.learner.control import LearnerControl
     from rlhf.learner.loop import train
@@ -106,11 +106,13 @@ def run_ppo(args: argparse.Namespace) -> int:
     from rlhf.learner.service import LearnerService
     from rlhf.learner.state import check_out_dir
 
+    # Everything that can be checked without a model or a service first: each fails in one line, at once.
     config = validate(config_from_args(args, PPOConfig))
     check_out_dir(config)
-    check_input_file(config.prompts, "prompt", "--prompts")
+    read_jsonl_field(config.prompts, "prompt")
     if config.ptx_data:
-        check_input_file(config.ptx_data, "text", "--ptx-data")
+        read_jsonl_field(config.ptx_data, "text")
+    check_port_free(args.host, args.port)
     services = connect_services(config, args)
     control = LearnerControl(config.steps, config.out)
     services.abort = control.stop_requested
@@ -135,7 +137,11 @@ def run_ppo(args: argparse.Namespace) -> int:
         raise
     training = True
     server = ServerThread(LearnerService(control), ServerOptions.from_args(args))
-    port = server.start()
+    try:
+        port = server.start()
+    except BaseException:
+        services.close()
+        raise
     print(f"learner control API on {args.host}:{port} (rlhf learner status --target HOST:{port})", flush=True)
     try:
         state = train(config, services, control)
@@ -181,12 +187,12 @@ def show_status(args: argparse.Namespace) -> int:
 
 
 def describe_progress(status) -> str:
-    """`3/40 steps done; step 4: update` (the step under way and its phase), `3/40 steps done; checkpoint`
-    (work between steps), or `40/40 steps done`."""
+    """`3/40 steps done; step 4: update` (the step under way and its phase: generate ... weight_sync),
+    `3/40 steps done; checkpoint` (work between steps), or `40/40 steps done`."""
     done = f"{status.step}/{status.total_steps} steps done"
     if status.phase == "done":
         return done
-    if status.phase in ("initialize", "weight_sync", "checkpoint"):  # between steps
+    if status.phase in ("initialize", "checkpoint"):  # between steps (a step ends with its weight sync)
         return f"{done}; {status.phase}"
     return f"{done}; step {status.step + 1}: {status.phase}"
 

@@ -7,22 +7,10 @@ import logging
 import torch
 
 from rlhf.core.errors import UserError
-from rlhf.core.jsonl import read_jsonl
+from rlhf.core.jsonl import read_jsonl_field
 from rlhf.core.text import encode_prompt
 
 log = logging.getLogger("rlhf.learner")
-
-
-def read_jsonl_field(path: str, field: str) -> list[str]:
-    """The `field` string of every line of a JSONL file."""
-    values = []
-    for where, row in read_jsonl(path):
-        if not isinstance(row.get(field), str):
-            raise UserError(f'{where}: expected a string "{field}" field')
-        values.append(row[field])
-    if not values:
-        raise UserError(f"{path} holds no {field}s")
-    return values
 
 
 class CursorSampler:

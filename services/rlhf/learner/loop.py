@@ -19,6 +19,7 @@ import grpc
 import torch
 from tqdm import tqdm
 
+from rlhf.core.client import describe_rpc_error
 from rlhf.core.errors import UserError
 from rlhf.core.types import GenerationParams
 from rlhf.learner import ppo
@@ -29,7 +30,8 @@ from rlhf.learner.rollout import Rollout, ServiceDown, Services, collect_rollout
 from rlhf.learner.state import (
     TrainState,
     build_state,
-    claim_out_dir,
+    check_out_dir,
+    clear_earlier_run,
     resume_state,
     save_checkpoint,
     save_final_policy,
@@ -247,10 +249,12 @@ def serve_requests(state: TrainState, control: LearnerControl, config: PPOConfig
 def train(config: PPOConfig, services: Services, control: LearnerControl | None = None) -> TrainState:
     """Run PPO from the SFT model (or --resume) up to config.steps; returns the final state."""
     control = control or LearnerControl(config.steps, config.out)
-    claim_out_dir(config)
-    Path(config.out).mkdir(parents=True, exist_ok=True)
+    check_out_dir(config)
     state = resume_state(config) if config.resume else build_state(config)
     check_tokenizers(state, services)
+    if config.overwrite:
+        clear_earlier_run(config.out)  # only now that the new run has loaded and checked out
+    Path(config.out).mkdir(parents=True, exist_ok=True)
     run_log = RunLog(Path(config.out), state.step, config.log_rollouts)
     try:
         control.set_phase("weight_sync")
@@ -274,7 +278,7 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
                     break
     except (ServiceDown, grpc.RpcError) as err:
         path = save_checkpoint(state, config.out, config.keep_checkpoints)
-        detail = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.RpcError) else str(err)
+        detail = describe_rpc_error(err) if isinstance(err, grpc.RpcError) else str(err)
         raise UserError(f"{detail}. Saved {path}; continue with --resume") from err
     finally:
         run_log.close()

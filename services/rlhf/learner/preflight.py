@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from rlhf.core.client import BaseClient, wait_until_connected, wrong_service
+from rlhf.core.client import BaseClient, ServiceError, wait_until_connected, wrong_service
 from rlhf.core.errors import UserError
 
 log = logging.getLogger("rlhf.learner")
@@ -29,7 +29,12 @@ def check_service(flag: str, client: BaseClient, connect_timeout: float, service
         tls = " or its TLS handshake fails (check --service-tls-*)" if client.options.tls_ca else ""
         raise UserError(f"{where}: nothing answers there{tls} (no connection within {connect_timeout:g}s, "
                         "--connect-timeout)")
-    if problem := wrong_service(client, client.SERVICE, timeout=min(5.0, service_timeout)):
+    try:
+        problem = wrong_service(client, client.SERVICE, timeout=min(5.0, service_timeout))
+    except ServiceError as err:
+        raise UserError(f"{where}: {err.code().name}: {err.details()} (check --auth-token-file and "
+                        "--service-tls-*)") from None
+    if problem:
         raise UserError(f"{flag}: {problem}")
     try:
         try:

@@ -65,6 +65,8 @@ def with_retries(what: str, timeout: float, fn: Callable, *args, wait_ready: Cal
             if wait_ready is not None and not abort():
                 with contextlib.suppress(TimeoutError, grpc.RpcError):
                     wait_ready(max(0.1, deadline - time.monotonic()), abort=abort)
+            if abort():  # not one more attempt: its deadline could be --service-timeout itself
+                raise ServiceDown(f"{what}: stop requested while the service was unavailable") from err
 
 
 def sleep_unless(abort: Callable[[], bool], seconds: float, tick: float = 0.05) -> None:

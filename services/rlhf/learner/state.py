@@ -145,14 +145,12 @@ def check_out_dir(config: PPOConfig) -> None:
                         "or start over with --overwrite")
 
 
-def claim_out_dir(config: PPOConfig) -> None:
-    """check_out_dir, then with --overwrite delete the earlier run's outputs."""
-    check_out_dir(config)
-    out = Path(config.out)
-    earlier = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
-    if config.overwrite and earlier:
-        for path in earlier:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+def clear_earlier_run(out: str | Path) -> None:
+    """--overwrite: delete an earlier run's checkpoints, logs and final policy from `out`."""
+    earlier = [Path(out) / name for name in RUN_OUTPUTS if (Path(out) / name).exists()]
+    for path in earlier:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if earlier:
         log.info("overwriting an earlier run", extra={"out": str(out)})
 
 
