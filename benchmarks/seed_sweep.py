@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = {
     "sft": ["tests/policy/test_sft.py::test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss",
             "tests/policy/test_cli.py::test_train_serve_and_generate_through_the_cli"],
-    "rm": ["tests/reward/test_train.py::test_held_out_accuracy_against_the_ground_truth_rule_is_at_least_90_percent"],
+    "rm": ["tests/reward/test_train.py::test_held_out_accuracy_against_the_ground_truth_rule_clears_the_bound"],
     "ppo": ["tests/learner/test_learner_acceptance.py::test_ppo_raises_reward_and_ground_truth_within_kl_bound"],
 }
 # `rlhf demo` sizes: reduced (what the sweep runs by default) and full (`make demo`).

@@ -47,7 +47,8 @@ def trained(tiny_model_dir, synth_dir, tmp_path_factory, seed) -> SimpleNamespac
 
     root = tmp_path_factory.mktemp("ppo-models")
     sft, rm = root / "sft", root / "rm"
-    # The demo's recipe (rlhf.demo.pipeline): 3x the preferences, lr 1e-3, beta2 0.95 for the reward model.
+    # The demo's recipe (rlhf.demo.pipeline): 3x the preferences, lr 1e-3, beta2 0.95 for the reward model;
+    # PPO below as the demo's, only shorter.
     preferences = write_task(root / "rm-data", preference_scale=3)["preferences"]
     rlhf("train", "sft", "--model", str(tiny_model_dir), "--data", str(synth_dir / "sft.jsonl"), "--out", str(sft),
          "--lr", "3e-3", "--batch-size", "32", "--device", "cpu", "--seed", str(seed))
@@ -151,7 +152,8 @@ def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, 
         reward = stack.enter_context(RewardClient(run.reward.target))
         before = evaluate(policy, reward, held_out)  # the replica still serves the SFT weights
         run.start_learner("--steps", str(steps), "--batch-size", str(batch), "--max-new-tokens", "12",
-                          "--lr", "3e-4", "--early-stop-kl", "0.05", "--kl-coef", "0.1", "--seed", str(seed),
+                          "--lr", "3e-4", "--early-stop-kl", "0.05", "--kl-coef", "0.3", "--min-new-tokens", "4",
+                          "--seed", str(seed),
                           "--ptx-data", str(trained.pretrain),
                           "--ptx-coef", "0.05", "--ptx-batch-size", "4", "--save-every", "6")
         run.wait_for_step(2)

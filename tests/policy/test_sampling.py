@@ -92,6 +92,9 @@ def test_eos_stops_a_row_and_is_kept(model):
         stopped = decode(model, [[5, 6]], [row_generator(0, 0)], settings(temperature=0), eos_id=eos, pad_id=1)[0]
         ignored = decode(model, [[5, 6]], [row_generator(0, 0)], settings(temperature=0, stop_at_eos=False),
                          eos_id=eos, pad_id=1)[0]
+        held = decode(model, [[5, 6]], [row_generator(0, 0)], settings(temperature=0, min_new_tokens=3),
+                      eos_id=eos, pad_id=1)[0]
+        sampled = decode(model, [[5, 6]], [row_generator(0, 0)], settings(min_new_tokens=3), eos_id=eos, pad_id=1)[0]
     finally:
         with torch.no_grad():
             model.transformer.ln_f.weight.copy_(saved[0])
@@ -99,3 +102,8 @@ def test_eos_stops_a_row_and_is_kept(model):
     assert stopped.token_ids == [eos] and stopped.finish_reason == "eos"
     assert ignored.token_ids == [eos] * 8 and ignored.finish_reason == "length"
     assert math.isclose(stopped.logprobs[0], 0.0, abs_tol=1e-4)
+    # min_new_tokens: EOS (probability ~1) is held back for 3 tokens, then ends the response at once; the
+    # held-back tokens' log-probs stay those of the raw distribution, where each is nearly impossible
+    for out in (held, sampled):
+        assert len(out.token_ids) == 4 and eos not in out.token_ids[:3] and out.token_ids[3] == eos
+        assert out.finish_reason == "eos" and all(lp < -10 for lp in out.logprobs[:3]), out.logprobs

@@ -55,10 +55,11 @@ def test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss(tiny_model_
     result = train_sft(SFTConfig(model=str(tiny_model_dir), data=str(data), out=str(tmp_path / "sft"), lr=2e-3,
                                  batch_size=16, eval_fraction=0.2, device="cpu", seed=seed), progress=False)
     assert (result.train_examples, result.eval_examples) == (256, 64)
-    # The held-out loss falls to at most 0.6 of its start; the seed sweep's worst seed reaches RATIO_WORST.
+    # The held-out loss falls to at most 0.65 of its start: well above the worst of benchmarks/seed_sweep.py's
+    # 5 seeds x 2 CPU kinds (README, "Seed sweep"), which all land between 0.52 and 0.54.
     ratio = result.eval_loss_after / result.eval_loss_before
-    record_figures({"eval_loss_ratio_max": ratio}, {"eval_loss_ratio_max": 0.6})
-    assert ratio < 0.6
+    record_figures({"eval_loss_ratio_max": ratio}, {"eval_loss_ratio_max": 0.65})
+    assert ratio < 0.65
     assert (tmp_path / "sft" / "config.json").is_file() and (tmp_path / "sft" / "tokenizer.json").is_file()
     assert not (tmp_path / "sft.tmp").exists()
 

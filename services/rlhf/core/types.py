@@ -16,6 +16,7 @@ class GenerationParams:
     seed: int | None = None
     n: int = 1  # samples per prompt
     ignore_eos: bool = False
+    min_new_tokens: int = 0  # EOS is held back until the response has this many tokens
 
 
 @dataclass

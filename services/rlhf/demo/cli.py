@@ -20,6 +20,8 @@ def register(commands) -> None:
     demo.add_argument("--ppo-batch-size", type=int, default=32, help="prompts per PPO step")
     demo.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts for the final comparison")
     demo.add_argument("--seed", type=int, default=0, help="seed of the model, data and every training stage")
+    demo.add_argument("--kl-coef", type=float, default=0.3, help="beta: PPO's per-token KL penalty weight")
+    demo.add_argument("--min-new-tokens", type=int, default=4, help="PPO samples: no EOS before this many tokens")
     demo.set_defaults(func=_demo)
 
 
@@ -34,7 +36,8 @@ def _demo(args: argparse.Namespace) -> int:
     config = DemoConfig(
         workdir=Path(args.workdir), steps=args.steps, fresh=args.fresh, device=args.device,
         model_size=args.model_size, data_scale=args.data_scale, seed=args.seed,
-        ppo_batch_size=args.ppo_batch_size, eval_prompts=args.eval_prompts,
+        ppo_batch_size=args.ppo_batch_size, eval_prompts=args.eval_prompts, kl_coef=args.kl_coef,
+        min_new_tokens=args.min_new_tokens,
     )
     run_demo(config)
     return 0

@@ -42,6 +42,9 @@ class PPOConfig:
     """prompts per PPO step (one response each)"""
     max_new_tokens: int = 32
     """longest response sampled"""
+    min_new_tokens: int = 0
+    """shortest response sampled: EOS is held back until this many tokens (HF's min_new_tokens, vLLM's
+    min_tokens), so a reward model that scores the empty response high cannot be gamed with it"""
     max_length: int = 512
     """longest prompt plus response in tokens; longer prompts are skipped, ptx text is truncated"""
     max_staleness: int = 0
@@ -128,6 +131,7 @@ def validate(config: PPOConfig) -> PPOConfig:
         (config.gradient_accumulation_steps > 0, "--gradient-accumulation-steps must be positive"),
         (config.ppo_epochs > 0, "--ppo-epochs must be positive"),
         (config.max_new_tokens > 0, "--max-new-tokens must be positive"),
+        (0 <= config.min_new_tokens <= config.max_new_tokens, "--min-new-tokens must lie in [0, --max-new-tokens]"),
         (config.max_length > config.max_new_tokens, "--max-length must exceed --max-new-tokens"),
         (config.target_kl is None or config.target_kl > 0, "--target-kl must be positive"),
         (config.early_stop_kl is None or config.early_stop_kl > 0, "--early-stop-kl must be positive"),

@@ -126,7 +126,8 @@ def sync_weights(state: TrainState, services: Services, control: LearnerControl)
 
 def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: LearnerControl):
     """Rollout -> rewards with KL -> advantages -> update on a fresh batch; returns (metrics, rollout)."""
-    params = GenerationParams(max_new_tokens=config.max_new_tokens, seed=config.seed * 1_000_003 + state.step * 1009)
+    params = GenerationParams(max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens,
+                              seed=config.seed * 1_000_003 + state.step * 1009)
     cursor = state.prompts.cursor
     prompts = state.prompts.take(config.batch_size)
     try:

@@ -44,6 +44,7 @@ def register(commands) -> None:
     gen.add_argument("--target", required=True, help="policy service HOST:PORT")
     gen.add_argument("--prompt", required=True, help="prompt text (tokenized by the service)")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="longest response")
+    gen.add_argument("--min-new-tokens", type=int, default=0, help="no EOS before this many tokens")
     gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: sample from the likeliest tokens "
                      "whose probabilities add up to this")
@@ -94,7 +95,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     params = GenerationParams(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        seed=args.seed, n=args.n, ignore_eos=args.ignore_eos,
+        seed=args.seed, n=args.n, ignore_eos=args.ignore_eos, min_new_tokens=args.min_new_tokens,
     )
     with PolicyClient(args.target, ClientOptions.from_args(args)) as policy:
         try:

@@ -14,6 +14,7 @@ def params_to_proto(params: GenerationParams) -> policy_pb2.SamplingParams:
     return policy_pb2.SamplingParams(
         max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
         top_k=params.top_k, seed=params.seed, n=params.n, ignore_eos=params.ignore_eos,
+        min_new_tokens=params.min_new_tokens,
     )
 
 
@@ -28,6 +29,7 @@ def params_from_proto(message: policy_pb2.SamplingParams) -> GenerationParams:
         seed=message.seed if has("seed") else None,
         n=message.n or 1,
         ignore_eos=message.ignore_eos,
+        min_new_tokens=message.min_new_tokens,
     )
 
 

@@ -63,9 +63,12 @@ def check_params(params: GenerationParams) -> SamplingSettings:
         raise InvalidRequest(f"top_k must be >= 0 (0 turns it off), got {params.top_k}")
     if params.n < 1:
         raise InvalidRequest(f"n must be >= 1, got {params.n}")
+    if not 0 <= params.min_new_tokens <= params.max_new_tokens:
+        raise InvalidRequest(f"min_new_tokens must lie in [0, max_new_tokens={params.max_new_tokens}], "
+                             f"got {params.min_new_tokens}")
     return SamplingSettings(
         max_new_tokens=params.max_new_tokens, temperature=float(params.temperature), top_p=float(params.top_p),
-        top_k=params.top_k, stop_at_eos=not params.ignore_eos,
+        top_k=params.top_k, stop_at_eos=not params.ignore_eos, min_new_tokens=params.min_new_tokens,
     )
 
 

@@ -28,6 +28,7 @@ class SamplingSettings:
     top_p: float  # in (0, 1]
     top_k: int  # 0: off
     stop_at_eos: bool
+    min_new_tokens: int = 0  # EOS is not sampled before this many tokens
 
 
 @dataclass
@@ -126,7 +127,11 @@ def decode(
     steps = 0
     for step in range(settings.max_new_tokens):
         steps = step + 1
-        next_tokens = choose_tokens(logits, settings, uniforms[:, step])
+        allowed = logits
+        if step < settings.min_new_tokens and eos_id is not None:
+            allowed = logits.clone()
+            allowed[:, eos_id] = float("-inf")  # too short to end; the log-prob below stays the raw one
+        next_tokens = choose_tokens(allowed, settings, uniforms[:, step])
         tokens[:, step] = next_tokens
         # log pi(y_t | ...) under the raw distribution, whatever temperature or truncation sampled it
         logprobs[:, step] = logits.log_softmax(-1).gather(-1, next_tokens[:, None]).squeeze(-1)
