@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from types import SimpleNamespace
 
@@ -77,3 +78,15 @@ def test_training_data_is_read_before_the_model_loads(tmp_path, stage):
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and str(data) in lines[0] and "no-model" not in lines[0], lines
+
+
+def test_an_uncached_hub_name_is_one_line(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "a", "response": " b"}\n')
+    command = [*RLHF_COMMAND, "train", "sft", "--model", "someorg/not-cached-here", "--data", str(data),
+               "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr  # no Hugging Face warning before it
+    assert lines[0].startswith("rlhf: error: cannot load tokenizer from someorg/not-cached-here")

@@ -86,4 +86,5 @@ def test_two_instances_score_like_one_and_a_killed_worker_is_replaced(reward_mod
         assert workers[1] in replaced
         assert client.score(ITEMS) == pytest.approx(expected, abs=1e-5)  # served by both again
         wait_for_log(server, "reward model process died", "reward model process restarted")
+        assert "Loading weights" not in server.logs(20000)  # no Hugging Face progress bars in service logs
         assert server.running()

@@ -56,7 +56,6 @@ def test_cli_reports_accuracy_and_writes_a_standard_model_dir(trained):
     # log noise: transformers' load report about the new head, its own progress bars, a redrawn bar
     assert "LOAD REPORT" not in trained["stderr"] and "has no score head yet" in trained["stderr"]
     assert "Loading weights" not in trained["stderr"] and "Writing model shards" not in trained["stderr"]
-    assert "100%" not in trained["stderr"].split(f"epoch {EPOCHS}: held-out")[-1]
     files = {p.name for p in trained["dir"].iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
     assert not trained["dir"].with_name("rm.tmp").exists()
@@ -102,3 +101,16 @@ def test_from_pretrained_scores_match_the_service(trained, tmp_path):
                    log_path=tmp_path / "reward.log") as server, RewardClient(server.target) as client:
         served = client.score(items)
     assert served == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_finished_bar_is_not_drawn_again_below_the_last_epoch_line(tiny_model_dir, tmp_path):
+    """As on a terminal: stdout and stderr in one stream; after the last epoch's accuracy line, no bar."""
+    from rlhf.core.synthetic import write_task
+
+    data = write_task(tmp_path / "data", scale=0.02)["preferences"]
+    run = subprocess.run([*RLHF, "train", "rm", "--model", str(tiny_model_dir), "--data", str(data),
+                          "--out", str(tmp_path / "rm"), "--epochs", "2", "--eval-fraction", "0.2", "--device", "cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:]
+    after = run.stdout.split("epoch 2: held-out pairwise accuracy")
+    assert len(after) == 2 and "100%" in after[0] and "100%" not in after[1], run.stdout[-3000:]
