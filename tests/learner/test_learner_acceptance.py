@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 RM_GAIN, TRUTH_GAIN, KL_BOUND = 0.3, 0.2, 10.0
 
 
-def rlhf(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def rlhf(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     result = subprocess.run([*RLHF_COMMAND, "--log-level", "WARNING", *args], capture_output=True, text=True,
                             timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -25,7 +25,7 @@ def test_train_serve_and_generate_through_the_cli(tiny_model_dir, synth_dir, tmp
         [*RLHF, "train", "sft", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(sft),
          "--epochs", "60", "--lr", "3e-3", "--batch-size", "8", "--eval-fraction", "0", "--device", "cpu",
          "--seed", str(seed)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # a tiny model trains faster on one thread than on a busy two
     )
     assert trained.returncode == 0, trained.stderr

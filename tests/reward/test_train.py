@@ -110,7 +110,7 @@ def test_the_finished_bar_is_not_drawn_again_below_the_last_epoch_line(tiny_mode
     data = write_task(tmp_path / "data", scale=0.02)["preferences"]
     run = subprocess.run([*RLHF, "train", "rm", "--model", str(tiny_model_dir), "--data", str(data),
                           "--out", str(tmp_path / "rm"), "--epochs", "2", "--eval-fraction", "0.2", "--device", "cpu"],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
     after = run.stdout.split("epoch 2: held-out pairwise accuracy")
     assert len(after) == 2 and "100%" in after[0] and "100%" not in after[1], run.stdout[-3000:]
