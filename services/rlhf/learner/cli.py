@@ -22,14 +22,19 @@ def register(commands) -> None:
     )
     add_config_arguments(ppo, PPOConfig)
     ServerOptions.add_arguments(ppo, default_port=DEFAULT_PORT)
-    ppo._option_string_actions["--auth-token-file"].help = (
-        "bearer token file: required on every RPC to this learner's control API, and sent on the learner's own "
-        "calls to the policy, reward and reference services (env RLHF_AUTH_TOKEN_FILE)")
-    ppo.add_argument("--service-tls-ca", default=None, help="CA certificate: reach the services over TLS")
-    ppo.add_argument("--service-tls-cert", default=None,
-                     help="client certificate, PEM: mTLS to services that require one (with --service-tls-key)")
-    ppo.add_argument("--service-tls-key", default=None, help="client private key, PEM, for --service-tls-cert")
+    add_service_security_arguments(ppo)
     ppo.set_defaults(func=run_ppo)
+
+    grpo = commands.train.add_parser(
+        "grpo",
+        help="RL stage: GRPO, i.e. `train ppo --advantage-estimator grpo --samples-per-prompt 4`",
+        description="GRPO (group-relative advantages, no value model): `rlhf train ppo` with --advantage-estimator "
+        "grpo and --samples-per-prompt 4 as defaults. Every flag of `rlhf train ppo` applies.",
+    )
+    add_config_arguments(grpo, PPOConfig)
+    ServerOptions.add_arguments(grpo, default_port=DEFAULT_PORT)
+    add_service_security_arguments(grpo)
+    grpo.set_defaults(func=run_ppo, advantage_estimator="grpo", samples_per_prompt=4)
 
     learner = commands.top.add_parser("learner", help="talk to a running learner: status, watch, stop")
     actions = learner.add_subparsers(dest="learner_command", metavar="ACTION", required=True)
@@ -43,6 +48,17 @@ def register(commands) -> None:
         action.add_argument("--json", action="store_true", help="print JSON instead of text")
         ClientOptions.add_arguments(action)
         action.set_defaults(func=handler)
+
+
+def add_service_security_arguments(parser) -> None:
+    """The learner's side of auth and TLS towards the policy, reward and reference services."""
+    parser._option_string_actions["--auth-token-file"].help = (
+        "bearer token file: required on every RPC to this learner's control API, and sent on the learner's own "
+        "calls to the policy, reward and reference services (env RLHF_AUTH_TOKEN_FILE)")
+    parser.add_argument("--service-tls-ca", default=None, help="CA certificate: reach the services over TLS")
+    parser.add_argument("--service-tls-cert", default=None,
+                        help="client certificate, PEM: mTLS to services that require one (with --service-tls-key)")
+    parser.add_argument("--service-tls-key", default=None, help="client private key, PEM, for --service-tls-cert")
 
 
 def connect_services(config, args: argparse.Namespace):

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 DEFAULT_PORT = 50054
+Estimator = Literal["gae", "grpo", "rloo", "reinforce++", "reinforce++-baseline"]
+GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce++-baseline")  # they compare the samples of a prompt
 
 
 @dataclass
@@ -32,14 +34,18 @@ class PPOConfig:
     overwrite: bool = False
     """start over in an --out that holds an earlier run, deleting its checkpoints, logs and policy"""
     value_model: str | None = None
-    """value model (critic) init: a reward-model dir or the SFT dir (default: --model)"""
+    """value model (critic) init, for --advantage-estimator gae: a reward-model dir or the SFT dir
+    (default: --model)"""
     seed: int = 0
     """seed for prompt order, sampling and initialisation"""
     device: str = "auto"
     """where the learner's models train: auto, cpu, cuda, mps"""
     # --- rollout ---
     batch_size: int = 64
-    """prompts per PPO step (one response each)"""
+    """prompts per step; the step trains on --batch-size x --samples-per-prompt samples"""
+    samples_per_prompt: int = 1
+    """responses sampled per prompt: a group, kept on one replica (GRPO, RLOO and REINFORCE++-baseline
+    compare the samples of a group, so they need 2 or more)"""
     max_new_tokens: int = 32
     """longest response sampled"""
     min_new_tokens: int = 0
@@ -65,13 +71,26 @@ class PPOConfig:
     """adaptive controller horizon, in samples (Ziegler et al.)"""
     missing_eos_penalty: float | None = None
     """subtract this from the score of responses that hit --max-new-tokens without EOS (default off)"""
+    kl_in: Literal["reward", "loss"] = "reward"
+    """where the KL penalty goes: into the per-token reward (InstructGPT), or into the loss as
+    beta * KL_t, differentiated (GRPO's, best with --kl-estimator k3)"""
     # --- advantages ---
+    advantage_estimator: Estimator = "gae"
+    """gae: PPO with a value model (critic); the others are critic-free, and build no value model:
+    grpo (group-normalised), rloo (leave-one-out baseline), reinforce++ (batch-normalised returns),
+    reinforce++-baseline (group mean subtracted first)"""
+    std_normalization: bool = True
+    """grpo: divide by the group's reward std; --no-std-normalization gives Dr. GRPO"""
+    loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
+    """how the policy loss (and a KL loss) reduces over tokens: the mean over all tokens, or per
+    response first (its token mean, or its token sum), then the mean over responses"""
     gamma: float = 1.0
     """discount factor"""
     lam: float = 0.95
     """GAE lambda"""
     whiten_advantages: bool = True
-    """normalise advantages to zero mean and unit variance per batch"""
+    """gae: normalise advantages to zero mean and unit variance per batch (the critic-free estimators
+    normalise as their papers do)"""
     # --- update ---
     lr: float = 1e-5
     """AdamW learning rate for the policy and the value model"""
@@ -115,6 +134,14 @@ class PPOConfig:
     """append each step's prompts, responses, scores and weights versions to rollouts.jsonl"""
 
     @property
+    def uses_critic(self) -> bool:
+        return self.advantage_estimator == "gae"
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.batch_size * self.samples_per_prompt
+
+    @property
     def policy_targets(self) -> list[str]:
         return [t.strip() for t in self.policy.split(",") if t.strip()]
 
@@ -127,7 +154,13 @@ def validate(config: PPOConfig) -> PPOConfig:
         (config.steps > 0, "--steps must be positive"),
         (not (config.resume and config.overwrite), "--resume and --overwrite exclude each other"),
         (bool(config.policy_targets), "--policy needs at least one HOST:PORT"),
-        (config.batch_size >= config.num_minibatches > 0, "--batch-size must be >= --num-minibatches >= 1"),
+        (config.batch_size > 0, "--batch-size must be positive"),
+        (config.samples_per_prompt > 0, "--samples-per-prompt must be positive"),
+        (config.samples_per_prompt >= 2 or config.advantage_estimator not in GROUP_ESTIMATORS,
+         f"--advantage-estimator {config.advantage_estimator} compares the samples of a prompt: "
+         "it needs --samples-per-prompt 2 or more"),
+        (config.samples_per_step >= config.num_minibatches > 0,
+         "--batch-size x --samples-per-prompt must be >= --num-minibatches >= 1"),
         (config.gradient_accumulation_steps > 0, "--gradient-accumulation-steps must be positive"),
         (config.ppo_epochs > 0, "--ppo-epochs must be positive"),
         (config.max_new_tokens > 0, "--max-new-tokens must be positive"),

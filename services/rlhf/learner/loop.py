@@ -1,8 +1,11 @@
-"""The PPO loop: rollout -> rewards with the KL penalty -> advantages (GAE) -> update -> weight sync.
+"""The RL loop: rollout -> rewards with the KL penalty -> advantages -> clipped update -> weight sync.
 
     rlhf train ppo --model runs/sft --value-model runs/rm \
         --policy localhost:50052,localhost:50062 --reward localhost:50051 --reference localhost:50053 \
         --prompts data/prompts.jsonl --out runs/ppo --steps 100
+
+The advantages come from GAE with a value model (PPO), or from a critic-free estimator over groups of
+--samples-per-prompt samples (GRPO, RLOO, REINFORCE++; rlhf.learner.advantages).
 
 `train` takes its services as client interfaces, so the same loop runs against gRPC clients
 or in-process implementations (the benchmark's baseline, fast tests).
@@ -23,6 +26,7 @@ from rlhf.core.client import describe_rpc_error
 from rlhf.core.errors import UserError
 from rlhf.core.types import GenerationParams
 from rlhf.learner import ppo
+from rlhf.learner.advantages import critic_free_advantages, group_std
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.control import CheckpointResult, LearnerControl
 from rlhf.learner.models import policy_forward, sequence_logprobs, value_forward
@@ -41,11 +45,46 @@ from rlhf.learner.tracking import RunLog
 log = logging.getLogger("rlhf.learner")
 
 
+def minibatch_loss(state: TrainState, config: PPOConfig, rollout: Rollout, advantages, returns, importance_weights,
+                   mb_inds: torch.Tensor, stats: dict) -> tuple[torch.Tensor, float]:
+    """The clipped policy loss on one micro-batch, plus the value loss (gae) and the KL loss (--kl-in loss).
+    Appends its diagnostics to stats; returns (loss, approx KL(old || new))."""
+    mb_prompts = [rollout.prompt_ids[i] for i in mb_inds]
+    mb_responses = [rollout.response_ids[i] for i in mb_inds]
+    logprobs, _, mask = policy_forward(state.policy, mb_prompts, mb_responses, state.pad_id)
+    width = mask.size(1)  # the minibatch's longest response; the rest is padding
+    mb_inds = mb_inds.to(mask.device)
+
+    # Policy loss
+    pg_loss, clipfrac, approxkl = ppo.clipped_policy_loss(
+        logprobs, rollout.logprobs[mb_inds, :width], advantages[mb_inds, :width], mask, config.clip_range,
+        None if importance_weights is None else importance_weights[mb_inds, :width], config.loss_aggregation,
+    )
+    loss = pg_loss
+    terms = {"loss/policy": pg_loss, "policy/clipfrac": clipfrac, "policy/approxkl": approxkl}
+    # Value loss
+    if state.value is not None:
+        values = value_forward(state.value, mb_prompts, mb_responses, state.pad_id)
+        vf_loss, vf_clipfrac = ppo.clipped_value_loss(
+            values, rollout.values[mb_inds, :width], returns[mb_inds, :width], mask, config.clip_range_value
+        )
+        loss = loss + config.vf_coef * vf_loss
+        terms |= {"loss/value": vf_loss, "val/clipfrac": vf_clipfrac}
+    # KL in the loss (GRPO): beta * KL(pi_RL || pi_SFT), differentiated
+    if config.kl_in == "loss":
+        kl_loss = ppo.kl_loss(logprobs, rollout.ref_logprobs[mb_inds, :width], mask, state.kl_ctl.value,
+                              config.kl_estimator, config.loss_aggregation)
+        loss = loss + kl_loss
+        terms["loss/kl"] = kl_loss
+    for name, value in terms.items():
+        stats[name].append(value.item())
+    return loss, approxkl.item()
+
+
 def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantages, returns,
                importance_weights: torch.Tensor | None = None) -> dict[str, float]:
     """config.ppo_epochs passes of minibatch PPO over the rollout; returns the mean diagnostics."""
-    b_prompts, b_responses = rollout.prompt_ids, rollout.response_ids
-    batch_size = len(b_prompts)
+    batch_size = len(rollout.samples)
     minibatch_size = max(1, batch_size // config.num_minibatches)
     microbatch_size = max(1, minibatch_size // config.gradient_accumulation_steps)
     stats = defaultdict(list)
@@ -60,28 +99,10 @@ def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
             micro_batches = b_inds[start : start + minibatch_size].split(microbatch_size)
             mb_approxkl = 0.0
             for mb_inds in micro_batches:
-                mb_prompts = [b_prompts[i] for i in mb_inds]
-                mb_responses = [b_responses[i] for i in mb_inds]
-                logprobs, _, mask = policy_forward(state.policy, mb_prompts, mb_responses, state.pad_id)
-                values = value_forward(state.value, mb_prompts, mb_responses, state.pad_id)
-                width = mask.size(1)  # the minibatch's longest response; the rest is padding
-                mb_inds = mb_inds.to(mask.device)
-
-                # Policy loss
-                pg_loss, clipfrac, approxkl = ppo.clipped_policy_loss(
-                    logprobs, rollout.logprobs[mb_inds, :width], advantages[mb_inds, :width], mask,
-                    config.clip_range, None if importance_weights is None else importance_weights[mb_inds, :width],
-                )
-                # Value loss
-                vf_loss, vf_clipfrac = ppo.clipped_value_loss(
-                    values, rollout.values[mb_inds, :width], returns[mb_inds, :width], mask, config.clip_range_value
-                )
-                loss = pg_loss + config.vf_coef * vf_loss
+                loss, approxkl = minibatch_loss(state, config, rollout, advantages, returns, importance_weights,
+                                                mb_inds, stats)
                 (loss / len(micro_batches)).backward()
-                for name, value in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("policy/clipfrac", clipfrac),
-                                    ("policy/approxkl", approxkl), ("val/clipfrac", vf_clipfrac)):
-                    stats[name].append(value.item())
-                mb_approxkl += approxkl.item() / len(micro_batches)
+                mb_approxkl += approxkl / len(micro_batches)
 
             # Early stop: this minibatch already sits too far from the rollout policy; skip its update
             if config.early_stop_kl is not None and mb_approxkl > config.early_stop_kl:
@@ -102,6 +123,23 @@ def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
     state.scheduler.step()
     return {**{name: sum(values) / len(values) for name, values in stats.items()},
             "policy/update_fraction": updates / planned}
+
+
+def compute_advantages(config: PPOConfig, rollout: Rollout, scores: torch.Tensor, kl_coef: float):
+    """(advantages, returns or None, per-token KL) for the step, by --advantage-estimator."""
+    mask = rollout.mask
+    beta_in_reward = kl_coef if config.kl_in == "reward" else 0.0
+    if config.uses_critic:
+        rewards, kl = ppo.kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, mask, beta_in_reward,
+                                               config.kl_estimator)
+        advantages, returns = ppo.gae_advantages(rewards, rollout.values, mask, config.gamma, config.lam)
+        if config.whiten_advantages:
+            advantages = ppo.whiten(advantages, mask)
+        return advantages, returns, kl
+    kl = ppo.kl_estimate(rollout.logprobs, rollout.ref_logprobs, config.kl_estimator) * mask
+    advantages = critic_free_advantages(config.advantage_estimator, scores, kl, mask, rollout.groups, beta_in_reward,
+                                        config.gamma, config.std_normalization)
+    return advantages, None, kl
 
 
 def sampler_logprobs_of(rollout: Rollout) -> torch.Tensor:
@@ -127,7 +165,7 @@ def sync_weights(state: TrainState, services: Services, control: LearnerControl)
 def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: LearnerControl):
     """Rollout -> rewards with KL -> advantages -> update on a fresh batch; returns (metrics, rollout)."""
     params = GenerationParams(max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens,
-                              seed=config.seed * 1_000_003 + state.step * 1009)
+                              n=config.samples_per_prompt, seed=config.seed * 1_000_003 + state.step * 1009)
     cursor = state.prompts.cursor
     prompts = state.prompts.take(config.batch_size)
     try:
@@ -137,17 +175,12 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
         raise
     mask = rollout.mask
 
-    # Rewards with the KL penalty
+    # Rewards, with the KL penalty unless it goes into the loss; then advantages
     scores = rollout.scores
     if config.missing_eos_penalty is not None:
         scores = ppo.penalize_missing_eos(scores, rollout.ended_with_eos, config.missing_eos_penalty)
     kl_coef = state.kl_ctl.value
-    rewards, kl = ppo.kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, mask, kl_coef,
-                                           config.kl_estimator)
-    # Advantages
-    advantages, returns = ppo.gae_advantages(rewards, rollout.values, mask, config.gamma, config.lam)
-    if config.whiten_advantages:
-        advantages = ppo.whiten(advantages, mask)
+    advantages, returns, kl = compute_advantages(config, rollout, scores, kl_coef)
     # Off-policy correction: the replicas sampled with their weights, PPO's ratio starts from ours
     sampler_logprobs = sampler_logprobs_of(rollout)
     weights = None
@@ -161,7 +194,7 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
     update_time = time.perf_counter() - start
     state.step += 1
     kl_per_sequence = kl.sum(1).mean().item()
-    state.kl_ctl.update(kl_per_sequence, len(prompts))
+    state.kl_ctl.update(kl_per_sequence, len(rollout.samples))
 
     if weights is not None:
         stats["rollout/importance_weight"] = ppo.masked_mean(weights, mask).item()
@@ -173,7 +206,10 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
         "objective/rlhf_reward": (scores - kl_coef * kl.sum(1)).mean().item(),
         "objective/kl_coef": kl_coef,
         **stats,
-        "val/explained_variance": ppo.explained_variance(rollout.values, returns, mask).item(),
+        **({"val/explained_variance": ppo.explained_variance(rollout.values, returns, mask).item()}
+           if returns is not None else {}),
+        **({"rollout/group_reward_std": group_std(rollout.scores, rollout.groups).mean().item()}
+           if config.samples_per_prompt > 1 else {}),
         "rollout/response_length": mask.sum(1).mean().item(),
         "rollout/eos_fraction": rollout.ended_with_eos.float().mean().item(),
         "rollout/weights_version": float(min(s.weights_version for s in rollout.samples)),

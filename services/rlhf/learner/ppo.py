@@ -25,6 +25,29 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1.0)
 
 
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str = "token-mean") -> torch.Tensor:
+    """Reduce a (B, T) per-token loss to a scalar.
+
+    token-mean            sum over all tokens / number of tokens (long responses weigh more)
+    seq-mean-token-mean   each response's token mean, then the mean over responses (GRPO's paper)
+    seq-mean-token-sum    each response's token sum, then the mean over responses
+    """
+    if aggregation == "token-mean":
+        return masked_mean(per_token, mask)
+    sums, lengths = (per_token * mask).sum(dim=1), mask.sum(dim=1)
+    rows = (lengths > 0).to(per_token.dtype)  # an empty response has no tokens to weigh
+    if aggregation == "seq-mean-token-mean":
+        per_sequence = sums / lengths.clamp(min=1.0)
+    elif aggregation == "seq-mean-token-sum":
+        per_sequence = sums
+    else:
+        raise ValueError(f"unknown loss aggregation {aggregation!r} (choose one of {', '.join(LOSS_AGGREGATIONS)})")
+    return (per_sequence * rows).sum() / rows.sum().clamp(min=1.0)
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """Scale x to unit variance over the mask (and zero mean unless shift_mean=False); padding -> 0."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
@@ -108,9 +131,11 @@ def clipped_policy_loss(
     mask: torch.Tensor,
     clip_range: float,
     importance_weights: torch.Tensor | None = None,
+    aggregation: str = "token-mean",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate objective, as a loss; each token's term is scaled by its importance
-    weight when given (constants: no gradient flows through them). Returns (loss, clipfrac, approxkl)."""
+    weight when given (constants: no gradient flows through them), and the terms are reduced by
+    `aggregation` (aggregate_loss). Returns (loss, clipfrac, approxkl)."""
     logratio = logprobs - old_logprobs
     ratio = torch.exp(logratio)
     pg_losses = -advantages * ratio
@@ -118,11 +143,17 @@ def clipped_policy_loss(
     per_token = torch.max(pg_losses, pg_losses2)
     if importance_weights is not None:
         per_token = importance_weights.detach() * per_token
-    loss = masked_mean(per_token, mask)
+    loss = aggregate_loss(per_token, mask, aggregation)
     with torch.no_grad():
         clipfrac = masked_mean((pg_losses2 > pg_losses).float(), mask)
         approxkl = masked_mean((ratio - 1) - logratio, mask)  # k3 estimate of KL(old || new)
     return loss, clipfrac, approxkl
+
+
+def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float,
+            estimator: str = "k3", aggregation: str = "token-mean") -> torch.Tensor:
+    """The KL penalty as a loss term (GRPO's): beta * aggregate(KL_t), differentiated through log pi_RL."""
+    return kl_coef * aggregate_loss(kl_estimate(logprobs, ref_logprobs, estimator), mask, aggregation)
 
 
 def clipped_value_loss(

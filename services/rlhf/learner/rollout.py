@@ -162,7 +162,7 @@ class Rollout:
     scores: torch.Tensor  # (B,) r_theta(x, y)
     ref_logprobs: torch.Tensor  # (B, R) log pi_SFT(y_t | x, y_<t)
     logprobs: torch.Tensor  # (B, R) log pi_RL at rollout time: PPO's "old" log-probs
-    values: torch.Tensor  # (B, R) V(x, y_<t) at rollout time
+    values: torch.Tensor  # (B, R) V(x, y_<t) at rollout time (zeros without a critic)
     entropy: torch.Tensor  # (B, R)
     mask: torch.Tensor  # (B, R) 1.0 on response tokens
     timings: dict[str, float]
@@ -175,11 +175,16 @@ class Rollout:
     def response_ids(self) -> list[list[int]]:
         return [s.response_token_ids for s in self.samples]
 
+    @property
+    def groups(self) -> torch.Tensor:
+        """(B,) each sample's prompt number in the step: the samples of one prompt form a group."""
+        return torch.tensor([s.prompt_index for s in self.samples], device=self.scores.device)
+
     def rows(self) -> list[dict]:
         """One JSON-able record per sample, for rollouts.jsonl."""
         return [
             {"prompt": p, "response": s.response_text, "score": score, "weights_version": s.weights_version,
-             "finish_reason": s.finish_reason}
+             "finish_reason": s.finish_reason, "group": s.prompt_index}
             for p, s, score in zip(self.prompts, self.samples, self.scores.tolist(), strict=True)
         ]
 
@@ -193,6 +198,7 @@ def generate_on_replicas(
     max_staleness: int,
 ) -> list[Sample]:
     """Spread prompts evenly over the replicas, generate concurrently, and insist on fresh weights.
+    All params.n samples of a prompt come from one replica, so a group is reproducible from --seed.
 
     A replica whose samples are more than max_staleness versions old (it restarted, or missed a
     push) gets the current weights again and regenerates its share.
@@ -246,7 +252,8 @@ def collect_rollout(
     start = time.perf_counter()
     with torch.no_grad():
         logprobs, entropy, mask = policy_forward(state.policy, *zip(*pairs, strict=True), state.pad_id)
-        values = value_forward(state.value, *zip(*pairs, strict=True), state.pad_id)
+        values = (value_forward(state.value, *zip(*pairs, strict=True), state.pad_id) if state.value is not None
+                  else torch.zeros_like(logprobs))
     timings["time/logprobs"] = time.perf_counter() - start
 
     device = mask.device

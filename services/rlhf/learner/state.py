@@ -1,7 +1,7 @@
 """Everything a run carries from step to step, and its checkpoints.
 
     OUT/checkpoints/step-000050/policy/            pi_RL, a standard model dir with its tokenizer
-    OUT/checkpoints/step-000050/value/             the critic (sequence classification, 1 label)
+    OUT/checkpoints/step-000050/value/             the critic (sequence classification, 1 label), with gae
     OUT/checkpoints/step-000050/trainer_state.pt   optimizer, scheduler, beta, RNG, cursors, step
     OUT/checkpoints/latest                         name of the newest complete checkpoint
 
@@ -34,7 +34,7 @@ log = logging.getLogger("rlhf.learner")
 @dataclass
 class TrainState:
     policy: torch.nn.Module
-    value: torch.nn.Module
+    value: torch.nn.Module | None  # the critic; None for the critic-free estimators
     tokenizer: object
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -49,7 +49,7 @@ class TrainState:
         return self.tokenizer.pad_token_id
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        return [*self.policy.parameters(), *self.value.parameters()]
+        return [*self.policy.parameters(), *(self.value.parameters() if self.value is not None else ())]
 
     def policy_weights(self) -> dict[str, torch.Tensor]:
         """A CPU copy of pi_RL's weights, safe to stream while training moves on."""
@@ -57,14 +57,15 @@ class TrainState:
 
 
 def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str | None = None) -> TrainState:
-    """A fresh state: pi_RL from the SFT dir, the critic from --value-model (or the SFT dir)."""
+    """A fresh state: pi_RL from the SFT dir; with gae, the critic from --value-model (or the SFT dir)."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     tokenizer = load_tokenizer(policy_dir or config.model)
     policy = load_policy(policy_dir or config.model, device)
-    value = load_value_model(value_dir or config.value_model or config.model, device)
-    optimizer = torch.optim.AdamW([*policy.parameters(), *value.parameters()], lr=config.lr, eps=1e-5)
+    value = load_value_model(value_dir or config.value_model or config.model, device) if config.uses_critic else None
+    trained = [*policy.parameters(), *(value.parameters() if value is not None else ())]
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, eps=1e-5)
     # CleanRL's annealing: the learning rate falls linearly to 0 at the last step.
     schedule = (lambda done: max(0.0, 1.0 - done / config.steps)) if config.anneal_lr else (lambda done: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -98,10 +99,12 @@ def save_checkpoint(state: TrainState, out: str | Path, keep: int = 2) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     state.policy.save_pretrained(tmp / "policy")
     state.tokenizer.save_pretrained(tmp / "policy")
-    state.value.save_pretrained(tmp / "value")
+    if state.value is not None:
+        state.value.save_pretrained(tmp / "value")
     torch.save(
         {
             "step": state.step,
+            "critic": state.value is not None,
             "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(),
             "kl_coef": state.kl_ctl.value,
@@ -161,8 +164,12 @@ def resume_state(config: PPOConfig) -> TrainState:
         raise UserError(f"--resume: no checkpoint under {checkpoint_root(config.out)}")
     for leftover in checkpoint_root(config.out).glob(".tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)  # a save cut short by SIGKILL
-    state = build_state(config, policy_dir=str(path / "policy"), value_dir=str(path / "value"))
     saved = torch.load(path / "trainer_state.pt", weights_only=True)
+    if saved.get("critic", True) != config.uses_critic:
+        had = "gae (with a value model)" if saved.get("critic", True) else "a critic-free estimator"
+        raise UserError(f"--resume: {path} was trained with {had}; resume it with the same kind of "
+                        "--advantage-estimator")
+    state = build_state(config, policy_dir=str(path / "policy"), value_dir=str(path / "value"))
     state.step = saved["step"]
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
