@@ -62,6 +62,12 @@ def ground_truth_score(prompt: str, response: str) -> float:
     return on_topic + 0.5 * net
 
 
+def ground_truth_rewards(prompts: list[str], responses: list[str]) -> list[float]:
+    """The hidden rule as a programmable reward: `rlhf serve reward --function rlhf.core.synthetic:ground_truth_rewards`
+    (a verifiable reward for the synthetic task, in place of a learned reward model)."""
+    return [ground_truth_score(p, r) for p, r in zip(prompts, responses, strict=True)]
+
+
 def noisy_ranking(rng: random.Random, prompt: str, responses: list[str]) -> list[int]:
     """Indices best first, by ground truth plus Gumbel noise (a Plackett-Luce labeller)."""
     noisy = [

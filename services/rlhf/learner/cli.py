@@ -101,7 +101,8 @@ def connect_services(config, args: argparse.Namespace):
 
     return Services(
         policies=[connect(replica) for replica in discover()],
-        reward=RewardClient(config.reward, options),
+        reward=[RewardClient(target, options) for target in config.reward_targets],
+        reward_weights=config.reward_weight_values,
         reference=ReferenceClient(config.reference, options),
         timeout=config.service_timeout,
         discover=discover,

@@ -20,7 +20,10 @@ class PPOConfig:
     policy: str = ""
     """policy replicas, HOST:PORT[,HOST:PORT...]; prompts are spread over all of them"""
     reward: str = ""
-    """reward service, HOST:PORT"""
+    """reward service(s), HOST:PORT[,HOST:PORT...]: a model or a function (`rlhf serve reward --function`);
+    several are summed with --reward-weights"""
+    reward_weights: str = ""
+    """W[,W...]: one weight per --reward service; the reward is the weighted sum of their scores (default 1 each)"""
     reference: str = ""
     """reference-policy service (pi_SFT), HOST:PORT"""
     prompts: str = ""
@@ -142,6 +145,26 @@ class PPOConfig:
         return self.batch_size * self.samples_per_prompt
 
     @property
+    def reward_targets(self) -> list[str]:
+        return [t.strip() for t in self.reward.split(",") if t.strip()]
+
+    @property
+    def reward_weight_values(self) -> list[float] | None:
+        """--reward-weights as floats (None: 1 each); UserError if they do not parse or match --reward."""
+        from rlhf.core.errors import UserError
+
+        if not self.reward_weights.strip():
+            return None
+        try:
+            weights = [float(w) for w in self.reward_weights.split(",")]
+        except ValueError:
+            raise UserError(f"--reward-weights {self.reward_weights!r}: expected numbers W[,W...]") from None
+        if len(weights) != len(self.reward_targets):
+            raise UserError(f"--reward-weights has {len(weights)} weights for {len(self.reward_targets)} "
+                            "--reward services")
+        return weights
+
+    @property
     def policy_targets(self) -> list[str]:
         return [t.strip() for t in self.policy.split(",") if t.strip()]
 
@@ -154,6 +177,7 @@ def validate(config: PPOConfig) -> PPOConfig:
         (config.steps > 0, "--steps must be positive"),
         (not (config.resume and config.overwrite), "--resume and --overwrite exclude each other"),
         (bool(config.policy_targets), "--policy needs at least one HOST:PORT"),
+        (bool(config.reward_targets), "--reward needs at least one HOST:PORT"),
         (config.batch_size > 0, "--batch-size must be positive"),
         (config.samples_per_prompt > 0, "--samples-per-prompt must be positive"),
         (config.samples_per_prompt >= 2 or config.advantage_estimator not in GROUP_ESTIMATORS,
@@ -178,4 +202,5 @@ def validate(config: PPOConfig) -> PPOConfig:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    config.reward_weight_values  # noqa: B018 - raises if the weights do not parse or match
     return config

@@ -208,6 +208,8 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
         **stats,
         **({"val/explained_variance": ppo.explained_variance(rollout.values, returns, mask).item()}
            if returns is not None else {}),
+        **({f"objective/reward/{i}": component.mean().item() for i, component in enumerate(rollout.reward_components)}
+           if rollout.reward_components is not None else {}),
         **({"rollout/group_reward_std": group_std(rollout.scores, rollout.groups).mean().item()}
            if config.samples_per_prompt > 1 else {}),
         "rollout/response_length": mask.sum(1).mean().item(),

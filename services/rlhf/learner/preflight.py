@@ -52,6 +52,6 @@ def check_service(flag: str, client: BaseClient, connect_timeout: float, service
 def check_services(services, connect_timeout: float, service_timeout: float,
                    abort: Callable[[], bool] = lambda: False) -> None:
     """check_service for every replica, the reward and the reference service of a learner's Services."""
-    for flag, client in [*(("--policy", p) for p in services.policies), ("--reward", services.reward),
+    for flag, client in [*(("--policy", p) for p in services.policies), *(("--reward", r) for r in services.rewards),
                          ("--reference", services.reference)]:
         check_service(flag, client, connect_timeout, service_timeout, abort)

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -79,9 +79,10 @@ def sleep_unless(abort: Callable[[], bool], seconds: float, tick: float = 0.05) 
 @dataclass
 class Services:
     policies: list[PolicyService]
-    reward: RewardService
+    reward: RewardService | Sequence[RewardService]  # one, or several whose weighted scores are summed
     reference: ReferenceService
     timeout: float = 300.0  # --service-timeout
+    reward_weights: Sequence[float] | None = None  # one per reward service (default 1 each)
     abort: Callable[[], bool] = lambda: False  # a stop was requested: give up retrying
     # Replica discovery: `discover()` lists the policy targets now (a headless Service name resolved
     # again: pods come and go), `connect(target)` makes a client. None: the replica set is fixed.
@@ -91,6 +92,17 @@ class Services:
 
     def __post_init__(self) -> None:
         self.pool = ThreadPoolExecutor(max(32, len(self.policies) + 2), "learner-rpc")  # threads start lazily
+        weights = self.reward_weights
+        if weights is not None and len(weights) != len(self.rewards):
+            raise ValueError(f"{len(weights)} reward weights for {len(self.rewards)} reward services")
+
+    @property
+    def rewards(self) -> list[RewardService]:
+        return list(self.reward) if isinstance(self.reward, Sequence) else [self.reward]
+
+    @property
+    def weights_of_rewards(self) -> list[float]:
+        return list(self.reward_weights) if self.reward_weights is not None else [1.0] * len(self.rewards)
 
     def update_replicas(self, accept: Callable[[PolicyService], bool]) -> tuple[list[str], list[str]]:
         """Follow the discovered replica set: connect new targets that `accept` approves, drop vanished
@@ -148,7 +160,7 @@ class Services:
     def close(self) -> None:
         """Close the clients' channels (in-process services have nothing to close)."""
         self.pool.shutdown()
-        for service in [*self.policies, self.reward, self.reference]:
+        for service in [*self.policies, *self.rewards, self.reference]:
             if callable(getattr(service, "close", None)):
                 service.close()
 
@@ -166,6 +178,7 @@ class Rollout:
     entropy: torch.Tensor  # (B, R)
     mask: torch.Tensor  # (B, R) 1.0 on response tokens
     timings: dict[str, float]
+    reward_components: torch.Tensor | None = None  # (K, B) each reward service's scores, when K > 1
 
     @property
     def prompt_ids(self) -> list[list[int]]:
@@ -246,7 +259,7 @@ def collect_rollout(
     pairs = [(s.prompt_token_ids, s.response_token_ids) for s in samples]
     texts = [(p, s.response_text) for p, s in zip(prompt_texts, samples, strict=True)]
     on_phase("score")  # the reference and the learner's own forward run meanwhile
-    scores = services.pool.submit(timed, "time/score", services.call, services.reward, "score", texts)
+    scores = services.pool.submit(timed, "time/score", score_all, services, texts)
     ref = services.pool.submit(timed, "time/reference", services.call, services.reference, "logprobs", pairs)
 
     start = time.perf_counter()
@@ -262,7 +275,15 @@ def collect_rollout(
         if len(lp) != len(response):
             raise ValueError(f"reference returned {len(lp)} log-probs for a {len(response)}-token response")
         ref_logprobs[row, : len(lp)] = torch.tensor(lp, device=device)
+    components = torch.tensor(scores.result(), device=device)  # (K, B)
+    weights = torch.tensor(services.weights_of_rewards, device=device)
     return Rollout(
-        prompt_texts, samples, torch.tensor(scores.result(), device=device), ref_logprobs, logprobs, values,
-        entropy, mask, timings,
+        prompt_texts, samples, weights @ components, ref_logprobs, logprobs, values, entropy, mask, timings,
+        components if len(components) > 1 else None,
     )
+
+
+def score_all(services: Services, texts: list[tuple[str, str]]) -> list[list[float]]:
+    """Every reward service's scores of the texts, concurrently: (K, B)."""
+    futures = [services.pool.submit(services.call, reward, "score", texts) for reward in services.rewards]
+    return [future.result() for future in futures]

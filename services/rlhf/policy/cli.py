@@ -25,6 +25,17 @@ def register(commands) -> None:
     sft.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     sft.set_defaults(func=_train_sft)
 
+    from rlhf.core.flags import add_config_arguments
+    from rlhf.policy.dpo_config import DPOConfig
+
+    dpo = commands.train.add_parser(
+        "dpo", help="direct alignment on preference rankings: DPO, cDPO or IPO (no reward model, no RL)",
+        description="Direct preference optimization from the SFT model: K-wise rankings expand to their C(K,2) "
+        "comparisons; log pi_ref comes once per (prompt, response) from --reference or a frozen copy of --model.",
+    )
+    add_config_arguments(dpo, DPOConfig)
+    dpo.set_defaults(func=_train_dpo)
+
     serve = commands.serve.add_parser("policy", help="serve pi_RL: Generate, UpdateWeights, GetModelInfo")
     serve.add_argument("--model", required=True, help="causal LM dir to serve (usually the SFT model)")
     serve.add_argument("--learner", default=None,
@@ -66,6 +77,20 @@ def _train_sft(args: argparse.Namespace) -> int:
     ))
     print(f"eval loss (response tokens, {result.eval_examples} held-out pairs): "
           f"{result.eval_loss_before:.4f} -> {result.eval_loss_after:.4f}")
+    print(f"wrote {result.out}")
+    return 0
+
+
+def _train_dpo(args: argparse.Namespace) -> int:
+    from rlhf.core.flags import config_from_args
+    from rlhf.policy.dpo import train_dpo
+    from rlhf.policy.dpo_config import DPOConfig
+
+    result = train_dpo(config_from_args(args, DPOConfig))
+    if result.eval_accuracy_after is not None:
+        print(f"held-out preference accuracy (implicit reward, {result.eval_comparisons} comparisons): "
+              f"{result.eval_accuracy_before:.4f} -> {result.eval_accuracy_after:.4f}; "
+              f"loss {result.eval_loss_after:.4f}")
     print(f"wrote {result.out}")
     return 0
 

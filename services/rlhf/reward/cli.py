@@ -21,7 +21,7 @@ def register(commands) -> None:
     add_config_arguments(train, RewardTrainConfig)
     train.set_defaults(func=_train)
 
-    serve = commands.serve.add_parser("reward", help="serve a reward model (RewardScoring)")
+    serve = commands.serve.add_parser("reward", help="serve a reward model, or a Python function (RewardScoring)")
     add_config_arguments(serve, RewardServiceConfig)
     ServerOptions.add_arguments(serve, default_port=DEFAULT_PORT)
     serve.set_defaults(func=_serve)
@@ -55,7 +55,14 @@ def _serve(args: argparse.Namespace) -> int:
     from rlhf.reward.service import RewardService
 
     config = config_from_args(args, RewardServiceConfig)
-    check_model_path(config.model)
+    if bool(config.model) == bool(config.function):
+        raise UserError("give one of --model (a reward model dir) and --function (PKG.MODULE:FN)")
+    if config.function:
+        from rlhf.reward.function import load_reward_function
+
+        load_reward_function(config.function)  # a bad spec fails here, in one line, before the server starts
+    else:
+        check_model_path(config.model)
     if min(config.max_batch_size, config.max_items_per_request, config.instances) < 1 or config.max_wait_ms < 0:
         raise UserError("--max-batch-size, --max-items-per-request and --instances must be >= 1, --max-wait-ms >= 0")
     return serve(RewardService(config), ServerOptions.from_args(args))

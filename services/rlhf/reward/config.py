@@ -44,9 +44,11 @@ class RewardTrainConfig:
 class RewardServiceConfig:
     """`rlhf serve reward` (the server flags themselves come from rlhf.core.server.ServerOptions)."""
 
-    REQUIRED: ClassVar[tuple[str, ...]] = ("model",)
     model: str = ""
-    """reward model dir (from `rlhf train rm`)"""
+    """reward model dir (from `rlhf train rm`); or give --function"""
+    function: str = ""
+    """serve a Python function instead of a model: PKG.MODULE:FN (or path/to/file.py:FN), called as
+    fn(prompts: list[str], responses: list[str]) -> list[float] on each batch (rule-based, verifiable rewards)"""
     device: str = "auto"
     """auto, cpu, cuda, mps"""
     dtype: str = "auto"

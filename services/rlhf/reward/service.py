@@ -7,6 +7,9 @@ ids as training's `encode_pair`) and runs the forward under `torch.inference_mod
 loop only moves messages.
 
     rlhf serve reward --model models/rm --port 50051
+    rlhf serve reward --function mypkg.rewards:exact_match --port 50051   # rlhf.reward.function
+
+With --function, a Python function takes the model workers' place, behind the same batcher.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import grpc
 from rlhf.core.batching import BatcherClosed, DynamicBatcher
 from rlhf.core.metrics import TRUNCATED_INPUTS
 from rlhf.reward.config import RewardServiceConfig
+from rlhf.reward.function import FunctionScorer, RewardFunctionFailed
 from rlhf.reward.worker import WorkerDied, WorkerPool
 from rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
@@ -32,7 +36,7 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
 
     def __init__(self, config: RewardServiceConfig):
         self.config = config
-        self.worker: WorkerPool | None = None
+        self.worker: WorkerPool | FunctionScorer | None = None
         self.batcher: DynamicBatcher[tuple[str, str], tuple[float, bool]] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -40,7 +44,11 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
 
     async def load(self) -> None:
         config = self.config
-        self.worker = await asyncio.to_thread(WorkerPool, config.model, config.device, config.dtype, config.instances)
+        if config.function:
+            self.worker = FunctionScorer(config.function)
+        else:
+            self.worker = await asyncio.to_thread(WorkerPool, config.model, config.device, config.dtype,
+                                                  config.instances)
         self.batcher = DynamicBatcher(
             self.worker.score_batch,  # the worker tokenizes the whole batch at once, then runs the forward
             name=self.name,
@@ -48,9 +56,10 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
             max_wait_ms=config.max_wait_ms,
             # Buckets by characters: tokens are only known once the batch is tokenized.
             length_of=lambda item: len(item[0]) + len(item[1]),
-            concurrency=config.instances,
+            concurrency=1 if config.function else config.instances,
         )
-        log.info("reward model loaded", extra={"model": config.model, "device": self.worker.device,
+        log.info("reward model loaded", extra={"model": config.model or f"function:{config.function}",
+                                              "device": self.worker.device,
                                               "model_version": self.worker.model_version})
 
     async def close(self) -> None:
@@ -76,6 +85,9 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         except WorkerDied as err:  # the pool restarts it; a retry will be served
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{err}; restarting it, retry")
+        except RewardFunctionFailed as err:
+            log.warning("reward function failed", extra={"error": str(err)})
+            await context.abort(err.code, str(err))
         except Exception as err:  # noqa: BLE001 - a failed batch fails its requests, never the server
             log.exception("scoring failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"scoring failed: {type(err).__name__}: {err}")

@@ -1,0 +1,42 @@
+"""`rlhf train dpo` settings; its flags and --help are generated from the field docstrings (rlhf.core.flags).
+Kept apart from rlhf.policy.dpo so that building the CLI imports no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+
+@dataclass
+class DPOConfig:
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data", "out")
+    model: str = ""
+    """the SFT model dir: pi starts here, and (without --reference) a frozen copy is pi_ref"""
+    data: str = ""
+    """preference data, as for `rlhf train rm`: JSONL or Parquet, chosen/rejected or K-wise rankings"""
+    out: str = ""
+    """where to write the tuned model dir (model + tokenizer)"""
+    reference: str = ""
+    """reference-policy service HOST:PORT for log pi_ref (default: a frozen local copy of --model)"""
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    """sigmoid: DPO (cDPO with --label-smoothing); ipo: IPO's squared loss"""
+    beta: float = 0.1
+    """beta: how far pi may move from pi_ref (smaller: further)"""
+    label_smoothing: float = 0.0
+    """cDPO: the chance that a label is flipped, in [0, 0.5) (sigmoid loss only)"""
+    epochs: int = 1
+    """passes over the training rankings"""
+    lr: float = 1e-6
+    """AdamW learning rate, decayed linearly to 0"""
+    batch_size: int = 8
+    """prompts per batch; each brings all C(K,2) of its comparisons"""
+    max_length: int = 512
+    """longest prompt + response in tokens; longer pairs lose the start of the prompt"""
+    eval_fraction: float = 0.1
+    """share of prompts held out to measure preference accuracy"""
+    seed: int = 0
+    """data split and shuffling"""
+    device: str = "auto"
+    """auto, cpu, cuda, mps"""
+    max_grad_norm: float = 1.0
+    """gradient clipping"""

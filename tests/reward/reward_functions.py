@@ -1,0 +1,27 @@
+"""Reward functions for `rlhf serve reward --function tests.reward.reward_functions:NAME` in the tests."""
+
+from __future__ import annotations
+
+
+def length_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """The response's length in characters: easy to check by hand."""
+    return [float(len(r)) for r in responses]
+
+
+def misbehaving(prompts: list[str], responses: list[str]):
+    """Misbehaves on request: the response text says how."""
+    how = responses[0]
+    if how == "raise":
+        raise ValueError("no reward for you")
+    if how == "nan":
+        return [float("nan")] * len(responses)
+    if how == "text":
+        return ["high"] * len(responses)
+    if how == "short":
+        return [1.0] * (len(responses) - 1)
+    if how == "dict":
+        return {"score": 1.0}
+    return [1.0] * len(responses)
+
+
+NOT_A_FUNCTION = 42

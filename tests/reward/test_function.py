@@ -1,0 +1,88 @@
+"""`rlhf serve reward --function`: a Python function behind the RewardScoring API, as a separate process."""
+
+from __future__ import annotations
+
+import subprocess
+
+import grpc
+import pytest
+
+from rlhf.core.errors import UserError
+from rlhf.reward import RewardClient
+from rlhf.reward.function import RewardFunctionFailed, checked_scores, load_reward_function
+from tests.helpers import RLHF, CliServer
+
+FUNCTIONS = "tests.reward.reward_functions"
+
+
+@pytest.fixture(scope="module")
+def length_server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "reward-fn.log"
+    with CliServer(["serve", "reward", "--function", f"{FUNCTIONS}:length_reward"], log_path=log) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def misbehaving_server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "reward-bad.log"
+    with CliServer(["serve", "reward", "--function", f"{FUNCTIONS}:misbehaving", "--max-wait-ms", "0"],
+                   log_path=log) as process:
+        yield process
+
+
+def test_a_function_scores_through_the_client_and_the_cli(length_server):
+    with RewardClient(length_server.target) as client:
+        assert client.score([("p", "abc"), ("q", "hello world")]) == [3.0, 11.0]
+        info = client.model_info()
+    assert info.model_name == f"function:{FUNCTIONS}:length_reward" and len(info.model_version) == 16
+    out = subprocess.run([*RLHF, "score", "--target", length_server.target, "--prompt", "x", "--response", "four"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) == 4.0
+
+
+@pytest.mark.parametrize(("how", "code", "message"), [
+    ("raise", grpc.StatusCode.INTERNAL, "the reward function raised ValueError: no reward for you"),
+    ("nan", grpc.StatusCode.FAILED_PRECONDITION, "nan at index 0; scores must be finite"),
+    ("text", grpc.StatusCode.FAILED_PRECONDITION, "a str ('high') at index 0, not a number"),
+    ("short", grpc.StatusCode.FAILED_PRECONDITION, "1 scores for 2 items"),
+    ("dict", grpc.StatusCode.FAILED_PRECONDITION, "a dict, not a list of 2 numbers"),
+])
+def test_a_misbehaving_function_gets_a_clear_status_and_the_server_keeps_serving(misbehaving_server, how, code,
+                                                                                 message):
+    with RewardClient(misbehaving_server.target, timeout=30) as client:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.score([("p", how), ("p", "second")])
+        assert caught.value.code() == code and message in caught.value.details()
+        assert client.score([("p", "fine"), ("p", "also fine")]) == [1.0, 1.0]  # still serving
+
+
+def test_checked_scores_accepts_numbers_arrays_and_tensors():
+    import numpy as np
+    import torch
+
+    assert checked_scores([1, 2.5, True], 3) == [1.0, 2.5, 1.0]
+    assert checked_scores(np.array([0.5, 1.5]), 2) == [0.5, 1.5]
+    assert checked_scores(torch.tensor([2.0]), 1) == [2.0]
+    with pytest.raises(RewardFunctionFailed, match="inf at index 1"):
+        checked_scores([0.0, float("inf")], 2)
+    with pytest.raises(RewardFunctionFailed, match="NoneType"):
+        checked_scores(None, 1)
+
+
+def test_bad_function_specs_are_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match="expected PKG.MODULE:FN"):
+        load_reward_function("no_colon")
+    with pytest.raises(UserError, match="cannot import no_such_pkg.mod: ModuleNotFoundError"):
+        load_reward_function("no_such_pkg.mod:fn")
+    with pytest.raises(UserError, match="has no attribute 'missing'"):
+        load_reward_function(f"{FUNCTIONS}:missing")
+    with pytest.raises(UserError, match="is a int, not a function"):
+        load_reward_function(f"{FUNCTIONS}:NOT_A_FUNCTION")
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text("def shout(prompts, responses):\n    return [float(r.isupper()) for r in responses]\n")
+    assert load_reward_function(f"{rewards}:shout")(["p"], ["HI"]) == [1.0]
+    for args in (["--function", "no_colon"], [], ["--function", f"{FUNCTIONS}:length_reward", "--model", "m"]):
+        out = subprocess.run([*RLHF, "serve", "reward", *args], capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
