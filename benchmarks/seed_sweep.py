@@ -32,6 +32,7 @@ TESTS = {
     "rm": ["tests/reward/test_train.py::test_held_out_accuracy_against_the_ground_truth_rule_clears_the_bound"],
     "ppo": ["tests/learner/test_learner_acceptance.py::test_ppo_raises_reward_and_ground_truth_within_kl_bound"],
     "dpo": ["tests/policy/test_dpo.py::test_dpo_through_the_cli_raises_the_ground_truth"],
+    "critic-free": ["tests/learner/test_critic_free_acceptance.py::test_critic_free_estimators_raise_the_ground_truth"],
 }
 # `rlhf demo` sizes: reduced (what the sweep runs by default) and full (`make demo`).
 DEMO_SIZES = {"reduced": ["--data-scale", "0.5", "--steps", "30", "--eval-prompts", "32"], "full": []}

@@ -40,24 +40,6 @@ def rlhf(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_model_dir, synth_dir, tmp_path_factory, seed) -> SimpleNamespace:
-    """SFT and reward models trained through the CLI on the synthetic task (one epoch each)."""
-    from rlhf.core.synthetic import write_task
-
-    root = tmp_path_factory.mktemp("ppo-models")
-    sft, rm = root / "sft", root / "rm"
-    # The demo's recipe (rlhf.demo.pipeline): 3x the preferences, lr 1e-3, beta2 0.95 for the reward model;
-    # PPO below as the demo's, only shorter.
-    preferences = write_task(root / "rm-data", preference_scale=3)["preferences"]
-    rlhf("train", "sft", "--model", str(tiny_model_dir), "--data", str(synth_dir / "sft.jsonl"), "--out", str(sft),
-         "--lr", "3e-3", "--batch-size", "32", "--device", "cpu", "--seed", str(seed))
-    rlhf("train", "rm", "--model", str(sft), "--data", str(preferences), "--out", str(rm), "--epochs", "1",
-         "--batch-size", "16", "--lr", "1e-3", "--adam-beta2", "0.95", "--max-length", "48", "--device", "cpu",
-         "--seed", str(seed))
-    return SimpleNamespace(sft=sft, rm=rm, prompts=synth_dir / "prompts.jsonl", pretrain=synth_dir / "pretrain.jsonl")
-
-
 @pytest.fixture
 def untrained(tiny_model_dir, synth_dir) -> SimpleNamespace:
     """The tiny model as SFT, reference, reward (random head) and critic: enough to exercise faults."""
@@ -68,13 +50,17 @@ def untrained(tiny_model_dir, synth_dir) -> SimpleNamespace:
 class Run:
     """Three services (n policy replicas) as processes, and `rlhf train ppo` against them."""
 
-    def __init__(self, stack: ExitStack, models: SimpleNamespace, out: Path, replicas: int = 1):
+    def __init__(self, stack: ExitStack, models: SimpleNamespace, out: Path, replicas: int = 1,
+                 reward_function: str | None = None):
         self.models, self.out, self.logs = models, out, out.parent / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.learner_port = free_port()
         self.policies = [self._service(stack, "policy", models.sft, i, "--learner", f"127.0.0.1:{self.learner_port}")
                          for i in range(replicas)]
-        self.reward = self._service(stack, "reward", models.rm)
+        # the reward model, or a Python function served in its place (rlhf serve reward --function)
+        self.reward = (self._service(stack, "reward", models.rm) if reward_function is None else
+                       stack.enter_context(ServiceProcess(["serve", "reward", "--function", reward_function],
+                                                          log_path=self.logs / "reward0.log", name="reward0")))
         self.reference = self._service(stack, "reference", models.sft)
         self.learner: subprocess.Popen | None = None
         stack.callback(self.kill_learner)
