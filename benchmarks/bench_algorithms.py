@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,10 +24,12 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars between the figures
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 TARGET_TIME_RATIO = 0.40
 GROUP = 8  # samples per prompt for the group estimators
-COMMON = ["--lr", "3e-4", "--kl-coef", "0.3", "--min-new-tokens", "4", "--max-new-tokens", "12",
-          "--ptx-coef", "0.05", "--ptx-batch-size", "4", "--save-every", "1000"]
+COMMON = ["--lr", "3e-4", "--kl-coef", "0.3", "--min-new-tokens", "4", "--max-new-tokens", "12", "--save-every", "1000"]
 # Each estimator's recipe; the sample budget (--batch-size x --samples-per-prompt) is set per run. The
 # critic-free ones take one pass of 2 minibatches at lr 1e-3 (tuned on seeds 0-2: on this task more passes buy
 # little, and a pass without a critic costs about a ninth of PPO's 4 epochs x 4 minibatches over two models).
@@ -80,13 +83,16 @@ def evaluate(policy_dir: Path, rm_dir: Path, prompts: list[str]) -> dict[str, fl
             "reward": sum(scores) / len(scores)}
 
 
-def run_estimator(estimator: str, paths: dict, targets: dict, out: Path, steps: int, samples: int, seed: int) -> dict:
+def run_estimator(estimator: str, paths: dict, targets: dict, out: Path, steps: int, samples: int, seed: int,
+                  ptx: bool = True) -> dict:
+    """`rlhf train ppo` with one estimator's recipe; its RL wall time and KL."""
     group = 1 if estimator in ("gae", "reinforce++") else GROUP
+    pretraining = ["--ptx-data", str(paths["data"] / "pretrain.jsonl"), "--ptx-coef", "0.05", "--ptx-batch-size", "4"]
     command = rlhf_command(
         "train", "ppo", "--model", str(paths["sft"]), "--value-model", str(paths["rm"]),
         "--policy", targets["policy"], "--reward", targets["reward"], "--reference", targets["reference"],
-        "--prompts", str(paths["data"] / "prompts.jsonl"), "--ptx-data", str(paths["data"] / "pretrain.jsonl"),
-        "--out", str(out), "--overwrite", "--steps", str(steps), "--seed", str(seed), "--device", "cpu",
+        "--prompts", str(paths["data"] / "prompts.jsonl"), *(pretraining if ptx else []), "--out", str(out),
+        "--overwrite", "--steps", str(steps), "--seed", str(seed), "--device", "cpu",
         "--port", "0", "--advantage-estimator", estimator, "--batch-size", str(samples // group),
         "--samples-per-prompt", str(group), *COMMON, *RECIPES[estimator],
     )

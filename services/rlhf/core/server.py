@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rlhf.core.decoding import MalformedRequestInterceptor
 from rlhf.core.errors import UserError
 from rlhf.core.metrics import MetricsInterceptor, start_metrics_server
 from rlhf.core.security import BearerTokenInterceptor, read_secret, server_credentials
@@ -170,6 +171,7 @@ async def start_server(service: Service, options: ServerOptions) -> RunningServe
     token = read_secret(options.auth_token_file)
     if token:
         interceptors.append(BearerTokenInterceptor(token))
+    interceptors.append(MalformedRequestInterceptor())  # bytes that do not parse: INVALID_ARGUMENT, not UNKNOWN
     credentials = server_credentials(options.tls_cert, options.tls_key, options.tls_client_ca)
 
     server = grpc.aio.server(interceptors=interceptors, options=grpc_options(options.max_message_bytes))

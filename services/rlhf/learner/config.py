@@ -97,6 +97,8 @@ class PPOConfig:
     # --- update ---
     lr: float = 1e-5
     """AdamW learning rate for the policy and the value model"""
+    adam_eps: float = 1e-5
+    """AdamW epsilon (1e-5 as in the PPO reference implementations; Hugging Face's default is 1e-8)"""
     anneal_lr: bool = True
     """decay the learning rate linearly to 0 over the run"""
     ppo_epochs: int = 4

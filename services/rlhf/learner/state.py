@@ -65,7 +65,7 @@ def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str
     policy = load_policy(policy_dir or config.model, device)
     value = load_value_model(value_dir or config.value_model or config.model, device) if config.uses_critic else None
     trained = [*policy.parameters(), *(value.parameters() if value is not None else ())]
-    optimizer = torch.optim.AdamW(trained, lr=config.lr, eps=1e-5)
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, eps=config.adam_eps)
     # CleanRL's annealing: the learning rate falls linearly to 0 at the last step.
     schedule = (lambda done: max(0.0, 1.0 - done / config.steps)) if config.anneal_lr else (lambda done: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
