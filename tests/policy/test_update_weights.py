@@ -122,6 +122,46 @@ def test_mismatched_tensor_is_refused_before_anything_changes(policy, original, 
     assert generated(policy) == before
 
 
+@pytest.mark.parametrize("forged", [2**40, -1, 16 * 2**30, 511])
+def test_a_forged_total_bytes_is_refused_before_any_allocation(policy, original, forged):
+    import resource
+
+    before = generated(policy)
+    chunks = list(weight_chunks(eos_weights(original), version=7))
+    chunks[0].total_bytes = forged  # ln_f.weight: 128 float32 values are 512 bytes
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    error = refused(policy, chunks)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak_before
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert f"total_bytes {forged} is not 512" in error.details()
+    model_bytes = sum(t.numel() * t.element_size() for t in original.values())
+    assert grown < model_bytes, f"peak RSS grew by {grown} bytes, more than the model's {model_bytes}"
+    assert generated(policy) == before
+
+
+def test_a_stalled_stream_is_cut_by_the_stream_timeout_and_changes_nothing(tiny_model_dir, original):
+    import time
+
+    config = PolicyServiceConfig(model=str(tiny_model_dir), device="cpu", max_wait_ms=1, weights_stream_timeout=0.5)
+    with ServerThread(PolicyService(config), ServerOptions(port=0)) as port, \
+            PolicyClient(f"127.0.0.1:{port}") as policy:
+        before = generated(policy)
+        chunks = list(weight_chunks(eos_weights(original), version=9))
+
+        def stalls():
+            yield chunks[0]
+            time.sleep(5)  # the sender hangs mid-stream
+            yield from chunks[1:]
+
+        start = time.monotonic()
+        error = refused(policy, stalls())
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "--weights-stream-timeout" in error.details()
+        assert time.monotonic() - start < 4.5  # cut by the server, not by the sender finishing
+        assert generated(policy) == before and policy.model_info().weights_version == 0
+        policy.stub.UpdateWeights(iter(chunks), timeout=30)  # and the next push is taken
+        assert policy.model_info().weights_version == 9
+
+
 def test_no_generate_mixes_two_versions(policy, original):
     """Greedy output identifies the weights: each sample must match the version it reports."""
     expected = {0: generated(policy)[0]}

@@ -25,3 +25,11 @@ def misbehaving(prompts: list[str], responses: list[str]):
 
 
 NOT_A_FUNCTION = 42
+
+
+def slow_length(prompts: list[str], responses: list[str]) -> list[float]:
+    """length_reward, at 0.1 s a batch: a server that a burst of clients can overload."""
+    import time
+
+    time.sleep(0.1)
+    return length_reward(prompts, responses)

@@ -86,3 +86,39 @@ def test_bad_function_specs_are_one_line_errors(tmp_path):
         out = subprocess.run([*RLHF, "serve", "reward", *args], capture_output=True, text=True, timeout=120)
         assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_admission_control_answers_resource_exhausted_at_once_and_clients_retry(tmp_path):
+    """--max-queue 8 against bursts of 4-item requests: the server answers OK or RESOURCE_EXHAUSTED, never
+    DEADLINE_EXCEEDED; the project's client backs off and retries until it is served."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlhf.v1 import reward_pb2, reward_pb2_grpc
+
+    args = ["serve", "reward", "--function", f"{FUNCTIONS}:slow_length", "--max-queue", "8", "--max-batch-size", "4",
+            "--max-items-per-request", "4", "--max-wait-ms", "0"]
+    with CliServer(args, log_path=tmp_path / "reward.log") as server:
+        request = reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(prompt="p", response="abc")] * 4)
+
+        def raw_call(_):  # a plain channel: no retry policy, so the server's own answer shows
+            with grpc.insecure_channel(server.target) as channel:
+                try:
+                    reward_pb2_grpc.RewardScoringStub(channel).Score(request, timeout=20)
+                    return grpc.StatusCode.OK, ""
+                except grpc.RpcError as err:
+                    return err.code(), err.details()
+
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(raw_call, range(32)))
+        codes = {code for code, _ in answers}
+        assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, answers
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
+        refused = next(details for code, details in answers if code == grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert "items queued" in refused and "limit of 8" in refused
+
+        def client_call(_):
+            with RewardClient(server.target, timeout=20) as client:
+                return client.score([("p", "abc")] * 4)
+
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(client_call, range(6))) == [[3.0] * 4] * 6

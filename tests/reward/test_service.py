@@ -125,9 +125,9 @@ def test_bad_requests_get_clear_statuses_and_the_server_keeps_serving(server):
         assert f"limit of {MAX_ITEMS} items" in details
         huge = reward_pb2.ScoreItem(prompt="x" * (2 * 1024 * 1024), response=" cats.")
         _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, score, reward_pb2.ScoreRequest(items=[huge]))
-        with grpc.insecure_channel(server.target) as channel:  # a prompt that is not UTF-8: grpc's decode error
+        with grpc.insecure_channel(server.target) as channel:  # a prompt that is not UTF-8: a decode error
             raw = channel.unary_unary("/rlhf.v1.RewardScoring/Score")
-            assert "bad UTF-8" in _expect(grpc.StatusCode.UNKNOWN, raw, b"\x0a\x03\x0a\x01\xff", 30)
+            assert "bad UTF-8" in _expect(grpc.StatusCode.INVALID_ARGUMENT, raw, b"\x0a\x03\x0a\x01\xff", 30)
         assert len(score(reward_pb2.ScoreRequest(items=[item])).scores) == 1
 
 

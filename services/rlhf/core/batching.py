@@ -37,6 +37,11 @@ class BatcherClosed(RuntimeError):
     """The batcher is shutting down and takes no new work."""
 
 
+class QueueFull(RuntimeError):
+    """Admission control: the items would take the queue past its bound (the service answers
+    RESOURCE_EXHAUSTED at once, and clients back off and retry)."""
+
+
 class DynamicBatcher(Generic[In, Out]):
     """Runs `process(items) -> outputs` on batches merged across concurrent `submit` calls.
 
@@ -55,6 +60,7 @@ class DynamicBatcher(Generic[In, Out]):
         length_of: Callable[[In], int] = lambda _: 1,
         group_of: Callable[[In], Hashable] = lambda _: None,
         concurrency: int = 1,
+        max_queue: int | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -64,6 +70,7 @@ class DynamicBatcher(Generic[In, Out]):
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
         self.length_of, self.group_of = length_of, group_of
         self.concurrency = concurrency
+        self.max_queue = max_queue  # most items waiting for a batch (None: unbounded)
         self._pending: list[_Pending[In]] = []
         self._group_sizes: Counter[Hashable] = Counter()
         self._wakeup: asyncio.Event | None = None
@@ -78,6 +85,9 @@ class DynamicBatcher(Generic[In, Out]):
         """Queue items and wait for their outputs, in order."""
         if self._closed:
             raise BatcherClosed(f"{self.name} batcher is closed")
+        if self.max_queue is not None and len(self._pending) + len(items) > self.max_queue:
+            raise QueueFull(f"{self.name} is overloaded: {len(self._pending)} items queued, {len(items)} more would "
+                            f"pass its limit of {self.max_queue} (--max-queue); retry with backoff")
         self._ensure_started()
         loop = asyncio.get_running_loop()
         entries = [_Pending(it, self.length_of(it), self.group_of(it), loop.create_future()) for it in items]

@@ -32,7 +32,8 @@ def _service_config(max_attempts: int) -> str:
             "initialBackoff": "0.2s",
             "maxBackoff": "5s",
             "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
+            # RESOURCE_EXHAUSTED: a server's admission control (--max-queue) refused the call for now
+            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
         }
     } if max_attempts >= 2 else {}
     return json.dumps(

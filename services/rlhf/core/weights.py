@@ -8,6 +8,7 @@ state dict, so the caller can apply it all or nothing.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -99,6 +100,11 @@ def specs_of(state_dict: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
     return {name: (t.dtype, tuple(t.shape)) for name, t in state_dict.items()}
 
 
+def expected_bytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    """The bytes of a dense tensor of this dtype and shape."""
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
 class WeightStreamAssembler:
     """Collects chunks into tensors, checking each against the expected names, dtypes and shapes."""
 
@@ -173,6 +179,16 @@ class WeightStreamAssembler:
         if self._specs.setdefault(chunk.name, spec) != spec:
             raise WeightStreamError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"{chunk.name}: dtype or shape changed mid-tensor"
+            )
+        # Checked before any buffer is allocated: a forged total_bytes (negative, 1 TiB) must not become memory.
+        if any(d < 0 for d in spec[1]):
+            raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, f"{chunk.name}: negative shape {list(spec[1])}")
+        size = expected_bytes(*spec)
+        if chunk.total_bytes != size:
+            raise WeightStreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{chunk.name}: total_bytes {chunk.total_bytes} is not {size}, the size of a {dtype_name(spec[0])} "
+                f"tensor of shape {list(spec[1])}",
             )
 
     def _commit(self, num_tensors: int) -> None:

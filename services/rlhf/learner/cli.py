@@ -62,7 +62,8 @@ def add_service_security_arguments(parser) -> None:
 
 
 def connect_services(config, args: argparse.Namespace):
-    """gRPC clients for every service, with the per-call deadline at --service-timeout."""
+    """gRPC clients for every service, with the per-call deadline at --rpc-timeout (retried within
+    --service-timeout)."""
     import dataclasses
 
     from rlhf.core.client import ClientOptions, resolve_replicas, split_target
@@ -74,7 +75,7 @@ def connect_services(config, args: argparse.Namespace):
     from rlhf.reward.client import RewardClient
 
     options = ClientOptions(
-        timeout=config.service_timeout, auth_token=read_secret(args.auth_token_file), tls_ca=args.service_tls_ca,
+        timeout=config.rpc_timeout, auth_token=read_secret(args.auth_token_file), tls_ca=args.service_tls_ca,
         tls_cert=getattr(args, "service_tls_cert", None), tls_key=getattr(args, "service_tls_key", None),
     )
     if bool(options.tls_cert) != bool(options.tls_key):

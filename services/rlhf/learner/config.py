@@ -59,7 +59,11 @@ class PPOConfig:
     max_staleness: int = 0
     """how many weight versions behind a sample may be and still be trained on"""
     service_timeout: float = 300.0
-    """seconds to keep retrying a service that is UNAVAILABLE or past its deadline before giving up"""
+    """the retry budget: seconds to keep retrying a service that is UNAVAILABLE or past its deadline before
+    giving up"""
+    rpc_timeout: float = 120.0
+    """the deadline of each call to a service (Generate, Score, LogProbs, UpdateWeights): a call that hangs
+    fails DEADLINE_EXCEEDED after this long and is retried within --service-timeout"""
     connect_timeout: float = 5.0
     """at start, before any model loads: seconds for each service's address to answer before the run
     fails (raise it where services may start after the learner)"""
@@ -198,6 +202,7 @@ def validate(config: PPOConfig) -> PPOConfig:
         (config.importance_cap == 0 or config.importance_cap >= 1, "--importance-cap must be 0 (off) or >= 1"),
         (config.save_every > 0, "--save-every must be positive"),
         (config.service_timeout > 0, "--service-timeout must be positive"),
+        (config.rpc_timeout > 0, "--rpc-timeout must be positive"),
         (config.connect_timeout > 0, "--connect-timeout must be positive"),
         (0 < config.lam <= 1 and 0 < config.gamma <= 1, "--gamma and --lam must lie in (0, 1]"),
     ]

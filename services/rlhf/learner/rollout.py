@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,11 @@ from rlhf.learner.state import TrainState
 
 log = logging.getLogger("rlhf.learner")
 
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# RESOURCE_EXHAUSTED: an overloaded service's admission control (--max-queue); backed off like the others
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+_JITTER = random.Random()  # its own generator: the run's seeded `random` state stays untouched (resume)
 
 
 class ServiceDown(Exception):
@@ -60,7 +65,7 @@ def with_retries(what: str, timeout: float, fn: Callable, *args, wait_ready: Cal
                     f"{what} did not answer for {timeout:.0f}s (--service-timeout): {err.code().name}: {err.details()}"
                 ) from err
             log.warning("retrying", extra={"service": what, "code": err.code().name, "delay_s": delay})
-            sleep_unless(abort, delay)
+            sleep_unless(abort, delay * _JITTER.uniform(0.5, 1.0))  # jitter: retries from many callers spread out
             delay = min(2 * delay, 5.0)
             if wait_ready is not None and not abort():
                 with contextlib.suppress(TimeoutError, grpc.RpcError):

@@ -41,10 +41,16 @@ def register(commands) -> None:
     serve.add_argument("--learner", default=None,
                        help="learner HOST:PORT: pull its current weights at start (replicas added mid-run)")
     serve.add_argument("--learner-auth-token-file", default=None, help="bearer token for the learner, if it wants one")
+    serve.add_argument("--weights-stream-timeout", type=float, default=60.0,
+                       help="seconds an UpdateWeights stream may go without a chunk before it is cut "
+                       "(DEADLINE_EXCEEDED), the served weights untouched")
     serve.add_argument("--max-batch-size", type=int, default=32, help="most samples decoded together (default 32)")
     serve.add_argument("--max-wait-ms", type=float, default=50.0,
                        help="longest a request waits for its batch to fill (default 50)")
     serve.add_argument("--max-items-per-request", type=int, default=1024, help="most prompts x n in one request")
+    serve.add_argument("--max-queue", type=int, default=16384,
+                       help="admission control: most rows (prompts x n) waiting for a batch; a request that would "
+                       "pass it is answered RESOURCE_EXHAUSTED at once (clients back off and retry)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     serve.add_argument("--dtype", default="float32",
                        help="auto, float32, bfloat16 or float16 (default float32: what the learner sends)")
@@ -99,11 +105,16 @@ def _serve(args: argparse.Namespace) -> int:
     from rlhf.core.server import ServerOptions, serve
     from rlhf.policy.service import PolicyService, PolicyServiceConfig, keep_freed_memory
 
+    if args.max_queue < args.max_items_per_request:
+        from rlhf.core.errors import UserError
+
+        raise UserError("--max-queue must be at least --max-items-per-request")
     keep_freed_memory()
     config = PolicyServiceConfig(
         model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, max_items_per_request=args.max_items_per_request, learner=args.learner,
-        learner_auth_token_file=args.learner_auth_token_file,
+        learner_auth_token_file=args.learner_auth_token_file, weights_stream_timeout=args.weights_stream_timeout,
+        max_queue=args.max_queue,
     )
     return serve(PolicyService(config), ServerOptions.from_args(args))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import Counter
 
-from rlhf.core.batching import BatcherClosed, DynamicBatcher
+from rlhf.core.batching import BatcherClosed, DynamicBatcher, QueueFull
 from rlhf.core.checks import InvalidRequest
 from rlhf.core.client import BaseClient, ClientOptions
 from rlhf.core.errors import UserError
@@ -45,9 +45,11 @@ class PolicyServiceConfig:
     # let clients that were slow to send their next request split into two half-full batches for good.
     max_wait_ms: float = 50.0
     max_items_per_request: int = 1024  # prompts x n
+    max_queue: int = 16384  # admission control: most rows waiting for a batch; beyond, RESOURCE_EXHAUSTED
     learner: str | None = None  # HOST:PORT to pull the current weights from at start
     learner_auth_token_file: str | None = None
     learner_timeout: float = 300.0
+    weights_stream_timeout: float = 60.0  # an UpdateWeights stream with no chunk for this long is cut
 
 
 def keep_freed_memory() -> None:
@@ -80,6 +82,22 @@ def pull_weights(target: str, policy: PolicyModel, token: str | None, timeout: f
         return assembler.finish()
 
 
+async def until_stalled(chunks, timeout: float):
+    """The stream's chunks; WeightStreamError (DEADLINE_EXCEEDED) once none arrives for `timeout` seconds, so a
+    sender that hangs cannot hold the receive lock (and a half-filled receive area) forever."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(iterator), timeout)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise WeightStreamError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"the weight stream stalled: no chunk for {timeout:g}s "
+                                    "(--weights-stream-timeout); nothing was applied") from None
+        yield chunk
+
+
 class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
     name = "policy"
     service_names = ("rlhf.v1.PolicyInference",)
@@ -105,7 +123,7 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
             await self._pull_from_learner(policy)
         self.batcher = DynamicBatcher(
             policy.generate_rows, name="policy", max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
-            length_of=lambda row: len(row.prompt_ids), group_of=lambda row: row.settings,
+            length_of=lambda row: len(row.prompt_ids), group_of=lambda row: row.settings, max_queue=c.max_queue,
         )
         self.policy = policy  # last: until now every RPC answers UNAVAILABLE
         log.info("policy loaded", extra={"model": c.model, "weights_version": policy.version,
@@ -151,6 +169,8 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         try:
             results = await self.batcher.submit(rows)
+        except QueueFull as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
         except BatcherClosed as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
         except Exception as err:  # noqa: BLE001 - a model failure is the server's fault, not the caller's
@@ -165,7 +185,7 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
         async with self._receiving:
             assembler = WeightStreamAssembler(policy.specs, self._receive_area)
             try:
-                async for chunk in request_iterator:
+                async for chunk in until_stalled(request_iterator, self.config.weights_stream_timeout):
                     assembler.add(chunk)
                 version, tensors = assembler.finish()
             except WeightStreamError as err:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from rlhf.core.batching import BatcherClosed, DynamicBatcher
+from rlhf.core.batching import BatcherClosed, DynamicBatcher, QueueFull
 from rlhf.core.checks import InvalidRequest
 from rlhf.reference.model import ReferenceModel
 from rlhf.v1 import reference_pb2, reference_pb2_grpc
@@ -30,6 +30,7 @@ class ReferenceServiceConfig:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     max_items_per_request: int = 1024
+    max_queue: int = 16384  # admission control: most pairs waiting for a batch; beyond, RESOURCE_EXHAUSTED
 
 
 class ReferenceService(reference_pb2_grpc.ReferencePolicyServicer):
@@ -51,7 +52,7 @@ class ReferenceService(reference_pb2_grpc.ReferencePolicyServicer):
         self.model_version = reference.info().model_version
         self.batcher = DynamicBatcher(
             reference.logprobs, name="reference", max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
-            length_of=lambda item: len(item[0]) + len(item[1]),
+            length_of=lambda item: len(item[0]) + len(item[1]), max_queue=c.max_queue,
         )
         self.reference = reference  # last: until now every RPC answers UNAVAILABLE
         log.info("reference loaded", extra={"model": c.model, "device": str(reference.model.device)})
@@ -77,6 +78,8 @@ class ReferenceService(reference_pb2_grpc.ReferencePolicyServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         try:
             rows = await self.batcher.submit(items)
+        except QueueFull as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
         except BatcherClosed as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
         except Exception as err:  # noqa: BLE001 - a model failure is the server's fault, not the caller's

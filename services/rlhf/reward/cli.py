@@ -65,6 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
         check_model_path(config.model)
     if min(config.max_batch_size, config.max_items_per_request, config.instances) < 1 or config.max_wait_ms < 0:
         raise UserError("--max-batch-size, --max-items-per-request and --instances must be >= 1, --max-wait-ms >= 0")
+    if config.max_queue < config.max_items_per_request:
+        raise UserError("--max-queue must be at least --max-items-per-request")
     return serve(RewardService(config), ServerOptions.from_args(args))
 
 

@@ -59,6 +59,9 @@ class RewardServiceConfig:
     """longest an item waits for its batch to fill"""
     max_items_per_request: int = 1024
     """larger requests are refused with INVALID_ARGUMENT"""
+    max_queue: int = 16384
+    """admission control: most items waiting for a batch; a request that would pass it is answered
+    RESOURCE_EXHAUSTED at once (clients back off and retry), so an overloaded server's memory stays flat"""
     instances: int = 1
     """model copies, each in its own process, running batches concurrently (on CPU each gets cpus/instances
     torch threads)"""

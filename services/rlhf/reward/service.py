@@ -19,7 +19,7 @@ import logging
 
 import grpc
 
-from rlhf.core.batching import BatcherClosed, DynamicBatcher
+from rlhf.core.batching import BatcherClosed, DynamicBatcher, QueueFull
 from rlhf.core.metrics import TRUNCATED_INPUTS
 from rlhf.reward.config import RewardServiceConfig
 from rlhf.reward.function import FunctionScorer, RewardFunctionFailed
@@ -57,6 +57,7 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
             # Buckets by characters: tokens are only known once the batch is tokenized.
             length_of=lambda item: len(item[0]) + len(item[1]),
             concurrency=1 if config.function else config.instances,
+            max_queue=config.max_queue,
         )
         log.info("reward model loaded", extra={"model": config.model or f"function:{config.function}",
                                               "device": self.worker.device,
@@ -81,6 +82,8 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
             )
         try:
             results = await self.batcher.submit([(item.prompt, item.response) for item in request.items])
+        except QueueFull as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
         except BatcherClosed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         except WorkerDied as err:  # the pool restarts it; a retry will be served
