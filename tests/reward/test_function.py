@@ -122,3 +122,40 @@ def test_admission_control_answers_resource_exhausted_at_once_and_clients_retry(
 
         with ThreadPoolExecutor(6) as pool:
             assert list(pool.map(client_call, range(6))) == [[3.0] * 4] * 6
+
+
+def test_a_client_under_load_sees_no_error_while_one_of_two_replicas_drains(tmp_path):
+    """Two reward replicas behind one round_robin target; SIGTERM one mid-load: every call still succeeds
+    (in-flight calls finish on the draining one; new calls go to the other, or are retried there)."""
+    import signal
+    import threading
+    import time
+
+    args = ["serve", "reward", "--function", f"{FUNCTIONS}:slow_length", "--max-wait-ms", "0"]
+    with CliServer(args, log_path=tmp_path / "a.log") as a, CliServer(args, log_path=tmp_path / "b.log") as b:
+        target = f"ipv4:{a.target},{b.target}"  # one name, two addresses: gRPC balances over both
+        results, errors, stop = [], [], threading.Event()
+
+        def load():
+            with RewardClient(target, timeout=30) as client:
+                while not stop.is_set():
+                    try:
+                        results.append(client.score([("p", "abcd")]))
+                    except grpc.RpcError as err:
+                        errors.append(f"{err.code().name}: {err.details()}")
+
+        threads = [threading.Thread(target=load) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        before = len(results)
+        a.proc.send_signal(signal.SIGTERM)  # drain: finish in-flight calls, take no new ones, exit
+        assert a.proc.wait(30) == 0
+        time.sleep(1.5)
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in threads), "a call hung"
+        assert not errors, errors[:3]
+        assert before > 0 and len(results) > before + 6  # served throughout, by the replica left after the drain
+        assert all(r == [4.0] for r in results)
