@@ -106,6 +106,8 @@ def test_group_estimators_need_two_samples_per_prompt(tiny_model_dir, synth_dir,
         with pytest.raises(UserError, match="--samples-per-prompt 2 or more"):
             validate(critic_free(tiny_model_dir, synth_dir, tmp_path, estimator, samples_per_prompt=1))
     validate(critic_free(tiny_model_dir, synth_dir, tmp_path, "reinforce++", samples_per_prompt=1))
+    with pytest.raises(UserError, match="--kl-in loss needs --kl-estimator k3"):
+        validate(critic_free(tiny_model_dir, synth_dir, tmp_path, kl_in="loss"))
     with pytest.raises(UserError, match="--num-minibatches"):
         validate(critic_free(tiny_model_dir, synth_dir, tmp_path, samples_per_prompt=2, batch_size=1,
                              num_minibatches=4))

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import time
 
+import grpc
+
 from rlhf.core.server import ServerOptions, ServerThread
 from rlhf.learner.cli import connect_services
 from rlhf.learner.config import PPOConfig
@@ -52,3 +54,24 @@ def test_a_hung_call_is_cut_at_the_rpc_timeout_and_retried_within_the_budget():
             services.close()
     assert scores == [1.0] and service.calls == 2
     assert 1.0 <= elapsed < 10  # one deadline of 1 s, a short backoff, then the answer; not the 60 s hang
+
+
+class FakeError(grpc.RpcError):
+    def __init__(self, code, details):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+def test_only_admission_control_refusals_of_resource_exhausted_are_retried():
+    from rlhf.learner.rollout import retryable
+
+    assert retryable(FakeError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               "reward is overloaded: 8 items queued, limit of 8 (--max-queue); retry with backoff"))
+    assert not retryable(FakeError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max"))
+    assert retryable(FakeError(grpc.StatusCode.UNAVAILABLE, "")) and not retryable(
+        FakeError(grpc.StatusCode.INVALID_ARGUMENT, ""))

@@ -13,6 +13,8 @@ def misbehaving(prompts: list[str], responses: list[str]):
     how = responses[0]
     if how == "raise":
         raise ValueError("no reward for you")
+    if how == "exit":
+        raise SystemExit(3)  # must not take the server down
     if how == "nan":
         return [float("nan")] * len(responses)
     if how == "text":

@@ -44,6 +44,7 @@ def test_a_function_scores_through_the_client_and_the_cli(length_server):
 @pytest.mark.parametrize(("how", "code", "message"), [
     ("raise", grpc.StatusCode.INTERNAL, "the reward function raised ValueError: no reward for you"),
     ("nan", grpc.StatusCode.FAILED_PRECONDITION, "nan at index 0; scores must be finite"),
+    ("exit", grpc.StatusCode.INTERNAL, "the reward function raised SystemExit"),
     ("text", grpc.StatusCode.FAILED_PRECONDITION, "a str ('high') at index 0, not a number"),
     ("short", grpc.StatusCode.FAILED_PRECONDITION, "1 scores for 2 items"),
     ("dict", grpc.StatusCode.FAILED_PRECONDITION, "a dict, not a list of 2 numbers"),
@@ -66,6 +67,10 @@ def test_checked_scores_accepts_numbers_arrays_and_tensors():
     assert checked_scores(torch.tensor([2.0]), 1) == [2.0]
     with pytest.raises(RewardFunctionFailed, match="inf at index 1"):
         checked_scores([0.0, float("inf")], 2)
+    with pytest.raises(RewardFunctionFailed, match="1e[+]300 at index 0; scores must be finite float32"):
+        checked_scores([1e300], 1)  # finite in Python, inf as a proto float
+    with pytest.raises(RewardFunctionFailed, match="at index 0; scores must be finite"):
+        checked_scores([10**400], 1)
     with pytest.raises(RewardFunctionFailed, match="NoneType"):
         checked_scores(None, 1)
 

@@ -37,6 +37,9 @@ class BatcherClosed(RuntimeError):
     """The batcher is shutting down and takes no new work."""
 
 
+QUEUE_FULL_MARK = "(--max-queue)"  # in every QueueFull message: how clients tell overload from other RESOURCE_EXHAUSTED
+
+
 class QueueFull(RuntimeError):
     """Admission control: the items would take the queue past its bound (the service answers
     RESOURCE_EXHAUSTED at once, and clients back off and retry)."""
@@ -87,7 +90,7 @@ class DynamicBatcher(Generic[In, Out]):
             raise BatcherClosed(f"{self.name} batcher is closed")
         if self.max_queue is not None and len(self._pending) + len(items) > self.max_queue:
             raise QueueFull(f"{self.name} is overloaded: {len(self._pending)} items queued, {len(items)} more would "
-                            f"pass its limit of {self.max_queue} (--max-queue); retry with backoff")
+                            f"pass its limit of {self.max_queue} {QUEUE_FULL_MARK}; retry with backoff")
         self._ensure_started()
         loop = asyncio.get_running_loop()
         entries = [_Pending(it, self.length_of(it), self.group_of(it), loop.create_future()) for it in items]

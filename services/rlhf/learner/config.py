@@ -80,7 +80,7 @@ class PPOConfig:
     """subtract this from the score of responses that hit --max-new-tokens without EOS (default off)"""
     kl_in: Literal["reward", "loss"] = "reward"
     """where the KL penalty goes: into the per-token reward (InstructGPT), or into the loss as
-    beta * KL_t, differentiated (GRPO's, best with --kl-estimator k3)"""
+    beta * KL_t, differentiated (GRPO's; needs --kl-estimator k3)"""
     # --- advantages ---
     advantage_estimator: Estimator = "gae"
     """gae: PPO with a value model (critic); the others are critic-free, and build no value model:
@@ -203,6 +203,8 @@ def validate(config: PPOConfig) -> PPOConfig:
         (config.save_every > 0, "--save-every must be positive"),
         (config.service_timeout > 0, "--service-timeout must be positive"),
         (config.rpc_timeout > 0, "--rpc-timeout must be positive"),
+        (config.kl_in == "reward" or config.kl_estimator == "k3",
+         "--kl-in loss needs --kl-estimator k3: k1's gradient in the loss is zero on average"),
         (config.connect_timeout > 0, "--connect-timeout must be positive"),
         (0 < config.lam <= 1 and 0 < config.gamma <= 1, "--gamma and --lam must lie in (0, 1]"),
     ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
+from rlhf.core.batching import QUEUE_FULL_MARK
 from rlhf.core.tensors import parse_dtype
 from rlhf.core.types import GenerationParams, Sample
 from rlhf.core.weights import cast_floating
@@ -28,8 +29,15 @@ from rlhf.learner.state import TrainState
 
 log = logging.getLogger("rlhf.learner")
 
-# RESOURCE_EXHAUSTED: an overloaded service's admission control (--max-queue); backed off like the others
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def retryable(err: grpc.RpcError) -> bool:
+    """UNAVAILABLE, DEADLINE_EXCEEDED, and RESOURCE_EXHAUSTED from a service's admission control (--max-queue);
+    not a RESOURCE_EXHAUSTED for a message over the size limit, which no retry can fix."""
+    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return QUEUE_FULL_MARK in (err.details() or "")
+    return err.code() in RETRYABLE
 
 
 _JITTER = random.Random()  # its own generator: the run's seeded `random` state stays untouched (resume)
@@ -56,7 +64,7 @@ def with_retries(what: str, timeout: float, fn: Callable, *args, wait_ready: Cal
         try:
             return fn(*args)
         except grpc.RpcError as err:
-            if err.code() not in RETRYABLE:
+            if not retryable(err):
                 raise
             if abort():
                 raise ServiceDown(f"{what}: stop requested while the service was unavailable") from err

@@ -64,6 +64,9 @@ def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str
     tokenizer = load_tokenizer(policy_dir or config.model)
     policy = load_policy(policy_dir or config.model, device)
     value = load_value_model(value_dir or config.value_model or config.model, device) if config.uses_critic else None
+    if config.value_model and not config.uses_critic and policy_dir is None:
+        log.warning("--value-model is ignored: a critic-free estimator builds no value model",
+                    extra={"advantage_estimator": config.advantage_estimator})
     trained = [*policy.parameters(), *(value.parameters() if value is not None else ())]
     optimizer = torch.optim.AdamW(trained, lr=config.lr, eps=config.adam_eps)
     # CleanRL's annealing: the learning rate falls linearly to 0 at the last step.

@@ -27,6 +27,7 @@ import grpc
 from rlhf.core.errors import UserError
 from rlhf.v1 import common_pb2
 
+FLOAT32_MAX = 3.4028234663852886e38  # scores travel as proto `float`: larger ones would arrive as inf
 RewardFunction = Callable[[list[str], list[str]], Sequence[float]]
 
 
@@ -87,9 +88,13 @@ def checked_scores(out: object, count: int) -> list[float]:
     for i, value in enumerate(out):
         if not isinstance(value, numbers.Real):
             raise bad(f"a {type(value).__name__} ({value!r:.40}) at index {i}, not a number")
-        if not math.isfinite(value):
-            raise bad(f"{value} at index {i}; scores must be finite")
-        scores.append(float(value))
+        try:
+            score = float(value)
+        except OverflowError:  # an int beyond any float
+            score = math.inf
+        if not math.isfinite(score) or abs(score) > FLOAT32_MAX:
+            raise bad(f"{score:.6g} at index {i}; scores must be finite float32 values")
+        scores.append(score)
     return scores
 
 
@@ -116,7 +121,7 @@ class FunctionScorer:
         prompts, responses = [p for p, _ in items], [r for _, r in items]
         try:
             out = self.fn(prompts, responses)
-        except Exception as err:  # noqa: BLE001 - the function's failure, reported to the caller
+        except BaseException as err:  # noqa: BLE001 - even sys.exit() in the function must not stop the server
             raise RewardFunctionFailed(grpc.StatusCode.INTERNAL,
                                        f"the reward function raised {type(err).__name__}: {err}") from err
         return [(score, False) for score in checked_scores(out, len(items))]
