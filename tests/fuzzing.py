@@ -88,7 +88,14 @@ def mutated(draw, descriptor: pb.Descriptor) -> bytes:
 
 def call(channel: grpc.Channel, service: pb.ServiceDescriptor, method: pb.MethodDescriptor, payload: bytes,
          timeout: float = 60) -> grpc.StatusCode:
-    """Send the request bytes with the method's own cardinality (one message for a streamed request)."""
+    """The status code of `answer`."""
+    return answer(channel, service, method, payload, timeout)[0]
+
+
+def answer(channel: grpc.Channel, service: pb.ServiceDescriptor, method: pb.MethodDescriptor, payload: bytes,
+           timeout: float = 60) -> tuple[grpc.StatusCode, str]:
+    """Send the request bytes with the method's own cardinality (one message for a streamed request);
+    (status code, details) of the answer."""
     kinds = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
              (True, False): channel.stream_unary, (True, True): channel.stream_stream}
     rpc = kinds[(method.client_streaming, method.server_streaming)](f"/{service.full_name}/{method.name}")
@@ -98,5 +105,5 @@ def call(channel: grpc.Channel, service: pb.ServiceDescriptor, method: pb.Method
             for _ in reply:
                 pass
     except grpc.RpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
+        return err.code(), err.details() or ""
+    return grpc.StatusCode.OK, ""

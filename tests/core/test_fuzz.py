@@ -1,5 +1,6 @@
 """Property-based fuzzing of every RPC of every service, the learner's included: generated requests (any
-subset of fields, edge values, NaN) and raw byte mutations. Every answer is a proper status, never UNKNOWN;
+subset of fields, edge values, NaN) and raw byte mutations; and fixed undecodable bytes, which the bootstrap's
+MalformedRequestInterceptor answers INVALID_ARGUMENT. Every answer is a proper status, never UNKNOWN;
 the server keeps serving; a refused weight stream leaves the weights as they were. `benchmarks/fuzz.py`
 runs the same for longer."""
 
@@ -31,6 +32,8 @@ SERVICES = {
     "reward": reward_pb2.DESCRIPTOR.services_by_name["RewardScoring"],
     "learner": learner_pb2.DESCRIPTOR.services_by_name["Learner"],
 }
+# truncated length-delimited field, unterminated tag varint, missing varint value: never a valid message
+GARBAGE_MESSAGES = [b"\x0a\x64\x01", b"\xff\xff\xff\xff", b"\x08"]
 RPCS = [(name, method.name) for name, service in SERVICES.items() for method in service.methods]
 
 
@@ -103,3 +106,13 @@ def test_mutated_bytes_never_get_unknown(running, name, method_name):
         check(running, name, method_name, payload)
 
     property_()
+
+
+@pytest.mark.parametrize(("name", "method_name"), RPCS)
+def test_unparseable_bytes_get_invalid_argument_naming_the_problem(running, name, method_name):
+    _, channels = running
+    service = SERVICES[name]
+    for payload in GARBAGE_MESSAGES:
+        code, details = fuzzing.answer(channels[name], service, service.methods_by_name[method_name], payload)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (payload, code, details)
+        assert "not a valid protobuf message" in details, details

@@ -102,7 +102,7 @@ def specs_of(state_dict: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
 
 def expected_bytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
     """The bytes of a dense tensor of this dtype and shape."""
-    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return math.prod(shape) * dtype.itemsize
 
 
 class WeightStreamAssembler:

@@ -179,7 +179,6 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
         if callable(getattr(reference, "close", None)):
             reference.close()
     ref = dict(zip(items, values.tolist(), strict=True))
-    del reference
 
     before = evaluate(model, eval_set, encoded, ref, config, pad_id)[0] if eval_set else None
     rng = random.Random(config.seed)

@@ -88,7 +88,8 @@ async def until_stalled(chunks, timeout: float):
     iterator = aiter(chunks)
     while True:
         try:
-            chunk = await asyncio.wait_for(anext(iterator), timeout)
+            async with asyncio.timeout(timeout):  # no task per chunk, unlike wait_for
+                chunk = await anext(iterator)
         except StopAsyncIteration:
             return
         except TimeoutError:
