@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.certs import make_ca, make_leaf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -64,28 +65,12 @@ def record_figures(request, seed):
     return record
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _signed(cwd: Path, name: str, ca: str, subject: str, san: str | None = None) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj", f"/CN={subject}",
-             "-out", f"{name}.csr", cwd=cwd)
-    extra = ["-extfile", f"{name}.ext"] if san else []
-    if san:
-        (cwd / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-             "-days", "2", "-out", f"{name}.crt", *extra, cwd=cwd)
-
-
 @pytest.fixture(scope="session")
 def tls_dir(tmp_path_factory) -> Path:
     """Two CAs; a server cert for localhost/127.0.0.1 and a client cert from `ca`, a client cert from `other-ca`."""
     cwd = tmp_path_factory.mktemp("tls")
-    for ca in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
-                 "-days", "2", "-subj", f"/CN={ca}", cwd=cwd)
-    _signed(cwd, "server", "ca", "localhost", san="DNS:localhost,IP:127.0.0.1")
-    _signed(cwd, "client", "ca", "client")
-    _signed(cwd, "stranger", "other-ca", "stranger")
+    ca, other = make_ca(cwd, "ca"), make_ca(cwd, "other-ca")
+    make_leaf(cwd, "server", ca, ("localhost", "127.0.0.1"))
+    make_leaf(cwd, "client", ca)
+    make_leaf(cwd, "stranger", other)
     return cwd

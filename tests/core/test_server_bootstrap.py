@@ -77,6 +77,42 @@ def test_bearer_token_guards_everything_but_health(port, tmp_path):
         assert "rlhf.v1.RewardScoring" in _list_services(channel, metadata=(("authorization", "Bearer s3cret"),))
 
 
+def test_the_health_port_answers_health_in_plaintext_and_nothing_else(port, tls_dir):
+    from rlhf.core.processes import free_port
+
+    service = SlowLoadingService()
+    health_port = free_port()
+    tls = {"tls_cert": str(tls_dir / "server.crt"), "tls_key": str(tls_dir / "server.key"),
+           "tls_client_ca": str(tls_dir / "ca.crt")}
+    server = ServerThread(service, ServerOptions(port=port, health_port=health_port, **tls))
+    starter = threading.Thread(target=server.start)
+    starter.start()
+    with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        assert _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING  # the same states as the main port
+        service.release.set()
+        starter.join(30)
+        assert server.health_port == health_port
+        assert _health(channel, "rlhf.v1.RewardScoring") == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as info:  # reflection, and every model RPC, only behind TLS
+            _list_services(channel)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as info:
+        _health(channel)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # the main port still wants mTLS
+    server.stop()
+    with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel, pytest.raises(grpc.RpcError):
+        _health(channel)  # stopped with the server
+
+
+def test_a_taken_health_port_fails_to_start_naming_it(port):
+    service = SlowLoadingService()
+    service.release.set()
+    with ServerThread(service, ServerOptions(port=port)), pytest.raises(UserError) as info:
+        ServerThread(SlowLoadingService(), ServerOptions(port=0, health_port=port)).start(timeout=30)
+    assert str(info.value) == f"port {port} is in use (--health-port)"
+
+
 def test_taken_port_fails_to_start(port):
     service = SlowLoadingService()
     service.release.set()

@@ -9,6 +9,13 @@ import pytest
 from tests.learner.test_learner_acceptance import rlhf
 
 
+@pytest.fixture
+def untrained(tiny_model_dir, synth_dir) -> SimpleNamespace:
+    """The tiny model as SFT, reference, reward (random head) and critic: enough to exercise faults."""
+    return SimpleNamespace(sft=tiny_model_dir, rm=tiny_model_dir, prompts=synth_dir / "prompts.jsonl",
+                           pretrain=synth_dir / "pretrain.jsonl")
+
+
 @pytest.fixture(scope="session")
 def trained(tiny_model_dir, synth_dir, tmp_path_factory, seed) -> SimpleNamespace:
     """SFT and reward models trained through the CLI on the synthetic task (one epoch each)."""

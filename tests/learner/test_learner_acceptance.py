@@ -40,13 +40,6 @@ def rlhf(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture
-def untrained(tiny_model_dir, synth_dir) -> SimpleNamespace:
-    """The tiny model as SFT, reference, reward (random head) and critic: enough to exercise faults."""
-    return SimpleNamespace(sft=tiny_model_dir, rm=tiny_model_dir, prompts=synth_dir / "prompts.jsonl",
-                           pretrain=synth_dir / "pretrain.jsonl")
-
-
 class Run:
     """Three services (n policy replicas) as processes, and `rlhf train ppo` against them."""
 

@@ -194,9 +194,10 @@ class WeightsOnlyLearner(learner_pb2_grpc.LearnerServicer):
     name = "learner"
     service_names = ("rlhf.v1.Learner",)
 
-    def __init__(self, weights, version, release: threading.Event | None = None):
+    def __init__(self, weights, version, release: threading.Event | None = None, stall_after: int | None = None):
         self.weights, self.version = weights, version
         self.release = release  # GetWeights waits for it, when given
+        self.stall_after = stall_after  # GetWeights hangs after this many chunks, when given
 
     def add_to_server(self, server):
         learner_pb2_grpc.add_LearnerServicer_to_server(self, server)
@@ -210,7 +211,9 @@ class WeightsOnlyLearner(learner_pb2_grpc.LearnerServicer):
     async def GetWeights(self, request, context):
         if self.release is not None:
             await asyncio.to_thread(self.release.wait, 30)
-        for chunk in weight_chunks(self.weights, self.version):
+        for i, chunk in enumerate(weight_chunks(self.weights, self.version)):
+            if i == self.stall_after:
+                await asyncio.sleep(60)
             yield chunk
 
 
@@ -230,6 +233,20 @@ def test_unreachable_learner_leaves_the_model_dir_weights_as_version_0(tiny_mode
     with ServerThread(PolicyService(config), ServerOptions(port=0)) as policy_port, \
             PolicyClient(f"127.0.0.1:{policy_port}") as policy:
         assert generated(policy)[1] == 0
+
+
+def test_a_stalled_weight_pull_is_cut_and_the_replica_serves_its_model_dir(tiny_model_dir, original):
+    import time
+
+    learner = WeightsOnlyLearner({**original, **eos_weights(original)}, version=5, stall_after=1)
+    with ServerThread(learner, ServerOptions(port=0)) as learner_port:
+        config = PolicyServiceConfig(model=str(tiny_model_dir), device="cpu", learner=f"127.0.0.1:{learner_port}",
+                                     learner_timeout=300, weights_stream_timeout=1)
+        start = time.monotonic()
+        with ServerThread(PolicyService(config), ServerOptions(port=0)) as port, \
+                PolicyClient(f"127.0.0.1:{port}") as policy:
+            assert time.monotonic() - start < 30  # the stall timeout ended the pull, not the 300 s overall one
+            assert policy.model_info().weights_version == 0 and generated(policy)[1] == 0
 
 
 def test_replica_still_loading_answers_unavailable_then_serves(tiny_model_dir, original, port):

@@ -36,11 +36,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServiceProcess:
     """`rlhf <args> --host 127.0.0.1 --port N` in a subprocess, its output in log_path."""
 
-    def __init__(self, args: list[str], log_path: Path | None = None, env: dict | None = None, name: str = ""):
+    def __init__(self, args: list[str], log_path: Path | None = None, env: dict | None = None, name: str = "",
+                 health_port: bool = False):
         self.args = args
         self.name = name or (args[1] if len(args) > 1 else args[0])
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
+        # With health_port, health is asked on its own plaintext port (--health-port), as kubelet does when
+        # the main port wants TLS; otherwise on the main port.
+        self.health_port = free_port() if health_port else None
         self.log_path = Path(log_path) if log_path else None
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
@@ -48,7 +52,8 @@ class ServiceProcess:
     def start(self, timeout: float = 120.0) -> ServiceProcess:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
         self.proc = subprocess.Popen(
-            [*RLHF_COMMAND, *self.args, "--host", "127.0.0.1", "--port", str(self.port)],
+            [*RLHF_COMMAND, *self.args, "--host", "127.0.0.1", "--port", str(self.port),
+             *(["--health-port", str(self.health_port)] if self.health_port else [])],
             stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
             preexec_fn=die_with_parent,
         )
@@ -61,7 +66,7 @@ class ServiceProcess:
         from rlhf.core.client import wait_until_serving
 
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{self.health_port}" if self.health_port else self.target) as channel:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}:\n{self.logs()}")

@@ -59,6 +59,7 @@ class ServerOptions:
     port: int = 0
     max_message_mb: float = 64.0
     metrics_port: int | None = None
+    health_port: int | None = None  # plaintext grpc.health.v1 only, for kubelet probes when the main port has TLS
     auth_token_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -78,6 +79,13 @@ class ServerOptions:
             type=int,
             default=int(env("RLHF_METRICS_PORT")) if env("RLHF_METRICS_PORT") else None,
             help="serve Prometheus /metrics on this port (off by default; env RLHF_METRICS_PORT)",
+        )
+        g.add_argument(
+            "--health-port",
+            type=int,
+            default=int(env("RLHF_HEALTH_PORT")) if env("RLHF_HEALTH_PORT") else None,
+            help="also serve grpc.health.v1, and nothing else, in plaintext on this port: kubelet's gRPC probes "
+            "cannot speak TLS (off by default; env RLHF_HEALTH_PORT)",
         )
         g.add_argument("--grace-seconds", type=float, default=30.0, help="how long shutdown waits for in-flight RPCs")
         s = parser.add_argument_group("security (off by default)")
@@ -101,6 +109,7 @@ class ServerOptions:
             port=args.port,
             max_message_mb=args.max_message_mb,
             metrics_port=args.metrics_port,
+            health_port=args.health_port,
             auth_token_file=args.auth_token_file,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -128,8 +137,10 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
 class RunningServer:
     """A started server: its port, and a graceful stop."""
 
-    def __init__(self, server: grpc.aio.Server, service: Service, health_servicer, port: int, grace: float):
+    def __init__(self, server: grpc.aio.Server, service: Service, health_servicer, port: int, grace: float,
+                 health_server: grpc.aio.Server | None = None, health_port: int | None = None):
         self.server, self.service, self.health, self.port, self.grace = server, service, health_servicer, port, grace
+        self.health_server, self.health_port = health_server, health_port
 
     async def set_serving(self) -> None:
         for name in ["", *self.service.service_names]:
@@ -140,6 +151,8 @@ class RunningServer:
         log.info("shutting down", extra={"service": self.service.name, "grace_s": self.grace})
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.service.close()
         log.info("stopped", extra={"service": self.service.name})
 
@@ -190,23 +203,50 @@ async def start_server(service: Service, options: ServerOptions) -> RunningServe
     except RuntimeError as err:
         raise UserError(f"cannot listen on {address}: {err}") from err
     await server.start()
+    try:
+        health_server, health_port = await start_health_server(health_servicer, options)
+    except BaseException:
+        await server.stop(0)
+        raise
     if options.metrics_port is not None:
         metrics_port = start_metrics_server(options.metrics_port)
         log.info("metrics endpoint up", extra={"metrics_port": metrics_port})
     log.info(
         "listening",
         extra={"service": service.name, "host": options.host, "port": port, "tls": bool(credentials),
-               "auth": bool(token)},
+               "auth": bool(token), "health_port": health_port},
     )
-    running = RunningServer(server, service, health_servicer, port, options.grace_seconds)
+    running = RunningServer(server, service, health_servicer, port, options.grace_seconds, health_server, health_port)
     try:
         await service.load()
     except BaseException:
         await server.stop(0)
+        if health_server is not None:
+            await health_server.stop(0)
         raise
     await running.set_serving()
     log.info("serving", extra={"service": service.name, "port": port})
     return running
+
+
+async def start_health_server(health_servicer, options: ServerOptions) -> tuple[grpc.aio.Server | None, int | None]:
+    """With --health-port: a second, plaintext server that carries grpc.health.v1 and nothing else, sharing the
+    main server's health states. Kubelet's gRPC probes cannot present a certificate, so with mTLS on the main
+    port they probe here; no model RPC is reachable without TLS."""
+    if options.health_port is None:
+        return None, None
+    try:
+        check_port_free(options.host, options.health_port)
+    except UserError as err:
+        raise UserError(f"{err} (--health-port)") from None
+    server = grpc.aio.server(interceptors=[MalformedRequestInterceptor()], options=grpc_options(64 * 1024))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        port = server.add_insecure_port(f"{options.host}:{options.health_port}")
+    except RuntimeError as err:
+        raise UserError(f"cannot listen on {options.host}:{options.health_port} (--health-port): {err}") from err
+    await server.start()
+    return server, port
 
 
 async def _serve_until_signalled(service: Service, options: ServerOptions) -> None:
@@ -235,6 +275,7 @@ class ServerThread:
     def __init__(self, service: Service, options: ServerOptions):
         self.service, self.options = service, options
         self.port: int | None = None
+        self.health_port: int | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._running: RunningServer | None = None
         self._ready = threading.Event()
@@ -250,7 +291,7 @@ class ServerThread:
         self._stop = asyncio.Event()
         try:
             self._running = await start_server(self.service, self.options)
-            self.port = self._running.port
+            self.port, self.health_port = self._running.port, self._running.health_port
         except BaseException as err:  # noqa: BLE001 - handed to the starting thread
             self._error = err
             self._ready.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def register(commands) -> None:
@@ -55,10 +56,14 @@ def add_service_security_arguments(parser) -> None:
     parser._option_string_actions["--auth-token-file"].help = (
         "bearer token file: required on every RPC to this learner's control API, and sent on the learner's own "
         "calls to the policy, reward and reference services (env RLHF_AUTH_TOKEN_FILE)")
-    parser.add_argument("--service-tls-ca", default=None, help="CA certificate: reach the services over TLS")
-    parser.add_argument("--service-tls-cert", default=None,
-                        help="client certificate, PEM: mTLS to services that require one (with --service-tls-key)")
-    parser.add_argument("--service-tls-key", default=None, help="client private key, PEM, for --service-tls-cert")
+    env = os.environ.get
+    parser.add_argument("--service-tls-ca", default=env("RLHF_TLS_CA"),
+                        help="CA certificate: reach the services over TLS (env RLHF_TLS_CA)")
+    parser.add_argument("--service-tls-cert", default=env("RLHF_TLS_CLIENT_CERT"),
+                        help="client certificate, PEM: mTLS to services that require one (with --service-tls-key; "
+                        "env RLHF_TLS_CLIENT_CERT)")
+    parser.add_argument("--service-tls-key", default=env("RLHF_TLS_CLIENT_KEY"),
+                        help="client private key, PEM, for --service-tls-cert (env RLHF_TLS_CLIENT_KEY)")
 
 
 def connect_services(config, args: argparse.Namespace):

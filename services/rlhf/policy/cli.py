@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 DEFAULT_PORT = 50052
 
@@ -41,9 +42,16 @@ def register(commands) -> None:
     serve.add_argument("--learner", default=None,
                        help="learner HOST:PORT: pull its current weights at start (replicas added mid-run)")
     serve.add_argument("--learner-auth-token-file", default=None, help="bearer token for the learner, if it wants one")
+    env = os.environ.get
+    serve.add_argument("--learner-tls-ca", default=env("RLHF_TLS_CA"),
+                       help="CA of the learner's certificate: pull over TLS (env RLHF_TLS_CA)")
+    serve.add_argument("--learner-tls-cert", default=env("RLHF_TLS_CLIENT_CERT"),
+                       help="client certificate for a learner that requires mTLS (env RLHF_TLS_CLIENT_CERT)")
+    serve.add_argument("--learner-tls-key", default=env("RLHF_TLS_CLIENT_KEY"),
+                       help="client key for --learner-tls-cert (env RLHF_TLS_CLIENT_KEY)")
     serve.add_argument("--weights-stream-timeout", type=float, default=60.0,
-                       help="seconds an UpdateWeights stream may go without a chunk before it is cut "
-                       "(DEADLINE_EXCEEDED), the served weights untouched")
+                       help="seconds a weight stream may go without a chunk before it is cut, the served weights "
+                       "untouched: an UpdateWeights push (DEADLINE_EXCEEDED) or the start-up GetWeights pull")
     serve.add_argument("--max-batch-size", type=int, default=32, help="most samples decoded together (default 32)")
     serve.add_argument("--max-wait-ms", type=float, default=50.0,
                        help="longest a request waits for its batch to fill (default 50)")
@@ -102,20 +110,22 @@ def _train_dpo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from rlhf.core.errors import UserError
     from rlhf.core.server import ServerOptions, serve
     from rlhf.policy.service import PolicyService, PolicyServiceConfig, keep_freed_memory
 
     if args.max_queue < args.max_items_per_request:
-        from rlhf.core.errors import UserError
-
         raise UserError("--max-queue must be at least --max-items-per-request")
     keep_freed_memory()
     config = PolicyServiceConfig(
         model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, max_items_per_request=args.max_items_per_request, learner=args.learner,
         learner_auth_token_file=args.learner_auth_token_file, weights_stream_timeout=args.weights_stream_timeout,
-        max_queue=args.max_queue,
+        max_queue=args.max_queue, learner_tls_ca=args.learner_tls_ca, learner_tls_cert=args.learner_tls_cert,
+        learner_tls_key=args.learner_tls_key,
     )
+    if bool(config.learner_tls_cert) != bool(config.learner_tls_key):
+        raise UserError("--learner-tls-cert and --learner-tls-key go together")
     return serve(PolicyService(config), ServerOptions.from_args(args))
 
 

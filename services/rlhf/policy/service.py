@@ -10,10 +10,12 @@ swap runs on the batcher's model thread between batches, so no Generate mixes tw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import logging
 import sys
+import threading
 from dataclasses import dataclass
 
 import grpc
@@ -48,7 +50,10 @@ class PolicyServiceConfig:
     max_queue: int = 16384  # admission control: most rows waiting for a batch; beyond, RESOURCE_EXHAUSTED
     learner: str | None = None  # HOST:PORT to pull the current weights from at start
     learner_auth_token_file: str | None = None
-    learner_timeout: float = 300.0
+    learner_tls_ca: str | None = None  # the learner's CA: pull over TLS
+    learner_tls_cert: str | None = None  # this replica's client certificate, for a learner that wants mTLS
+    learner_tls_key: str | None = None
+    learner_timeout: float = 300.0  # the whole pull; a stall (no chunk for weights_stream_timeout) ends it sooner
     weights_stream_timeout: float = 60.0  # an UpdateWeights stream with no chunk for this long is cut
 
 
@@ -70,16 +75,44 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 2**31 - 1)  # ...which is never trimmed
 
 
-def pull_weights(target: str, policy: PolicyModel, token: str | None, timeout: float) -> tuple[int, dict]:
-    """(version, state dict) from the learner's GetWeights stream, checked against the model."""
-    with BaseClient(target, ClientOptions(timeout=timeout, auth_token=token)) as learner:
+def pull_weights(target: str, policy: PolicyModel, options: ClientOptions, stall_timeout: float) -> tuple[int, dict]:
+    """(version, state dict) from the learner's GetWeights stream, checked against the model. A stream that
+    goes `stall_timeout` seconds without a chunk is cancelled (grpc.RpcError CANCELLED), as is one that
+    outlasts options.timeout (DEADLINE_EXCEEDED)."""
+    with BaseClient(target, options) as learner:
         stream = learner_pb2_grpc.LearnerStub(learner.channel).GetWeights(
             learner_pb2.GetWeightsRequest(dtype=dtype_name(policy.model.dtype)), **learner.call_kwargs()
         )
         assembler = WeightStreamAssembler(policy.specs)
-        for chunk in stream:
-            assembler.add(chunk)
+        with cancelled_when_stalled(stream, stall_timeout) as progress:
+            for chunk in stream:
+                progress.set()
+                assembler.add(chunk)
         return assembler.finish()
+
+
+@contextlib.contextmanager
+def cancelled_when_stalled(call: grpc.Future, timeout: float):
+    """Yields an Event to set on each chunk; a watchdog thread cancels `call` once none comes for `timeout`s."""
+    progress, done = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if not progress.wait(timeout):
+                if not done.is_set():
+                    log.warning("the weight pull stalled; cancelling it", extra={"stall_s": timeout})
+                    call.cancel()
+                return
+            progress.clear()
+
+    watchdog = threading.Thread(target=watch, name="weights-pull-watchdog", daemon=True)
+    watchdog.start()
+    try:
+        yield progress
+    finally:
+        done.set()
+        progress.set()
+        watchdog.join()
 
 
 async def until_stalled(chunks, timeout: float):
@@ -137,9 +170,11 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
         the learner pushes its weights when it (re)starts or sees the stale version.
         """
         c = self.config
-        token = read_secret(c.learner_auth_token_file)
+        options = ClientOptions(timeout=c.learner_timeout, auth_token=read_secret(c.learner_auth_token_file),
+                                tls_ca=c.learner_tls_ca, tls_cert=c.learner_tls_cert, tls_key=c.learner_tls_key)
         try:
-            version, tensors = await asyncio.to_thread(pull_weights, c.learner, policy, token, c.learner_timeout)
+            version, tensors = await asyncio.to_thread(pull_weights, c.learner, policy, options,
+                                                       c.weights_stream_timeout)
         except grpc.RpcError as err:
             log.warning("could not pull weights from the learner; serving the model dir as version 0",
                         extra={"learner": c.learner, "code": err.code().name, "details": err.details()})
