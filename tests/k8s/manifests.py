@@ -20,8 +20,8 @@ needs_kubectl = pytest.mark.skipif(
 
 
 @functools.cache
-def rendered(overlay: str) -> tuple[dict, ...]:
-    return tuple(manifests.load_documents(manifests.render(ROOT, overlay)))
+def rendered(overlay: str, components: tuple[str, ...] = ()) -> tuple[dict, ...]:
+    return tuple(manifests.load_documents(manifests.render(ROOT, overlay, components)))
 
 
 def of_kind(docs, kind: str) -> dict[str, dict]:

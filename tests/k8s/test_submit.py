@@ -96,6 +96,20 @@ def test_render_prints_the_overlay(capsys):
     assert docs == list(rendered("kind"))
 
 
+@pytest.mark.parametrize("overlay", ["kind", "gpu"])
+def test_a_component_reaches_the_submitted_job_and_the_rendered_overlay(capsys, overlay):
+    job = submitted(["ppo", "--overlay", overlay, "--component", "mtls", "--steps", "7"])
+    validate_strict(job)
+    template = of_kind(rendered(f"{overlay}/jobs", ("mtls",)), "Job")["ppo"]
+    assert main_container(job)["env"] == main_container(template)["env"]
+    assert {"RLHF_TLS_CERT", "RLHF_TLS_CLIENT_CA", "RLHF_TLS_CA", "RLHF_HEALTH_PORT"} <= {
+        e["name"] for e in main_container(job)["env"]}
+    assert "--steps=7" in main_container(job)["args"]
+    assert main(["k8s", "render", "--overlay", overlay, "--component", "mtls", "--component", "mtls/cert-manager"]) == 0
+    kinds = {d["kind"] for d in manifests.load_documents(capsys.readouterr().out)}
+    assert {"Deployment", "Certificate", "Issuer"} <= kinds
+
+
 def test_manifests_are_found_from_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert manifests.find_manifests() == ROOT

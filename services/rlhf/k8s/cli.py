@@ -1,6 +1,7 @@
 """`rlhf k8s`: render the manifests, and submit, watch and stop training Jobs on a cluster.
 
     rlhf k8s render --overlay kind | kubectl apply -f -
+    rlhf k8s render --overlay gpu --component mtls --component mtls/cert-manager | kubectl apply -f -
     rlhf k8s submit ppo --overlay kind --steps 50
     rlhf k8s status
     rlhf k8s logs ppo -f
@@ -55,6 +56,7 @@ def register(commands) -> None:
 
     render = sub.add_parser("render", help="print an overlay's manifests (kubectl kustomize)")
     render.add_argument("--overlay", required=True, help="kind, gpu, kind/jobs or gpu/jobs")
+    _component_option(render)
     _manifests_option(render)
     render.set_defaults(func=cmd_render)
 
@@ -70,6 +72,7 @@ def register(commands) -> None:
         p.add_argument("--name", help=f"Job name (default {stage})")
         p.add_argument("--image", help="container image (default: the overlay's)")
         p.add_argument("--dry-run", action="store_true", help="print the Job instead of creating it")
+        _component_option(p)
         _manifests_option(p)
         _cluster_options(p)
         p.set_defaults(func=cmd_submit, flags=[f for f, _, _ in flags])
@@ -95,6 +98,12 @@ def register(commands) -> None:
     delete.set_defaults(func=cmd_delete)
 
 
+def _component_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--component", action="append", default=[], metavar="NAME",
+                        help="add k8s/components/NAME on top of the overlay, e.g. mtls or mtls/cert-manager "
+                        "(repeatable)")
+
+
 def _manifests_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifests", help="the k8s/ dir (default: this checkout's, or $RLHF_K8S_DIR)")
 
@@ -115,13 +124,14 @@ def _connect(args: argparse.Namespace):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    sys.stdout.write(manifests.render(manifests.find_manifests(args.manifests), args.overlay))
+    sys.stdout.write(manifests.render(manifests.find_manifests(args.manifests), args.overlay, args.component))
     return 0
 
 
 def build_submitted_job(args: argparse.Namespace):
     """The V1Job that `submit` creates: the overlay's Job for the stage, with the flags as its args."""
-    template = manifests.job_template(manifests.find_manifests(args.manifests), args.overlay, args.stage)
+    template = manifests.job_template(manifests.find_manifests(args.manifests), args.overlay, args.stage,
+                                      args.component)
     overrides = {flag[2:]: getattr(args, flag[2:].replace("-", "_")) for flag in args.flags}
     extra = [word for word in args.extra if word != "--"]
     return manifests.build_job(template, overrides, name=args.name, namespace=args.namespace,

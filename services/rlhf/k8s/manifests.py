@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +42,48 @@ def overlays(root: Path) -> list[str]:
     return sorted(str(p.parent.relative_to(base)) for p in base.rglob("kustomization.yaml"))
 
 
-def render(root: Path, overlay: str) -> str:
-    """The overlay's manifests as multi-document YAML, rendered by `kubectl kustomize` (or `kustomize build`)."""
+def components(root: Path) -> list[str]:
+    """Component names, as paths under k8s/components: gpu, mtls, mtls/cert-manager, ..."""
+    base = root / "components"
+    return sorted(str(p.parent.relative_to(base)) for p in base.rglob("kustomization.yaml"))
+
+
+def render(root: Path, overlay: str, with_components: Sequence[str] = ()) -> str:
+    """The overlay's manifests as multi-document YAML, rendered by `kubectl kustomize` (or `kustomize build`),
+    with optional components (k8s/components/NAME) added on top, as if the overlay listed them."""
     known = overlays(root)
     if overlay not in known:
         raise UserError(f"unknown overlay {overlay!r}; choose from: {', '.join(known)}")
-    path = str(root / "overlays" / overlay)
+    unknown = [c for c in with_components if c not in components(root)]
+    if unknown:
+        raise UserError(f"unknown component {unknown[0]!r}; choose from: {', '.join(components(root))}")
+    if not with_components:
+        return _kustomize(root / "overlays" / overlay, overlay)
+    with tempfile.TemporaryDirectory(prefix="rlhf-kustomize-") as tmp:
+        # kustomize takes only relative paths to other kustomizations: a wrapper that points back at the tree
+        wrapper = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [os.path.relpath(root / "overlays" / overlay, tmp)],
+            "components": [os.path.relpath(root / "components" / c, tmp) for c in with_components],
+        }
+        namespace = yaml.safe_load((root / "overlays" / overlay / "kustomization.yaml").read_text()).get("namespace")
+        if namespace:
+            wrapper["namespace"] = namespace
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(wrapper))
+        return _kustomize(Path(tmp), f"{overlay} + {', '.join(with_components)}")
+
+
+def _kustomize(path: Path, what: str) -> str:
     if shutil.which("kubectl"):
-        command = ["kubectl", "kustomize", path]
+        command = ["kubectl", "kustomize", str(path)]
     elif shutil.which("kustomize"):
-        command = ["kustomize", "build", path]
+        command = ["kustomize", "build", str(path)]
     else:
         raise UserError("rendering needs kubectl (or kustomize) on PATH")
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
-        raise UserError(f"{' '.join(command[:2])} {overlay} failed: {first}")
+        raise UserError(f"{' '.join(command[:2])} {what} failed: {first}")
     return done.stdout
 
 
@@ -63,12 +91,13 @@ def load_documents(text: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def job_template(root: Path, overlay: str, stage: str) -> dict[str, Any]:
-    """The overlay's Job for a stage (sft, rm or ppo), as rendered from k8s/overlays/OVERLAY/jobs."""
+def job_template(root: Path, overlay: str, stage: str, with_components: Sequence[str] = ()) -> dict[str, Any]:
+    """The overlay's Job for a stage (sft, rm or ppo), as rendered from k8s/overlays/OVERLAY/jobs (with the
+    components)."""
     if stage not in STAGES:
         raise UserError(f"unknown stage {stage!r}; choose from: {', '.join(STAGES)}")
     jobs_overlay = overlay if overlay.endswith("jobs") else f"{overlay}/jobs"
-    for doc in load_documents(render(root, jobs_overlay)):
+    for doc in load_documents(render(root, jobs_overlay, with_components)):
         if doc.get("kind") == "Job" and doc["metadata"].get("labels", {}).get("rlhf.io/stage") == stage:
             return doc
     raise UserError(f"overlay {jobs_overlay} has no Job labelled rlhf.io/stage={stage}")
