@@ -27,14 +27,16 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field (Python keeps none at runtime, so read the source)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    """The docstring under each dataclass field, inherited ones too (Python keeps none at runtime, so read the
+    source of every dataclass in the MRO)."""
     docs = {}
-    for node, following in zip(body, body[1:], strict=False):
-        is_docstring = isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-        if isinstance(node, ast.AnnAssign) and is_docstring and isinstance(following.value.value, str):
-            docs[node.target.id] = following.value.value  # type: ignore[union-attr]
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, following in zip(body, body[1:], strict=False):
+            is_docstring = isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+            if isinstance(node, ast.AnnAssign) and is_docstring and isinstance(following.value.value, str):
+                docs[node.target.id] = following.value.value  # type: ignore[union-attr]
     return docs
 
 

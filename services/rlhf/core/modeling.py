@@ -45,13 +45,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
 def check_model_path(path: str | os.PathLike) -> str:
-    """A local dir must hold a config.json; anything else is taken as a Hub name (offline: cached only)."""
+    """A local dir must hold a config.json (or a PEFT adapter's adapter_config.json); anything else is taken
+    as a Hub name (offline: cached only)."""
     text = str(path)
     local = Path(text)
     if local.exists():
-        if not (local / "config.json").is_file():
-            raise UserError(f"{text} is not a model directory (no config.json)")
+        if not (local / "config.json").is_file() and not (local / ADAPTER_CONFIG).is_file():
+            raise UserError(f"{text} is not a model directory (no config.json or {ADAPTER_CONFIG})")
         return text
     if text.startswith((".", "/")) or text.count("/") > 1:
         raise UserError(f"model directory {text} does not exist")
@@ -71,13 +75,42 @@ def load_tokenizer(path: str | os.PathLike):
     return tokenizer
 
 
-def load_causal_lm(path: str | os.PathLike, device: torch.device, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
+def adapter_base(path: str | os.PathLike) -> str | None:
+    """The base model a PEFT adapter dir names (adapter_config.json), or None for a full model dir."""
+    config = Path(path) / ADAPTER_CONFIG
+    if (Path(path) / "config.json").is_file() or not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{config} names no base model (base_model_name_or_path)")
+    return base
+
+
+def merge_adapter(model, path: str | os.PathLike):
+    """`model` (the base) with the PEFT adapter in `path` merged into its weights: a plain model again."""
+    import warnings
+
+    from peft import PeftModel
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(check_model_path(path), dtype=dtype)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; not ours to answer
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing")
+            return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"cannot apply the adapter in {path}: {str(err).splitlines()[0]}") from err
+
+
+def load_causal_lm(path: str | os.PathLike, device: torch.device, dtype: torch.dtype):
+    """A causal LM from a model dir, or from a PEFT adapter dir: its base, with the adapter merged in."""
+    from transformers import AutoModelForCausalLM
+
+    base = adapter_base(check_model_path(path))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(check_model_path(base or path), dtype=dtype)
     except OSError as err:
-        raise UserError(f"cannot load model from {path}: {str(err).splitlines()[0]}") from err
+        raise UserError(f"cannot load model from {base or path}: {str(err).splitlines()[0]}") from err
+    if base:
+        model = merge_adapter(model, path)
     return model.to(device).eval()
 
 
@@ -89,16 +122,19 @@ def load_score_model(path: str | os.PathLike, device: torch.device, dtype: torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    base = adapter_base(check_model_path(path))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            check_model_path(path), num_labels=1, dtype=dtype, output_loading_info=True
+            check_model_path(base or path), num_labels=1, dtype=dtype, output_loading_info=True
         )
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load {what} from {path}: {str(err).splitlines()[0]}") from err
+        raise UserError(f"cannot load {what} from {base or path}: {str(err).splitlines()[0]}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
+    if base:  # the adapter brings its trained score head (peft's modules_to_save)
+        return merge_adapter(model, path).to(device)
     missing = list(info.get("missing_keys", []))
     head = [k for k in missing if k.split(".")[0] in ("score", "classifier")]
     if head:

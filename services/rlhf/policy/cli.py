@@ -24,9 +24,13 @@ def register(commands) -> None:
     sft.add_argument("--eval-fraction", type=float, default=0.05, help="share held out for the eval loss")
     sft.add_argument("--seed", type=int, default=0, help="seed of the held-out split, shuffling and dropout")
     sft.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    sft.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the gradient's norm to this")
+    from rlhf.core.flags import add_config_arguments
+    from rlhf.core.training import TrainingOptions
+
+    add_config_arguments(sft.add_argument_group("memory: precision, checkpointing, LoRA"), TrainingOptions)
     sft.set_defaults(func=_train_sft)
 
-    from rlhf.core.flags import add_config_arguments
     from rlhf.policy.dpo_config import DPOConfig
 
     dpo = commands.train.add_parser(
@@ -83,12 +87,10 @@ def register(commands) -> None:
 
 
 def _train_sft(args: argparse.Namespace) -> int:
+    from rlhf.core.flags import config_from_args
     from rlhf.policy.sft import SFTConfig, train_sft
 
-    result = train_sft(SFTConfig(
-        model=args.model, data=args.data, out=args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        max_length=args.max_length, eval_fraction=args.eval_fraction, seed=args.seed, device=args.device,
-    ))
+    result = train_sft(config_from_args(args, SFTConfig))
     print(f"eval loss (response tokens, {result.eval_examples} held-out pairs): "
           f"{result.eval_loss_before:.4f} -> {result.eval_loss_after:.4f}")
     print(f"wrote {result.out}")

@@ -23,6 +23,15 @@ import torch
 from rlhf.core.errors import UserError
 from rlhf.core.jsonl import read_jsonl
 from rlhf.core.text import Encoded, encode_pair
+from rlhf.core.training import (
+    TrainingOptions,
+    autocast,
+    check_precision,
+    make_optimizer,
+    prepare_model,
+    save_trained,
+    trainable_parameters,
+)
 
 log = logging.getLogger("rlhf.sft")
 
@@ -30,7 +39,7 @@ IGNORE = -100  # label of positions that do not count towards the loss
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(TrainingOptions):
     model: str  # pretrained causal LM dir (or a cached Hub name)
     data: str  # JSONL of {"prompt", "response"}
     out: str  # where the tuned model dir (with its tokenizer) is written
@@ -92,15 +101,18 @@ def response_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) ->
 
 
 @torch.no_grad()
-def eval_loss(model: torch.nn.Module, examples: Sequence[Encoded], pad_id: int, batch_size: int) -> float:
+def eval_loss(model: torch.nn.Module, examples: Sequence[Encoded], pad_id: int, batch_size: int,
+              options: TrainingOptions | None = None) -> float:
     """Mean loss per response token over examples (nan when there are none)."""
+    options = options or TrainingOptions()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
-        loss, n = response_loss_sum(model, batch)
+        with autocast(options, device):
+            loss, n = response_loss_sum(model, batch)
         total, count = total + float(loss), count + n
     model.train(was_training)
     return total / count if count else math.nan
@@ -116,21 +128,17 @@ def split(examples: list[Encoded], eval_fraction: float, seed: int) -> tuple[lis
 def train_sft(config: SFTConfig, progress: bool = True) -> SFTResult:
     from tqdm.auto import tqdm
 
-    from rlhf.core.modeling import (
-        context_length,
-        load_causal_lm,
-        load_tokenizer,
-        resolve_device,
-        save_model_dir,
-    )
+    from rlhf.core.modeling import context_length, load_causal_lm, load_tokenizer, resolve_device
 
     if config.epochs < 1 or config.batch_size < 1 or not 0 <= config.eval_fraction < 1:
         raise UserError("need --epochs >= 1, --batch-size >= 1 and 0 <= --eval-fraction < 1")
+    config.check_training_options()
     pairs = load_pairs(config.data)  # before any model loads: a bad or empty file fails at once
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
+    check_precision(config, device)
     tokenizer = load_tokenizer(config.model)
-    model = load_causal_lm(config.model, device, torch.float32)
+    model = prepare_model(load_causal_lm(config.model, device, torch.float32), config, "causal-lm")
     max_length = min(config.max_length, context_length(model.config))
     examples = [encode_pair(tokenizer, p, r, max_length) for p, r in pairs]
     train, held_out = split(examples, config.eval_fraction, config.seed)
@@ -138,9 +146,9 @@ def train_sft(config: SFTConfig, progress: bool = True) -> SFTResult:
 
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(trainable_parameters(model), config, lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
-    before = eval_loss(model, held_out, pad_id, config.batch_size)
+    before = eval_loss(model, held_out, pad_id, config.batch_size, config)
     log.info("sft start", extra={"train": len(train), "eval": len(held_out), "steps": total_steps,
                                  "eval_loss": before})
 
@@ -153,11 +161,12 @@ def train_sft(config: SFTConfig, progress: bool = True) -> SFTResult:
         epoch_losses = []
         for start in range(0, len(train), config.batch_size):
             batch = collate([train[i] for i in permutation[start : start + config.batch_size]], pad_id)
-            loss_sum, n_tokens = response_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+            with autocast(config, device):
+                loss_sum, n_tokens = response_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
             loss = loss_sum / max(n_tokens, 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable_parameters(model), config.max_grad_norm)
             optimizer.step()
             schedule.step()
             epoch_losses.append(loss.item())
@@ -165,8 +174,8 @@ def train_sft(config: SFTConfig, progress: bool = True) -> SFTResult:
             bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}")
     bar.close()
     model.eval()
-    after = eval_loss(model, held_out, pad_id, config.batch_size)
-    out = save_model_dir(model, tokenizer, config.out)
+    after = eval_loss(model, held_out, pad_id, config.batch_size, config)
+    out = save_trained(model, tokenizer, config.out, config, base=config.model)
     result = SFTResult(out, len(train), len(held_out), before, after, sum(epoch_losses) / len(epoch_losses))
     log.info("sft done", extra={"out": str(out), "eval_loss_before": before, "eval_loss_after": after})
     return result

@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from rlhf.core.training import TrainingOptions
+
 DEFAULT_PORT = 50051  # rlhf serve reward
 
 
 @dataclass
-class RewardTrainConfig:
+class RewardTrainConfig(TrainingOptions):
     """`rlhf train rm`."""
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data", "out")

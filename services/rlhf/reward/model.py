@@ -24,6 +24,7 @@ from rlhf.core.modeling import (
     resolve_dtype,
 )
 from rlhf.core.text import Encoded, encode_pairs
+from rlhf.core.training import TrainingOptions, autocast
 from rlhf.v1 import common_pb2
 
 # Set only for architectures with no bias the mean can be folded into (see normalize.py).
@@ -47,9 +48,10 @@ def reward_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
 class RewardScorer:
     """A reward model with its tokenizer: (prompt, response) text in, float rewards out."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, path: str = ""):
+    def __init__(self, model: torch.nn.Module, tokenizer, path: str = "", options: TrainingOptions | None = None):
         self.model, self.tokenizer, self.path = model.eval(), tokenizer, path
         self.device = next(model.parameters()).device
+        self.options = options or TrainingOptions()  # its precision, while it scores during training
         self.max_length = context_length(model.config)
         self._version = model_dir_version(path) if path else ""
 
@@ -67,7 +69,7 @@ class RewardScorer:
     def forward(self, batch: Sequence[Encoded]) -> list[float]:
         """Rewards for one model batch (no grad)."""
         ids, attention = pad_right([e.input_ids for e in batch], self.tokenizer.pad_token_id, self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.options, self.device):
             return reward_forward(self.model, ids, attention).tolist()
 
     def score_encoded(self, encoded: Sequence[Encoded], batch_size: int = 64) -> list[float]:

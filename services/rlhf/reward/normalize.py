@@ -22,8 +22,14 @@ import torch
 from rlhf.reward.model import OFFSET_KEY
 
 
+def trained_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """The module itself; for a LoRA model's fully trained module (peft's ModulesToSaveWrapper), the active copy."""
+    copies = getattr(module, "modules_to_save", None)
+    return copies[module.active_adapters[0]] if isinstance(copies, torch.nn.ModuleDict) else module
+
+
 def score_head(model: torch.nn.Module) -> torch.nn.Linear:
-    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    head = trained_copy(getattr(model, "score", None) or getattr(model, "classifier", None))
     if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
         raise ValueError(f"{type(model).__name__}: expected a one-output linear `score` head")
     return head
@@ -49,6 +55,15 @@ def final_layer_norm(model: torch.nn.Module, input_ids: torch.Tensor, attention_
         if out.shape == head_input.shape and torch.equal(out, head_input):
             return name, norms[name]
     return None, None
+
+
+def offset_modules(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[str, ...]:
+    """What must be trained and saved besides LoRA's adapters for the offset to land in an adapter: the final
+    LayerNorm when the head has no bias (its name's last part, as peft's modules_to_save wants it)."""
+    if score_head(model).bias is not None:
+        return ()
+    name, _ = final_layer_norm(model, input_ids, attention_mask)
+    return (name.rsplit(".", 1)[-1],) if name else ()
 
 
 @torch.no_grad()

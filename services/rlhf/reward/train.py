@@ -20,13 +20,22 @@ from tqdm import tqdm
 
 from rlhf.core.errors import UserError
 from rlhf.core.logprobs import pad_right
-from rlhf.core.modeling import load_tokenizer, resolve_device, save_model_dir
+from rlhf.core.modeling import load_tokenizer, resolve_device
 from rlhf.core.text import Encoded, encode_pairs
+from rlhf.core.training import (
+    TrainingOptions,
+    autocast,
+    check_precision,
+    make_optimizer,
+    prepare_model,
+    save_trained,
+    trainable_parameters,
+)
 from rlhf.reward.config import RewardTrainConfig
 from rlhf.reward.data import ComparisonBatch, collate, completions, load_rankings, prompt_batches, split_rankings
 from rlhf.reward.loss import kwise_loss, pairwise_accuracy
 from rlhf.reward.model import RewardScorer, load_sequence_classifier, reward_forward
-from rlhf.reward.normalize import fold_offset
+from rlhf.reward.normalize import fold_offset, offset_modules
 
 log = logging.getLogger("rlhf.reward.train")
 
@@ -46,12 +55,18 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
     if not rankings:
         raise UserError(f"no preference rows in {config.data}")
     train_set, eval_set = split_rankings(rankings, config.eval_fraction, config.seed)
+    config.check_training_options()
     device = resolve_device(config.device)
+    check_precision(config, device)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     model = load_sequence_classifier(config.model, tokenizer, device, torch.float32)
     disable_dropout(model)
-    scorer = RewardScorer(model, tokenizer)
+    # With LoRA the score head trains in full (peft does that for a classifier), and so does the final norm
+    # when the mean-0 offset must go there: then the adapter alone carries the normalization.
+    probe = pad_right([tokenizer("probe").input_ids], tokenizer.pad_token_id, device)
+    model = prepare_model(model, config, "score", offset_modules(model, *probe) if config.uses_lora else ())
+    scorer = RewardScorer(model, tokenizer, options=config)
     max_length = config.max_length or scorer.max_length
     # Every distinct (prompt, response) is tokenized once, up front, not once per epoch.
     items = completions(rankings)
@@ -61,8 +76,9 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
     steps = config.epochs * len(prompt_batches(train_set, config.batch_size))
     # --adam-beta2 0.95 (as in GPT-3 and nanoGPT): with 0.999 the tiny model learns the synthetic task's
     # prompt-response relation (is the answer on topic?) later, and for some seeds not at all.
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay
+    optimizer = make_optimizer(
+        trainable_parameters(model), config, lr=config.lr, betas=(0.9, config.adam_beta2),
+        weight_decay=config.weight_decay,
     )
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -72,7 +88,7 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
     for epoch in range(config.epochs):
         model.train()
         for batch in prompt_batches(train_set, config.batch_size, rng):
-            loss = train_step(model, optimizer, batch, encoded, tokenizer.pad_token_id)
+            loss = train_step(model, optimizer, batch, encoded, tokenizer.pad_token_id, config)
             schedule.step()
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
@@ -87,20 +103,22 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
     accuracy, n_eval = evaluate(scorer, eval_set, encoded) if eval_set else (None, 0)
     before, after, where = normalize(scorer, [encoded[item] for item in completions(train_set)])
     log.info("normalized", extra={"reference_mean_before": before, "reference_mean_after": after, "folded": where})
-    save_model_dir(model, tokenizer, config.out)
+    save_trained(model, tokenizer, config.out, config, base=config.model)
     return TrainResult(Path(config.out), accuracy, n_eval, before, after, where)
 
 
-def train_step(model, optimizer, batch: ComparisonBatch, encoded: dict[tuple[str, str], Encoded], pad_id: int) -> float:
+def train_step(model, optimizer, batch: ComparisonBatch, encoded: dict[tuple[str, str], Encoded], pad_id: int,
+               options: TrainingOptions | None = None) -> float:
     """One update on a batch of whole prompts: each distinct item forwarded once, all comparisons in the loss."""
     device = next(model.parameters()).device
     ids, attention = pad_right([encoded[item].input_ids for item in batch.items], pad_id, device)  # (N, T)
     winners, losers, group = (torch.tensor(v, device=device) for v in (batch.winners, batch.losers, batch.group))
-    rewards = reward_forward(model, ids, attention)  # (N,)
+    with autocast(options or TrainingOptions(), device):
+        rewards = reward_forward(model, ids, attention)  # (N,)
     loss = kwise_loss(rewards, winners, losers, group, batch.num_prompts)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(trainable_parameters(model), 1.0)
     optimizer.step()
     return loss.item()
 

@@ -1,0 +1,246 @@
+"""What every training stage shares to fit larger models: precision, gradient checkpointing and LoRA.
+
+    @dataclass
+    class SFTConfig(TrainingOptions): ...          # --precision, --gradient-checkpointing, --lora-*
+    model = prepare_model(model, config, "causal-lm", device)
+    optimizer = make_optimizer(trainable_parameters(model), config, lr=...)
+    with autocast(config, device):
+        loss = ...
+
+`--precision` takes Lightning's names:
+- `fp32`: everything in float32 (the default);
+- `bf16-mixed`: float32 weights and optimizer states, the forward and backward under bfloat16 autocast;
+- `bf16-true`: bfloat16 weights; the optimizer keeps its states (and does its arithmetic) in float32.
+
+LoRA comes from peft. By default it adapts every linear projection of the attention and MLP blocks, found
+by module type (peft's "all-linear", which leaves out the output head), so GPT-2's Conv1D, Llama's,
+Qwen's and Mistral's q/k/v/o and gate/up/down projections are all found without their names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rlhf.core.errors import UserError
+
+log = logging.getLogger("rlhf.training")
+
+Precision = Literal["fp32", "bf16-mixed", "bf16-true"]
+Task = Literal["causal-lm", "score"]
+
+
+@dataclass(kw_only=True)
+class TrainingOptions:
+    """The flags every `rlhf train` stage takes for memory: mixed into each stage's config."""
+
+    precision: Precision = "fp32"
+    """fp32; bf16-mixed: bfloat16 autocast over float32 weights and optimizer states; bf16-true: bfloat16 weights,
+    float32 optimizer states"""
+    gradient_checkpointing: bool = False
+    """recompute each block's activations in the backward pass: far less activation memory, about a third
+    more compute"""
+    lora_r: int = 0
+    """LoRA rank (peft); 0 trains every weight"""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator: the update is (alpha / r) * B @ A"""
+    lora_dropout: float = 0.0
+    """dropout on the LoRA branch's input"""
+    lora_target_modules: str | None = None
+    """comma-separated names of the modules LoRA adapts (default: every linear projection in attention and MLP,
+    found by type, not name)"""
+    merge: bool = True
+    """with LoRA, also write the merged standard model dir OUT/merged beside the adapter in OUT"""
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora_r > 0
+
+    def check_training_options(self) -> None:
+        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise UserError("need --lora-r >= 0, --lora-alpha > 0 and 0 <= --lora-dropout < 1")
+
+
+def training_options(config) -> TrainingOptions:
+    """The TrainingOptions part of a stage's config."""
+    names = {f.name for f in dataclasses.fields(TrainingOptions)}
+    return TrainingOptions(**{name: getattr(config, name) for name in names})
+
+
+def check_precision(options: TrainingOptions, device: torch.device) -> None:
+    """A bfloat16 precision on a GPU that has none is refused in one line (CPUs emulate it, slowly)."""
+    if options.precision != "fp32" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--precision {options.precision}: this GPU ({torch.cuda.get_device_name(device)}) has no "
+                        "bfloat16 support; use --precision fp32")
+
+
+def weights_dtype(options: TrainingOptions) -> torch.dtype:
+    return torch.bfloat16 if options.precision == "bf16-true" else torch.float32
+
+
+def autocast(options: TrainingOptions, device: torch.device):
+    """bfloat16 autocast for bf16-mixed; nothing otherwise (bf16-true weights are bfloat16 already)."""
+    if options.precision == "bf16-mixed":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lora_config(options: TrainingOptions, task: Task, extra_trained: tuple[str, ...] = (), conv1d: bool = False):
+    from peft import LoraConfig, TaskType
+
+    targets = ([m.strip() for m in options.lora_target_modules.split(",") if m.strip()]
+               if options.lora_target_modules else "all-linear")
+    return LoraConfig(
+        r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout, target_modules=targets,
+        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
+        modules_to_save=list(extra_trained) or None,  # with SEQ_CLS, peft trains and saves the score head too
+        fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores its weight transposed
+    )
+
+
+def prepare_model(model: torch.nn.Module, options: TrainingOptions, task: Task,
+                  extra_trained: tuple[str, ...] = ()) -> torch.nn.Module:
+    """The model as the options train it: cast for bf16-true, gradient checkpointing on, LoRA around it."""
+    if options.precision == "bf16-true":
+        model = model.to(torch.bfloat16)
+    if options.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise UserError(f"--gradient-checkpointing: {type(model).__name__} does not support it")
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if options.uses_lora:
+        from peft import get_peft_model
+        from transformers.pytorch_utils import Conv1D
+
+        conv1d = any(isinstance(m, Conv1D) for m in model.modules())
+        try:
+            with warnings.catch_warnings():  # peft asks transformers a deprecated question; not ours to answer
+                warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing")
+                model = get_peft_model(model, lora_config(options, task, extra_trained, conv1d))
+        except ValueError as err:  # e.g. a --lora-target-modules name the model does not have
+            raise UserError(f"--lora-target-modules: {str(err).splitlines()[0]}") from None
+        trained, total = (sum(p.numel() for p in model.parameters() if p.requires_grad),
+                          sum(p.numel() for p in model.parameters()))
+        log.info("LoRA", extra={"r": options.lora_r, "alpha": options.lora_alpha, "trainable": trained,
+                                "total": total, "trainable_share": round(trained / total, 5)})
+    return model
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a PeftModel (with its adapter layers in place), or the model itself."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+class Float32StateAdamW(torch.optim.AdamW):
+    """AdamW whose states and arithmetic stay in float32 for parameters of a lower precision (bf16-true).
+
+    Each step runs torch's own AdamW on a float32 copy of one parameter at a time, then rounds the result
+    into the parameter: bfloat16 weights and gradients, float32 moments, one parameter's float32 copy
+    as the only transient memory."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from torch.optim.adam import adam
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                master = p.float()
+                adam(
+                    [master], [p.grad.float()], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
+                    foreach=False, decoupled_weight_decay=True, amsgrad=False, beta1=group["betas"][0],
+                    beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                    maximize=group["maximize"],
+                )
+                p.copy_(master)
+        return loss
+
+
+def make_optimizer(parameters, options: TrainingOptions, **adamw) -> torch.optim.Optimizer:
+    """AdamW; for bf16-true, the float32-state variant."""
+    parameters = list(parameters)
+    if options.precision == "bf16-true" and any(p.dtype != torch.float32 for p in parameters):
+        return Float32StateAdamW(parameters, **adamw)
+    return torch.optim.AdamW(parameters, **adamw)
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights as the plain model would hold them: for a PeftModel, W + (alpha / r) * B @ A in each
+    adapted module, under the base model's own names; the model itself is left untouched."""
+    if not is_peft(model):
+        return dict(model.state_dict())
+    from peft.tuners.lora import LoraLayer
+
+    inner = model.get_base_model()
+    merged = {}
+    for name, tensor in inner.state_dict().items():
+        if ".lora_" in name:
+            continue
+        merged[name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")] = tensor
+    for name, module in inner.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.active_adapters:
+                weight = merged[f"{name}.weight"]
+                merged[f"{name}.weight"] = weight + module.get_delta_weight(adapter).to(weight.dtype)
+    return {k: v for k, v in merged.items() if ".original_module." not in k}
+
+
+def save_trained(model: torch.nn.Module, tokenizer, out: str | os.PathLike, options: TrainingOptions,
+                 base: str) -> Path:
+    """Write what a stage trained, atomically (to OUT.tmp, then swapped in).
+
+    Full fine-tuning: a standard model dir. LoRA: the PEFT adapter in OUT (its adapter_config.json names
+    `base`, so `from_pretrained` of a PeftModel, and every `rlhf` command, find the base), with the
+    tokenizer; and, unless --no-merge, the merged standard model dir in OUT/merged. The merge happens in
+    place, after the adapter is written: the model is a plain one afterwards."""
+    from rlhf.core.files import replace_dir
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if is_peft(model):
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = str(Path(base).resolve()) if Path(base).exists() else base
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if options.merge:
+            plain = model.merge_and_unload()
+            plain.save_pretrained(tmp / "merged")
+            tokenizer.save_pretrained(tmp / "merged")
+    else:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return replace_dir(tmp, out)
