@@ -108,8 +108,9 @@ def lora_config(options: TrainingOptions, task: Task, extra_trained: tuple[str, 
 
 
 def prepare_model(model: torch.nn.Module, options: TrainingOptions, task: Task,
-                  extra_trained: tuple[str, ...] = ()) -> torch.nn.Module:
-    """The model as the options train it: cast for bf16-true, gradient checkpointing on, LoRA around it."""
+                  extra_trained: tuple[str, ...] = (), adapter: str | os.PathLike | None = None) -> torch.nn.Module:
+    """The model as the options train it: cast for bf16-true, gradient checkpointing on, LoRA around it (a
+    fresh adapter, or with `adapter` a saved one that goes on training: resume)."""
     if options.precision == "bf16-true":
         model = model.to(torch.bfloat16)
     if options.gradient_checkpointing:
@@ -128,7 +129,12 @@ def prepare_model(model: torch.nn.Module, options: TrainingOptions, task: Task,
         try:
             with warnings.catch_warnings():  # peft asks transformers a deprecated question; not ours to answer
                 warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing")
-                model = get_peft_model(model, lora_config(options, task, extra_trained, conv1d))
+                if adapter is not None:
+                    from peft import PeftModel
+
+                    model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+                else:
+                    model = get_peft_model(model, lora_config(options, task, extra_trained, conv1d))
         except ValueError as err:  # e.g. a --lora-target-modules name the model does not have
             raise UserError(f"--lora-target-modules: {str(err).splitlines()[0]}") from None
         trained, total = (sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -136,6 +142,13 @@ def prepare_model(model: torch.nn.Module, options: TrainingOptions, task: Task,
         log.info("LoRA", extra={"r": options.lora_r, "alpha": options.lora_alpha, "trainable": trained,
                                 "total": total, "trainable_share": round(trained / total, 5)})
     return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every dropout off, so that train mode (which gradient checkpointing needs) computes what eval mode does."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -217,6 +230,12 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in merged.items() if ".original_module." not in k}
 
 
+def name_base(model: torch.nn.Module, base: str) -> None:
+    """Record `base` (absolute, when it is a local dir) as the base a PeftModel's saved adapter names."""
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = str(Path(base).resolve()) if Path(base).exists() else base
+
+
 def save_trained(model: torch.nn.Module, tokenizer, out: str | os.PathLike, options: TrainingOptions,
                  base: str) -> Path:
     """Write what a stage trained, atomically (to OUT.tmp, then swapped in).
@@ -232,8 +251,7 @@ def save_trained(model: torch.nn.Module, tokenizer, out: str | os.PathLike, opti
     if tmp.exists():
         shutil.rmtree(tmp)
     if is_peft(model):
-        for config in model.peft_config.values():
-            config.base_model_name_or_path = str(Path(base).resolve()) if Path(base).exists() else base
+        name_base(model, base)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if options.merge:

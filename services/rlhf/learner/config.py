@@ -6,13 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from rlhf.core.training import TrainingOptions
+
 DEFAULT_PORT = 50054
 Estimator = Literal["gae", "grpo", "rloo", "reinforce++", "reinforce++-baseline"]
 GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce++-baseline")  # they compare the samples of a prompt
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(TrainingOptions):
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "policy", "reward", "reference", "prompts", "out")
     # --- run ---
     model: str = ""
@@ -211,5 +213,6 @@ def validate(config: PPOConfig) -> PPOConfig:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    config.check_training_options()
     config.reward_weight_values  # noqa: B018 - raises if the weights do not parse or match
     return config

@@ -51,7 +51,8 @@ def minibatch_loss(state: TrainState, config: PPOConfig, rollout: Rollout, advan
     Appends its diagnostics to stats; returns (loss, approx KL(old || new))."""
     mb_prompts = [rollout.prompt_ids[i] for i in mb_inds]
     mb_responses = [rollout.response_ids[i] for i in mb_inds]
-    logprobs, _, mask = policy_forward(state.policy, mb_prompts, mb_responses, state.pad_id)
+    with state.autocast():
+        logprobs, _, mask = policy_forward(state.policy, mb_prompts, mb_responses, state.pad_id)
     width = mask.size(1)  # the minibatch's longest response; the rest is padding
     mb_inds = mb_inds.to(mask.device)
 
@@ -64,7 +65,8 @@ def minibatch_loss(state: TrainState, config: PPOConfig, rollout: Rollout, advan
     terms = {"loss/policy": pg_loss, "policy/clipfrac": clipfrac, "policy/approxkl": approxkl}
     # Value loss
     if state.value is not None:
-        values = value_forward(state.value, mb_prompts, mb_responses, state.pad_id)
+        with state.autocast():
+            values = value_forward(state.value, mb_prompts, mb_responses, state.pad_id)
         vf_loss, vf_clipfrac = ppo.clipped_value_loss(
             values, rollout.values[mb_inds, :width], returns[mb_inds, :width], mask, config.clip_range_value
         )
@@ -111,8 +113,9 @@ def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
 
             # PPO-ptx: keep the pretraining log-likelihood up, against forgetting
             if state.ptx is not None:
-                ptx_logprobs, ptx_mask = sequence_logprobs(state.policy, state.ptx.take(config.ptx_batch_size),
-                                                           state.pad_id)
+                with state.autocast():
+                    ptx_logprobs, ptx_mask = sequence_logprobs(state.policy, state.ptx.take(config.ptx_batch_size),
+                                                               state.pad_id)
                 ptx_loss = ppo.ptx_loss(ptx_logprobs, ptx_mask, config.ptx_coef)
                 ptx_loss.backward()
                 stats["loss/ptx"].append(ptx_loss.item())
@@ -324,5 +327,5 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
         control.finish()
     save_checkpoint(state, config.out, config.keep_checkpoints)
     if state.step >= config.steps:
-        save_final_policy(state, config.out)
+        save_final_policy(state, config.out, config.model)
     return state

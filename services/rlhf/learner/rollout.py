@@ -276,7 +276,7 @@ def collect_rollout(
     ref = services.pool.submit(timed, "time/reference", services.call, services.reference, "logprobs", pairs)
 
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), state.autocast():
         logprobs, entropy, mask = policy_forward(state.policy, *zip(*pairs, strict=True), state.pad_id)
         values = (value_forward(state.value, *zip(*pairs, strict=True), state.pad_id) if state.value is not None
                   else torch.zeros_like(logprobs))

@@ -11,6 +11,7 @@ atomically after it, so a SIGKILL at any moment leaves the previous checkpoint i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -22,7 +23,21 @@ import torch
 
 from rlhf.core.errors import UserError
 from rlhf.core.files import write_text_atomic
-from rlhf.core.modeling import context_length, load_tokenizer, resolve_device, save_model_dir
+from rlhf.core.modeling import context_length, load_tokenizer, resolve_device
+from rlhf.core.training import (
+    TrainingOptions,
+    autocast,
+    check_precision,
+    disable_dropout,
+    is_peft,
+    make_optimizer,
+    merged_state_dict,
+    name_base,
+    prepare_model,
+    save_trained,
+    trainable_parameters,
+    training_options,
+)
 from rlhf.learner import ppo
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.data import CursorSampler, load_prompts, load_ptx_sequences
@@ -48,12 +63,19 @@ class TrainState:
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
 
+    options: TrainingOptions = dataclasses.field(default_factory=TrainingOptions)  # precision, LoRA
+
     def parameters(self) -> list[torch.nn.Parameter]:
-        return [*self.policy.parameters(), *(self.value.parameters() if self.value is not None else ())]
+        """What the optimizer trains: every weight, or with LoRA the adapters and heads."""
+        return trainable_parameters(self.policy) + (trainable_parameters(self.value) if self.value is not None else [])
+
+    def autocast(self):
+        return autocast(self.options, next(self.policy.parameters()).device)
 
     def policy_weights(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of pi_RL's weights, safe to stream while training moves on."""
-        return {name: t.detach().to("cpu", copy=True) for name, t in self.policy.state_dict().items()}
+        """A CPU copy of pi_RL's weights as the plain model holds them (with LoRA: merged), safe to stream
+        while training moves on."""
+        return {name: t.detach().to("cpu", copy=True) for name, t in merged_state_dict(self.policy).items()}
 
 
 def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str | None = None) -> TrainState:
@@ -61,14 +83,22 @@ def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
+    check_precision(config, device)
     tokenizer = load_tokenizer(policy_dir or config.model)
-    policy = load_policy(policy_dir or config.model, device)
-    value = load_value_model(value_dir or config.value_model or config.model, device) if config.uses_critic else None
+    # With LoRA a checkpoint holds adapters: the bases come from --model and --value-model again.
+    lora_resume = config.uses_lora and policy_dir is not None
+    policy = trainable(load_policy(config.model if lora_resume else policy_dir or config.model, device), config,
+                       "causal-lm", policy_dir if lora_resume else None, base=config.model)
+    value = None
+    if config.uses_critic:
+        value_base = config.value_model or config.model
+        value = trainable(load_value_model(value_base if lora_resume else value_dir or value_base, device), config,
+                          "score", value_dir if lora_resume else None, base=value_base)
     if config.value_model and not config.uses_critic and policy_dir is None:
         log.warning("--value-model is ignored: a critic-free estimator builds no value model",
                     extra={"advantage_estimator": config.advantage_estimator})
-    trained = [*policy.parameters(), *(value.parameters() if value is not None else ())]
-    optimizer = torch.optim.AdamW(trained, lr=config.lr, eps=config.adam_eps)
+    trained = trainable_parameters(policy) + (trainable_parameters(value) if value is not None else [])
+    optimizer = make_optimizer(trained, config, lr=config.lr, eps=config.adam_eps)
     # CleanRL's annealing: the learning rate falls linearly to 0 at the last step.
     schedule = (lambda done: max(0.0, 1.0 - done / config.steps)) if config.anneal_lr else (lambda done: 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -84,8 +114,22 @@ def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str
         ptx = CursorSampler(load_ptx_sequences(config.ptx_data, tokenizer, config.max_length), config.seed + 1)
     generator = torch.Generator().manual_seed(config.seed)
     return TrainState(
-        policy, value, tokenizer, optimizer, scheduler, kl_ctl, CursorSampler(prompts, config.seed), ptx, generator
+        policy, value, tokenizer, optimizer, scheduler, kl_ctl, CursorSampler(prompts, config.seed), ptx, generator,
+        options=training_options(config),
     )
+
+
+def trainable(model: torch.nn.Module, config: PPOConfig, task, adapter: str | None, base: str) -> torch.nn.Module:
+    """The model as --precision, --gradient-checkpointing and --lora-* train it. It stays in eval mode (dropout
+    would make the learner's log-probs disagree with the sampler's), except under gradient checkpointing, which
+    only acts in train mode: there dropout is switched off instead."""
+    model = prepare_model(model, config, task, adapter=adapter)
+    if is_peft(model):
+        name_base(model, base)  # what its checkpointed adapter names as its base
+    if config.gradient_checkpointing:
+        disable_dropout(model)
+        return model.train()
+    return model.eval()
 
 
 def checkpoint_root(out: str | Path) -> Path:
@@ -189,7 +233,9 @@ def resume_state(config: PPOConfig) -> TrainState:
     return state
 
 
-def save_final_policy(state: TrainState, out: str | Path) -> Path:
-    """OUT/policy: pi_RL as a standard model dir with its tokenizer, replaced atomically."""
-    return save_model_dir(state.policy, state.tokenizer, Path(out) / "policy")
+def save_final_policy(state: TrainState, out: str | Path, base: str) -> Path:
+    """OUT/policy: pi_RL as a standard model dir with its tokenizer, replaced atomically; with LoRA the adapter,
+    and the merged standard dir in OUT/policy/merged (rlhf.core.training.save_trained). Training is over: with
+    LoRA the merge happens in place."""
+    return save_trained(state.policy, state.tokenizer, Path(out) / "policy", state.options, base=base)
 

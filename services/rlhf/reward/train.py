@@ -26,6 +26,7 @@ from rlhf.core.training import (
     TrainingOptions,
     autocast,
     check_precision,
+    disable_dropout,
     make_optimizer,
     prepare_model,
     save_trained,
@@ -61,6 +62,8 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     model = load_sequence_classifier(config.model, tokenizer, device, torch.float32)
+    # Dropout off (as TRL's reward trainer does): with it on, the tiny model learns the synthetic task's
+    # bag-of-words part (the adjectives) but not the prompt-response relation (on topic?).
     disable_dropout(model)
     # With LoRA the score head trains in full (peft does that for a classifier), and so does the final norm
     # when the mean-0 offset must go there: then the adapter alone carries the normalization.
@@ -121,14 +124,6 @@ def train_step(model, optimizer, batch: ComparisonBatch, encoded: dict[tuple[str
     torch.nn.utils.clip_grad_norm_(trainable_parameters(model), 1.0)
     optimizer.step()
     return loss.item()
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Dropout off while training (as TRL's reward trainer does): with it on, the tiny model learns the
-    synthetic task's bag-of-words part (the adjectives) but not the prompt-response relation (on topic?)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 def evaluate(scorer: RewardScorer, rankings, encoded: dict[tuple[str, str], Encoded]) -> tuple[float, int]:

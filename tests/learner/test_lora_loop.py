@@ -1,0 +1,66 @@
+"""The PPO loop with LoRA, bf16-mixed and gradient checkpointing, against in-process services on the tiny model:
+step 0 pushes exactly the SFT weights, only adapters and heads train, a checkpoint holds adapters and resumes
+with nothing repeated, and the final policy is an adapter plus a merged dir equal to what the replicas serve."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlhf.core.training import is_peft
+from rlhf.learner.loop import train
+from rlhf.learner.state import build_state
+from tests.learner.test_learner_loop import make_config, read_jsonl, services  # noqa: F401 - a fixture
+
+LORA = dict(lora_r=8, lora_alpha=16, precision="bf16-mixed", gradient_checkpointing=True)
+
+
+def test_step_0_pushes_exactly_the_sft_weights_and_only_adapters_and_heads_train(tiny_model_dir, synth_dir, tmp_path):
+    state = build_state(make_config(tiny_model_dir, synth_dir, tmp_path / "run", **LORA))
+    assert is_peft(state.policy) and is_peft(state.value)
+    sft = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    pushed = state.policy_weights()
+    assert set(pushed) == set(sft) and all(torch.equal(pushed[k], sft[k]) for k in sft)  # B = 0: W + 0 is W
+    trained = {n for n, p in state.value.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n or ".score." in n for n in trained)  # the value head trains in full
+    total = sum(p.numel() for p in state.parameters())
+    everything = sum(p.numel() for p in [*state.policy.parameters(), *state.value.parameters()])
+    assert total < 0.2 * everything
+
+
+def test_lora_run_resumes_after_a_kill_with_nothing_repeated_and_step_3_recomputed(tiny_model_dir, synth_dir,
+                                                                                   tmp_path, services):  # noqa: F811
+    out = tmp_path / "run"
+    train(make_config(tiny_model_dir, synth_dir, out, anneal_lr=False, lr=1e-3, **LORA), services)
+    original = read_jsonl(out / "metrics.jsonl")
+    checkpoint = out / "checkpoints" / "step-000002"
+    assert (checkpoint / "policy" / "adapter_config.json").is_file()
+    assert (checkpoint / "value" / "adapter_config.json").is_file()
+    assert not (checkpoint / "policy" / "model.safetensors").exists()  # adapters, not whole models
+    shutil.rmtree(out / "checkpoints" / "step-000003")  # as if SIGKILL struck before step 3's checkpoint
+    (out / "checkpoints" / "latest").write_text("step-000002")
+
+    train(make_config(tiny_model_dir, synth_dir, out, steps=4, resume=True, anneal_lr=False, lr=1e-3, **LORA),
+          services)
+    resumed = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    for key in ("objective/reward", "objective/kl", "loss/policy", "loss/value", "loss/ptx"):
+        assert resumed[2][key] == pytest.approx(original[2][key], rel=1e-4, abs=1e-6), key
+    assert original[-1]["objective/kl"] != 0  # the adapter did move the policy
+
+
+def test_the_final_policy_is_an_adapter_and_a_merged_dir_that_equals_what_replicas_serve(tiny_model_dir, synth_dir,
+                                                                                         tmp_path, services):  # noqa: F811
+    out = tmp_path / "run"
+    train(make_config(tiny_model_dir, synth_dir, out, lr=1e-3, **LORA), services)
+    assert (out / "policy" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out / "policy" / "merged").state_dict()
+    served = services.policies[0].policy.model.state_dict()  # the replica, after the last push
+    assert set(served) == set(merged)
+    for name, tensor in merged.items():
+        torch.testing.assert_close(served[name], tensor, rtol=0, atol=1e-6)
+    sft = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert any(not torch.equal(merged[k], sft[k]) for k in sft)
