@@ -17,11 +17,17 @@ import pytest
 SMALL = ["--steps", "3", "--data-scale", "0.1", "--ppo-batch-size", "8", "--eval-prompts", "8"]
 
 
+def _interruptible() -> None:
+    """In the child: Ctrl-C acts, as in a terminal. A test suite started as a background job (`make test &`)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _demo(workdir, *extra, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RLHF_LOG_FORMAT": "text"}
     return subprocess.Popen(
         [sys.executable, "-m", "rlhf.cli", "demo", "--workdir", str(workdir), *SMALL, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **kwargs,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_interruptible, **kwargs,
     )
 
 
