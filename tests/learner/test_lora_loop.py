@@ -11,19 +11,28 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlhf.core.training import is_peft
+from rlhf.core.weights import LORA, weights_kind
 from rlhf.learner.loop import train
 from rlhf.learner.state import build_state
+from rlhf.policy.local import LocalPolicy
 from tests.learner.test_learner_loop import make_config, read_jsonl, services  # noqa: F401 - a fixture
 
-LORA = dict(lora_r=8, lora_alpha=16, precision="bf16-mixed", gradient_checkpointing=True)
+LORA_RUN = dict(lora_r=8, lora_alpha=16, precision="bf16-mixed", gradient_checkpointing=True)
 
 
 def test_step_0_pushes_exactly_the_sft_weights_and_only_adapters_and_heads_train(tiny_model_dir, synth_dir, tmp_path):
-    state = build_state(make_config(tiny_model_dir, synth_dir, tmp_path / "run", **LORA))
+    state = build_state(make_config(tiny_model_dir, synth_dir, tmp_path / "run", **LORA_RUN))
     assert is_peft(state.policy) and is_peft(state.value)
     sft = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
-    pushed = state.policy_weights()
-    assert set(pushed) == set(sft) and all(torch.equal(pushed[k], sft[k]) for k in sft)  # B = 0: W + 0 is W
+    pushed = state.policy_weights()  # the adapter's factors only
+    assert weights_kind(pushed) == LORA
+    assert all(not v.any() for k, v in pushed.items() if k.endswith("lora_B"))  # B starts at 0
+    replica = LocalPolicy(tiny_model_dir, device="cpu")
+    replica.update_weights(pushed, 0)
+    served = replica.policy.model.state_dict()
+    assert all(torch.equal(served[k], sft[k]) for k in sft)  # W_base + 0 is exactly the SFT weights
+    full = sum(t.numel() * t.element_size() for t in sft.values())
+    assert sum(t.numel() * t.element_size() for t in pushed.values()) < 0.2 * full
     trained = {n for n, p in state.value.named_parameters() if p.requires_grad}
     assert trained and all("lora_" in n or ".score." in n for n in trained)  # the value head trains in full
     total = sum(p.numel() for p in state.parameters())
@@ -34,7 +43,7 @@ def test_step_0_pushes_exactly_the_sft_weights_and_only_adapters_and_heads_train
 def test_lora_run_resumes_after_a_kill_with_nothing_repeated_and_step_3_recomputed(tiny_model_dir, synth_dir,
                                                                                    tmp_path, services):  # noqa: F811
     out = tmp_path / "run"
-    train(make_config(tiny_model_dir, synth_dir, out, anneal_lr=False, lr=1e-3, **LORA), services)
+    train(make_config(tiny_model_dir, synth_dir, out, anneal_lr=False, lr=1e-3, **LORA_RUN), services)
     original = read_jsonl(out / "metrics.jsonl")
     checkpoint = out / "checkpoints" / "step-000002"
     assert (checkpoint / "policy" / "adapter_config.json").is_file()
@@ -43,7 +52,7 @@ def test_lora_run_resumes_after_a_kill_with_nothing_repeated_and_step_3_recomput
     shutil.rmtree(out / "checkpoints" / "step-000003")  # as if SIGKILL struck before step 3's checkpoint
     (out / "checkpoints" / "latest").write_text("step-000002")
 
-    train(make_config(tiny_model_dir, synth_dir, out, steps=4, resume=True, anneal_lr=False, lr=1e-3, **LORA),
+    train(make_config(tiny_model_dir, synth_dir, out, steps=4, resume=True, anneal_lr=False, lr=1e-3, **LORA_RUN),
           services)
     resumed = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
@@ -55,7 +64,7 @@ def test_lora_run_resumes_after_a_kill_with_nothing_repeated_and_step_3_recomput
 def test_the_final_policy_is_an_adapter_and_a_merged_dir_that_equals_what_replicas_serve(tiny_model_dir, synth_dir,
                                                                                          tmp_path, services):  # noqa: F811
     out = tmp_path / "run"
-    train(make_config(tiny_model_dir, synth_dir, out, lr=1e-3, **LORA), services)
+    train(make_config(tiny_model_dir, synth_dir, out, lr=1e-3, **LORA_RUN), services)
     assert (out / "policy" / "adapter_config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out / "policy" / "merged").state_dict()
     served = services.policies[0].policy.model.state_dict()  # the replica, after the last push

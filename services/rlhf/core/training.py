@@ -209,6 +209,20 @@ def make_optimizer(parameters, options: TrainingOptions, **adamw) -> torch.optim
     return torch.optim.AdamW(parameters, **adamw)
 
 
+def lora_factors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a LoRA learner pushes (rlhf.v1.WeightsKind LORA): per adapted module M, under the base model's
+    names, "M.lora_A" (r x in) and "M.lora_B" (out x r) times alpha / r, so that W = W_base + B @ A."""
+    from peft.tuners.lora import LoraLayer
+
+    factors = {}
+    for name, module in model.get_base_model().named_modules():
+        if isinstance(module, LoraLayer):
+            (adapter,) = module.active_adapters
+            factors[f"{name}.lora_A"] = module.lora_A[adapter].weight.detach()
+            factors[f"{name}.lora_B"] = module.lora_B[adapter].weight.detach() * module.scaling[adapter]
+    return factors
+
+
 def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights as the plain model would hold them: for a PeftModel, W + (alpha / r) * B @ A in each
     adapted module, under the base model's own names; the model itself is left untouched."""

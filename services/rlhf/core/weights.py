@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import grpc
 import torch
@@ -19,6 +19,16 @@ from rlhf.core.tensors import TensorDecodeError, byte_view, bytes_to_tensor, dty
 from rlhf.v1 import common_pb2
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024  # well under the 64 MiB default message limit
+FULL, LORA = common_pb2.WEIGHTS_KIND_FULL, common_pb2.WEIGHTS_KIND_LORA
+LORA_SUFFIXES = (".lora_A", ".lora_B")  # the tensor names of a LoRA stream: MODULE.lora_A, MODULE.lora_B
+
+
+def weights_kind(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """LORA for a state dict of LoRA factors only (MODULE.lora_A / MODULE.lora_B), FULL otherwise."""
+    factors = [name.endswith(LORA_SUFFIXES) for name in state_dict]
+    if any(factors) and not all(factors):
+        raise ValueError("a weight stream carries model tensors or LoRA factors, not both")
+    return LORA if factors and all(factors) else FULL
 
 
 class WeightStreamError(Exception):
@@ -33,6 +43,7 @@ def _chunk_headers(
     state_dict: Mapping[str, torch.Tensor], version: int, chunk_bytes: int
 ) -> Iterator[tuple[common_pb2.WeightChunk, memoryview]]:
     """Each chunk's message without its data, and the data as a view of the tensor (not copied)."""
+    kind = weights_kind(state_dict)
     for name, tensor in state_dict.items():
         raw = byte_view(tensor)
         dtype, shape = dtype_name(tensor.dtype), list(tensor.shape)
@@ -40,13 +51,14 @@ def _chunk_headers(
             piece = raw[offset : offset + chunk_bytes]
             header = common_pb2.WeightChunk(
                 name=name, dtype=dtype, shape=shape, offset=offset, total_bytes=len(raw),
-                crc32=zlib.crc32(piece), target_version=version,
+                crc32=zlib.crc32(piece), target_version=version, kind=kind,
             )
             yield header, piece
 
 
 def _commit_message(state_dict: Mapping[str, torch.Tensor], version: int) -> common_pb2.WeightChunk:
-    return common_pb2.WeightChunk(commit=True, num_tensors=len(state_dict), target_version=version)
+    return common_pb2.WeightChunk(commit=True, num_tensors=len(state_dict), target_version=version,
+                                  kind=weights_kind(state_dict))
 
 
 def weight_chunks(
@@ -105,15 +117,23 @@ def expected_bytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
-class WeightStreamAssembler:
-    """Collects chunks into tensors, checking each against the expected names, dtypes and shapes."""
+AdapterCheck = Callable[[str, TensorSpec], str | None]  # (name, spec) -> why it does not fit, or None
 
-    def __init__(self, expected: Mapping[str, TensorSpec] | None = None, buffers: dict[str, bytearray] | None = None):
+
+class WeightStreamAssembler:
+    """Collects chunks into tensors, checking each against the expected names, dtypes and shapes: a FULL
+    stream against the model's own tensors (`expected`), a LORA stream through `adapter_check`."""
+
+    def __init__(self, expected: Mapping[str, TensorSpec] | None = None, buffers: dict[str, bytearray] | None = None,
+                 adapter_check: AdapterCheck | None = None):
         """`buffers`, when given, is a receive area kept between streams (name -> bytes): tensors land in
         buffers allocated once instead of fresh memory per stream, which first-touch page faults make slow.
-        The tensors `finish` returns then share that memory, so use them before the next stream starts."""
+        The tensors `finish` returns then share that memory, so use them before the next stream starts.
+        Without `adapter_check` a LORA stream is refused."""
         self.expected = expected
+        self.adapter_check = adapter_check
         self._reusable = buffers if buffers is not None else {}
+        self.kind: int | None = None
         self.version: int | None = None
         self.bytes_received = 0
         self.committed = False
@@ -131,6 +151,7 @@ class WeightStreamAssembler:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"chunk for version {chunk.target_version} in a stream for version {self.version}",
             )
+        self._check_kind(chunk.kind)
         if chunk.commit:
             self._commit(chunk.num_tensors)
             return
@@ -157,12 +178,29 @@ class WeightStreamAssembler:
         self._filled[chunk.name] = end
         self.bytes_received += len(data)
 
+    def _check_kind(self, kind: int) -> None:
+        if kind not in (FULL, LORA):
+            raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown weights kind {kind}")
+        if self.kind is None:
+            if kind == LORA and self.adapter_check is None:
+                raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT,
+                                        "a LoRA adapter stream, but this receiver takes full weights only")
+            self.kind = kind
+        elif kind != self.kind:
+            raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, "a stream that mixes full weights and LoRA "
+                                    "factors (the kind changed mid-stream)")
+
     def _check_spec(self, chunk: common_pb2.WeightChunk) -> None:
         try:
             spec = (parse_dtype(chunk.dtype), tuple(chunk.shape))
         except TensorDecodeError as err:
             raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, f"{chunk.name}: {err}") from None
-        if self.expected is not None:
+        if self.kind == LORA:
+            why = "negative shape" if any(d < 0 for d in spec[1]) else self.adapter_check(chunk.name, spec)
+            if why:
+                raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"{chunk.name}: {why} (a LoRA adapter stream)")
+        elif self.expected is not None:
             if chunk.name not in self.expected:
                 raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown tensor name {chunk.name!r}")
             want = self.expected[chunk.name]

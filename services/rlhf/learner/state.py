@@ -30,8 +30,8 @@ from rlhf.core.training import (
     check_precision,
     disable_dropout,
     is_peft,
+    lora_factors,
     make_optimizer,
-    merged_state_dict,
     name_base,
     prepare_model,
     save_trained,
@@ -73,9 +73,10 @@ class TrainState:
         return autocast(self.options, next(self.policy.parameters()).device)
 
     def policy_weights(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of pi_RL's weights as the plain model holds them (with LoRA: merged), safe to stream
-        while training moves on."""
-        return {name: t.detach().to("cpu", copy=True) for name, t in merged_state_dict(self.policy).items()}
+        """A CPU copy of what the replicas get, safe to stream while training moves on: pi_RL's weights, or
+        with LoRA only the adapter's factors (the replicas keep their base weights and merge them)."""
+        tensors = lora_factors(self.policy) if is_peft(self.policy) else self.policy.state_dict()
+        return {name: t.detach().to("cpu", copy=True) for name, t in tensors.items()}
 
 
 def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str | None = None) -> TrainState:

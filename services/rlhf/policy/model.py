@@ -24,7 +24,8 @@ from rlhf.core.modeling import (
 from rlhf.core.tensors import dtype_name
 from rlhf.core.text import encode_prompt
 from rlhf.core.types import GenerationParams, Sample
-from rlhf.core.weights import TensorSpec, specs_of
+from rlhf.core.weights import LORA, TensorSpec, specs_of, weights_kind
+from rlhf.policy.adapter import ServedAdapter
 from rlhf.policy.sampling import SamplingSettings, decode, row_generator
 from rlhf.v1 import common_pb2
 
@@ -80,6 +81,7 @@ class PolicyModel:
         self.tokenizer, self.model = load_causal_lm_and_tokenizer(path, device, dtype)
         self.version = 0
         self.specs: dict[str, TensorSpec] = specs_of(self.model.state_dict())
+        self.adapter = ServedAdapter(self.model, self.path, next(self.model.parameters()).dtype)
         self.max_context = context_length(self.model.config)
         self.vocab_size = self.model.get_input_embeddings().num_embeddings
 
@@ -135,9 +137,17 @@ class PolicyModel:
     # -- weights --------------------------------------------------------------------------------
 
     def check_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Every name, dtype and shape must match the loaded model (a partial state dict is fine)."""
+        """Every name, dtype and shape must match the loaded model (a partial state dict is fine); LoRA factors
+        must fit the model and the replica's adapter layout (rlhf.policy.adapter)."""
         if not state_dict:
             raise InvalidRequest("empty state dict")
+        try:
+            kind = weights_kind(state_dict)
+        except ValueError as err:
+            raise InvalidRequest(str(err)) from None
+        if kind == LORA:
+            self.adapter.check(state_dict)
+            return
         for name, (dtype, shape) in specs_of(state_dict).items():
             want = self.specs.get(name)
             if want is None:
@@ -149,11 +159,16 @@ class PolicyModel:
                 )
 
     def apply_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
-        """Copy checked tensors into the model. Runs on the model thread, between batches."""
-        params = self.model.state_dict()  # shares storage with the model
-        with torch.no_grad():
-            for name, tensor in state_dict.items():
-                params[name].copy_(tensor)
+        """Copy checked tensors into the model (or, for LoRA factors, merge them into the base weights). Runs on
+        the model thread, between batches."""
+        if weights_kind(state_dict) == LORA:
+            self.adapter.apply(state_dict)
+        else:
+            params = self.model.state_dict()  # shares storage with the model
+            with torch.no_grad():
+                for name, tensor in state_dict.items():
+                    params[name].copy_(tensor)
+            self.adapter.full_weights_applied()
         self.version = version
 
     def info(self, **fields) -> common_pb2.ModelInfo:

@@ -83,12 +83,17 @@ def pull_weights(target: str, policy: PolicyModel, options: ClientOptions, stall
         stream = learner_pb2_grpc.LearnerStub(learner.channel).GetWeights(
             learner_pb2.GetWeightsRequest(dtype=dtype_name(policy.model.dtype)), **learner.call_kwargs()
         )
-        assembler = WeightStreamAssembler(policy.specs)
+        assembler = WeightStreamAssembler(policy.specs, adapter_check=policy.adapter.spec_error)
         with cancelled_when_stalled(stream, stall_timeout) as progress:
             for chunk in stream:
                 progress.set()
                 assembler.add(chunk)
-        return assembler.finish()
+        version, tensors = assembler.finish()
+        try:
+            policy.check_weights(tensors)
+        except InvalidRequest as err:
+            raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
+        return version, tensors
 
 
 @contextlib.contextmanager
@@ -219,11 +224,15 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
     async def UpdateWeights(self, request_iterator, context) -> policy_pb2.UpdateWeightsResponse:
         policy = await self._loaded(context)
         async with self._receiving:
-            assembler = WeightStreamAssembler(policy.specs, self._receive_area)
+            assembler = WeightStreamAssembler(policy.specs, self._receive_area, policy.adapter.spec_error)
             try:
                 async for chunk in until_stalled(request_iterator, self.config.weights_stream_timeout):
                     assembler.add(chunk)
                 version, tensors = assembler.finish()
+                try:  # the stream as a whole: for LoRA, both factors of every module, the replica's layout
+                    policy.check_weights(tensors)
+                except InvalidRequest as err:
+                    raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
             except WeightStreamError as err:
                 log.warning("weight stream refused", extra={"code": err.code.name, "reason": str(err)})
                 await context.abort(err.code, str(err))

@@ -1,10 +1,18 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class WeightsKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WEIGHTS_KIND_FULL: _ClassVar[WeightsKind]
+    WEIGHTS_KIND_LORA: _ClassVar[WeightsKind]
+WEIGHTS_KIND_FULL: WeightsKind
+WEIGHTS_KIND_LORA: WeightsKind
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -17,7 +25,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class WeightChunk(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "data", "offset", "total_bytes", "crc32", "target_version", "commit", "num_tensors")
+    __slots__ = ("name", "dtype", "shape", "data", "offset", "total_bytes", "crc32", "target_version", "commit", "num_tensors", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +36,7 @@ class WeightChunk(_message.Message):
     TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
@@ -38,7 +47,8 @@ class WeightChunk(_message.Message):
     target_version: int
     commit: bool
     num_tensors: int
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., crc32: _Optional[int] = ..., target_version: _Optional[int] = ..., commit: _Optional[bool] = ..., num_tensors: _Optional[int] = ...) -> None: ...
+    kind: WeightsKind
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., crc32: _Optional[int] = ..., target_version: _Optional[int] = ..., commit: _Optional[bool] = ..., num_tensors: _Optional[int] = ..., kind: _Optional[_Union[WeightsKind, str]] = ...) -> None: ...
 
 class TokenIds(_message.Message):
     __slots__ = ("ids",)
