@@ -71,3 +71,13 @@ def test_every_flag_in_the_readme_cli_table_exists_on_its_command():
             if flag not in parser._option_string_actions:
                 wrong.append(f"rlhf {' '.join(words)} {flag}")
     assert not wrong, wrong
+
+
+def test_building_the_cli_imports_no_torch():
+    """`rlhf --help` stays fast: the flag definitions (configs, memory options) import no torch."""
+    import subprocess
+    import sys
+
+    probe = "import sys; from rlhf.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]

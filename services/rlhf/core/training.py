@@ -20,60 +20,21 @@ Qwen's and Mistral's q/k/v/o and gate/up/down projections are all found without 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from rlhf.core.errors import UserError
+from rlhf.core.training_options import Precision, TrainingOptions, training_options  # noqa: F401 - re-exported
 
 log = logging.getLogger("rlhf.training")
 
-Precision = Literal["fp32", "bf16-mixed", "bf16-true"]
 Task = Literal["causal-lm", "score"]
-
-
-@dataclass(kw_only=True)
-class TrainingOptions:
-    """The flags every `rlhf train` stage takes for memory: mixed into each stage's config."""
-
-    precision: Precision = "fp32"
-    """fp32; bf16-mixed: bfloat16 autocast over float32 weights and optimizer states; bf16-true: bfloat16 weights,
-    float32 optimizer states"""
-    gradient_checkpointing: bool = False
-    """recompute each block's activations in the backward pass: far less activation memory, about a third
-    more compute"""
-    lora_r: int = 0
-    """LoRA rank (peft); 0 trains every weight"""
-    lora_alpha: float = 16.0
-    """LoRA scale numerator: the update is (alpha / r) * B @ A"""
-    lora_dropout: float = 0.0
-    """dropout on the LoRA branch's input"""
-    lora_target_modules: str | None = None
-    """comma-separated names of the modules LoRA adapts (default: every linear projection in attention and MLP,
-    found by type, not name)"""
-    merge: bool = True
-    """with LoRA, also write the merged standard model dir OUT/merged beside the adapter in OUT"""
-
-    @property
-    def uses_lora(self) -> bool:
-        return self.lora_r > 0
-
-    def check_training_options(self) -> None:
-        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise UserError("need --lora-r >= 0, --lora-alpha > 0 and 0 <= --lora-dropout < 1")
-
-
-def training_options(config) -> TrainingOptions:
-    """The TrainingOptions part of a stage's config."""
-    names = {f.name for f in dataclasses.fields(TrainingOptions)}
-    return TrainingOptions(**{name: getattr(config, name) for name in names})
 
 
 def check_precision(options: TrainingOptions, device: torch.device) -> None:

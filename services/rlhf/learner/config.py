@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from rlhf.core.training import TrainingOptions
+from rlhf.core.training_options import TrainingOptions
 
 DEFAULT_PORT = 50054
 Estimator = Literal["gae", "grpo", "rloo", "reinforce++", "reinforce++-baseline"]

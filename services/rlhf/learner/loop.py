@@ -45,6 +45,16 @@ from rlhf.learner.tracking import RunLog
 log = logging.getLogger("rlhf.learner")
 
 
+def peak_memory() -> dict[str, float]:
+    """The learner's peak memory so far: resident set (the whole process), and on CUDA the tensors' peak."""
+    import resource
+
+    peak = {"memory/peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # Linux: KiB
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak["memory/cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return peak
+
+
 def minibatch_loss(state: TrainState, config: PPOConfig, rollout: Rollout, advantages, returns, importance_weights,
                    mb_inds: torch.Tensor, stats: dict) -> tuple[torch.Tensor, float]:
     """The clipped policy loss on one micro-batch, plus the value loss (gae) and the KL loss (--kl-in loss).
@@ -311,6 +321,7 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
                     metrics["time/weight_sync"] = sync_weights(state, services, control)
                 finally:  # the update happened: the step is logged even if the sync failed
                     metrics["time/step"] = time.perf_counter() - step_start
+                    metrics |= peak_memory()
                     log_step(state.step, metrics, rollout, run_log, control, bar)
                 if state.step % config.save_every == 0:
                     control.set_phase("checkpoint")

@@ -18,21 +18,21 @@ from rlhf.learner import ppo
 TokenIds = Sequence[Sequence[int]]
 
 
-def load_policy(path: str, device: torch.device) -> torch.nn.Module:
-    """pi_RL in float32: PPO's small ratio differences need the precision.
+def load_policy(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """pi_RL, in float32 unless --precision bf16-true: PPO's small ratio differences need the precision.
 
     Both models stay in eval mode while they train: dropout would make the learner's log-probs
     disagree with the sampler's and the reference's, and add noise to the PPO ratio.
     """
-    return load_causal_lm(path, device, torch.float32).eval()
+    return load_causal_lm(path, device, dtype).eval()
 
 
-def load_value_model(path: str, device: torch.device) -> torch.nn.Module:
+def load_value_model(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """The critic: a sequence-classification LM with one label, from a reward-model or SFT dir.
 
     From an SFT dir the scalar head starts random; from a reward-model dir it starts as r_theta.
     """
-    model = load_score_model(path, device, torch.float32, "value model")
+    model = load_score_model(path, device, dtype, "value model")
     if not isinstance(getattr(model, "score", None), torch.nn.Module):
         raise UserError(f"value model {path}: {type(model).__name__} has no `score` head to apply per token")
     return model.eval()

@@ -37,6 +37,7 @@ from rlhf.core.training import (
     save_trained,
     trainable_parameters,
     training_options,
+    weights_dtype,
 )
 from rlhf.learner import ppo
 from rlhf.learner.config import PPOConfig
@@ -88,13 +89,14 @@ def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str
     tokenizer = load_tokenizer(policy_dir or config.model)
     # With LoRA a checkpoint holds adapters: the bases come from --model and --value-model again.
     lora_resume = config.uses_lora and policy_dir is not None
-    policy = trainable(load_policy(config.model if lora_resume else policy_dir or config.model, device), config,
-                       "causal-lm", policy_dir if lora_resume else None, base=config.model)
+    dtype = weights_dtype(config)  # loaded as trained: bf16-true never holds a float32 copy
+    policy = trainable(load_policy(config.model if lora_resume else policy_dir or config.model, device, dtype),
+                       config, "causal-lm", policy_dir if lora_resume else None, base=config.model)
     value = None
     if config.uses_critic:
         value_base = config.value_model or config.model
-        value = trainable(load_value_model(value_base if lora_resume else value_dir or value_base, device), config,
-                          "score", value_dir if lora_resume else None, base=value_base)
+        value = trainable(load_value_model(value_base if lora_resume else value_dir or value_base, device, dtype),
+                          config, "score", value_dir if lora_resume else None, base=value_base)
     if config.value_model and not config.uses_critic and policy_dir is None:
         log.warning("--value-model is ignored: a critic-free estimator builds no value model",
                     extra={"advantage_estimator": config.advantage_estimator})

@@ -26,7 +26,7 @@ def register(commands) -> None:
     sft.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     sft.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the gradient's norm to this")
     from rlhf.core.flags import add_config_arguments
-    from rlhf.core.training import TrainingOptions
+    from rlhf.core.training_options import TrainingOptions
 
     add_config_arguments(sft.add_argument_group("memory: precision, checkpointing, LoRA"), TrainingOptions)
     sft.set_defaults(func=_train_sft)

@@ -98,6 +98,7 @@ def check_config(config: DPOConfig) -> None:
         raise UserError("--label-smoothing goes with --loss sigmoid (cDPO), not ipo")
     if config.epochs < 1 or config.batch_size < 1:
         raise UserError("--epochs and --batch-size must be >= 1")
+    config.check_training_options()
 
 
 def open_reference(config: DPOConfig, tokenizer):
@@ -128,8 +129,11 @@ def open_reference(config: DPOConfig, tokenizer):
 
 def batch_loss(model, batch, encoded: dict, ref: dict, config: DPOConfig, pad_id: int):
     """(loss, h) on one batch of whole prompts: each distinct item forwarded once, every comparison in the loss."""
+    from rlhf.core.training import autocast
+
     device = next(model.parameters()).device
-    policy = sequence_logprobs(model, [encoded[item] for item in batch.items], pad_id, mean=config.loss == "ipo")
+    with autocast(config, device):
+        policy = sequence_logprobs(model, [encoded[item] for item in batch.items], pad_id, mean=config.loss == "ipo")
     reference = torch.tensor([ref[item] for item in batch.items], device=device)
     winners, losers = (torch.tensor(v, device=device) for v in (batch.winners, batch.losers))
     h = preference_logits(policy[winners], policy[losers], reference[winners], reference[losers])
@@ -153,8 +157,17 @@ def evaluate(model, rankings, encoded: dict, ref: dict, config: DPOConfig, pad_i
 def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
     from tqdm.auto import tqdm
 
-    from rlhf.core.modeling import context_length, load_causal_lm, load_tokenizer, resolve_device, save_model_dir
+    from rlhf.core.modeling import context_length, load_causal_lm, load_tokenizer, resolve_device
     from rlhf.core.text import encode_pair
+    from rlhf.core.training import (
+        check_precision,
+        disable_dropout,
+        make_optimizer,
+        prepare_model,
+        save_trained,
+        trainable_parameters,
+        weights_dtype,
+    )
     from rlhf.reward.data import completions, load_rankings, prompt_batches, split_rankings
 
     check_config(config)
@@ -166,8 +179,15 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
     pad_id = tokenizer.pad_token_id
-    # Dropout off (eval mode) while training: at step 0 pi must equal pi_ref exactly, so h = 0.
-    model = load_causal_lm(config.model, device, torch.float32).eval()
+    check_precision(config, device)
+    # Dropout off (eval mode, or off in train mode under gradient checkpointing) while training: at step 0 pi
+    # must equal pi_ref exactly, so h = 0. LoRA's B starts at zero, so that holds with an adapter too.
+    model = prepare_model(load_causal_lm(config.model, device, weights_dtype(config)), config, "causal-lm")
+    if config.gradient_checkpointing:
+        disable_dropout(model)
+        model.train()
+    else:
+        model.eval()
     max_length = min(config.max_length, context_length(model.config))
     items = completions(rankings)
     encoded = {item: encode_pair(tokenizer, *item, max_length) for item in items}
@@ -183,7 +203,7 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
     before = evaluate(model, eval_set, encoded, ref, config, pad_id)[0] if eval_set else None
     rng = random.Random(config.seed)
     steps = config.epochs * len(prompt_batches(train_set, config.batch_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(trainable_parameters(model), config, lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
     bar = tqdm(total=steps, desc="dpo", unit="batch", disable=not progress, dynamic_ncols=True)
     losses: list[float] = []
@@ -193,7 +213,7 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
             loss, h = batch_loss(model, batch, encoded, ref, config, pad_id)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable_parameters(model), config.max_grad_norm)
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
@@ -201,7 +221,7 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
             bar.set_postfix(loss=f"{losses[-1]:.4f}", accuracy=f"{(h > 0).float().mean().item():.2f}")
     bar.close()
     after, eval_loss, n_eval = evaluate(model, eval_set, encoded, ref, config, pad_id) if eval_set else (None, None, 0)
-    out = save_model_dir(model, tokenizer, config.out)
+    out = save_trained(model, tokenizer, config.out, config, base=config.model)
     n_train = sum(len(r.comparisons()) for r in train_set)
     log.info("dpo done", extra={"out": str(out), "eval_accuracy_before": before, "eval_accuracy_after": after})
     return DPOResult(out, n_train, n_eval, before, after, eval_loss, sum(losses) / len(losses))

@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from rlhf.core.training_options import TrainingOptions
+
 
 @dataclass
-class DPOConfig:
+class DPOConfig(TrainingOptions):
     REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data", "out")
     model: str = ""
     """the SFT model dir: pi starts here, and (without --reference) a frozen copy is pi_ref"""

@@ -31,6 +31,7 @@ from rlhf.core.training import (
     prepare_model,
     save_trained,
     trainable_parameters,
+    weights_dtype,
 )
 
 log = logging.getLogger("rlhf.sft")
@@ -138,7 +139,7 @@ def train_sft(config: SFTConfig, progress: bool = True) -> SFTResult:
     device = resolve_device(config.device)
     check_precision(config, device)
     tokenizer = load_tokenizer(config.model)
-    model = prepare_model(load_causal_lm(config.model, device, torch.float32), config, "causal-lm")
+    model = prepare_model(load_causal_lm(config.model, device, weights_dtype(config)), config, "causal-lm")
     max_length = min(config.max_length, context_length(model.config))
     examples = [encode_pair(tokenizer, p, r, max_length) for p, r in pairs]
     train, held_out = split(examples, config.eval_fraction, config.seed)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rlhf.core.training import TrainingOptions
+from rlhf.core.training_options import TrainingOptions
 
 DEFAULT_PORT = 50051  # rlhf serve reward
 

@@ -31,6 +31,7 @@ from rlhf.core.training import (
     prepare_model,
     save_trained,
     trainable_parameters,
+    weights_dtype,
 )
 from rlhf.reward.config import RewardTrainConfig
 from rlhf.reward.data import ComparisonBatch, collate, completions, load_rankings, prompt_batches, split_rankings
@@ -61,7 +62,7 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
     check_precision(config, device)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
-    model = load_sequence_classifier(config.model, tokenizer, device, torch.float32)
+    model = load_sequence_classifier(config.model, tokenizer, device, weights_dtype(config))
     # Dropout off (as TRL's reward trainer does): with it on, the tiny model learns the synthetic task's
     # bag-of-words part (the adjectives) but not the prompt-response relation (on topic?).
     disable_dropout(model)
