@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,9 @@ PUSH_SHARE_TARGET = 0.02
 def peak() -> dict[str, float]:
     import torch
 
-    figures = {"rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    from rlhf.core.processes import peak_rss
+
+    figures = {"rss_gb": peak_rss() / 2**30}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         figures["cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return figures

@@ -31,14 +31,6 @@ CLIENTS, OVERLOAD, MAX_QUEUE = 64, 8, 64
 PROMPT = "Human: Tell me about cats.\nAssistant:"
 
 
-def peak_rss(pid: int) -> int:
-    """VmHWM of a process, bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
-
-
 def make_models(root: Path) -> tuple[Path, Path]:
     """The tiny causal LM, and a reward model on it (random head)."""
     import torch
@@ -115,7 +107,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=["reward", "policy"], default=["reward", "policy"])
     args = parser.parse_args()
 
-    from rlhf.core.processes import ServiceProcess
+    from rlhf.core.processes import ServiceProcess, peak_rss
 
     failed = False
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:

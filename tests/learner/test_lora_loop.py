@@ -73,3 +73,26 @@ def test_the_final_policy_is_an_adapter_and_a_merged_dir_that_equals_what_replic
         torch.testing.assert_close(served[name], tensor, rtol=0, atol=1e-6)
     sft = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert any(not torch.equal(merged[k], sft[k]) for k in sft)
+
+
+def test_the_value_head_reads_every_position_under_lora_for_llama_and_gpt2(tiny_model_dir):
+    """The backbone is found under the PeftModel for any architecture (Llama's prefix, "model", is also the
+    name of peft's own wrapper attribute), and at step 0 the values are the plain model's."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+    from rlhf.core.training import TrainingOptions, prepare_model
+    from rlhf.learner.models import value_forward
+
+    torch.manual_seed(0)
+    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                                       num_hidden_layers=2, num_attention_heads=4,
+                                                       num_key_value_heads=2, num_labels=1, pad_token_id=0))
+    gpt2 = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    for plain in (llama.eval(), gpt2.eval()):
+        adapted = prepare_model(copy.deepcopy(plain), TrainingOptions(lora_r=4), "score").eval()
+        prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14]]
+        with torch.no_grad():
+            want, got = value_forward(plain, prompts, responses, 0), value_forward(adapted, prompts, responses, 0)
+        assert got.shape == (2, 3) and torch.equal(got, want)

@@ -27,6 +27,20 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def peak_rss(pid: int | str = "self") -> int:
+    """A process's peak resident set in bytes: VmHWM from /proc (Linux). Not getrusage's ru_maxrss, which
+    also counts the parent's pages the child held between fork and exec."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource  # not Linux: the best there is, for this process
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

@@ -47,9 +47,9 @@ log = logging.getLogger("rlhf.learner")
 
 def peak_memory() -> dict[str, float]:
     """The learner's peak memory so far: resident set (the whole process), and on CUDA the tensors' peak."""
-    import resource
+    from rlhf.core.processes import peak_rss
 
-    peak = {"memory/peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # Linux: KiB
+    peak = {"memory/peak_rss_gb": peak_rss() / 2**30}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         peak["memory/cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return peak

@@ -13,6 +13,7 @@ import torch
 from rlhf.core.errors import UserError
 from rlhf.core.logprobs import gather_logprobs, pad_right, response_positions
 from rlhf.core.modeling import load_causal_lm, load_score_model
+from rlhf.core.training import base_model
 from rlhf.learner import ppo
 
 TokenIds = Sequence[Sequence[int]]
@@ -66,11 +67,13 @@ def value_forward(model: torch.nn.Module, prompts: TokenIds, responses: TokenIds
     """(B, R) V(x, y_<t): the scalar head applied to the hidden state that predicts response token t."""
     device = next(model.parameters()).device
     ids, attention, positions, mask = _batch(prompts, responses, pad_id, device)
-    # The classification forward pools one position; the backbone gives every hidden state.
-    backbone = getattr(model, model.base_model_prefix)
+    # The classification forward pools one position; the backbone gives every hidden state. With LoRA, the
+    # transformers model under the PeftModel (its adapted layers in place) has the backbone and the head.
+    inner = base_model(model)
+    backbone = getattr(inner, inner.base_model_prefix)
     hidden = backbone(input_ids=ids, attention_mask=attention).last_hidden_state  # (B, T, H)
     hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.size(-1)))  # (B, R, H)
-    return model.score(hidden).squeeze(-1).float() * mask.float()
+    return inner.score(hidden).squeeze(-1).float() * mask.float()
 
 
 def sequence_logprobs(model: torch.nn.Module, texts: TokenIds, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
