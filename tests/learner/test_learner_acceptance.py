@@ -162,12 +162,16 @@ def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, 
     assert (run.out / "policy" / "config.json").exists()
 
 
-def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path):
+LORA_BF16 = ["--lora-r", "8", "--precision", "bf16-mixed", "--gradient-checkpointing"]
+
+
+@pytest.mark.parametrize("memory", [[], LORA_BF16], ids=["full", "lora-bf16"])
+def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path, memory):
     # Enough steps that a fast machine cannot finish the run while `rlhf learner stop` starts up
     # (a few seconds of imports, during which the learner keeps stepping).
     steps, save_every = 30, 4
     flags = ["--batch-size", "8", "--max-new-tokens", "8", "--ppo-epochs", "2", "--lr", "1e-4",
-             "--save-every", str(save_every), "--steps", str(steps)]
+             "--save-every", str(save_every), "--steps", str(steps), *memory]
     with ExitStack() as stack:
         run = Run(stack, untrained, tmp_path / "ppo")
         latest = run.out / "checkpoints" / "latest"
@@ -215,7 +219,11 @@ def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path
     rollouts = read_jsonl(run.out / "rollouts.jsonl")
     assert sorted({r["step"] for r in rollouts}) == list(range(1, steps + 1)) and len(rollouts) == steps * 8
     assert all(r["weights_version"] == r["step"] - 1 for r in rollouts)
-    assert (run.out / "policy" / "config.json").exists()
+    if memory:  # with LoRA: the adapter (checkpoints held adapters too), and the merged standard dir
+        assert (run.out / "policy" / "adapter_config.json").exists()
+        assert (run.out / "policy" / "merged" / "config.json").exists()
+    else:
+        assert (run.out / "policy" / "config.json").exists()
 
 
 def test_policy_killed_and_restarted_gets_the_weights_back(untrained, tmp_path):
