@@ -116,3 +116,22 @@ def test_the_setup_job_publishes_whole_dirs_and_a_retry_skips_what_is_done(fake_
     assert (data / "models" / "rm" / "config.json").exists()
     assert not list(data.rglob("*.tmp"))
     assert sorted(p.name for p in (data / "datasets").iterdir()) == ["preferences.jsonl", "prompts.jsonl", "sft.jsonl"]
+
+
+@pytest.mark.parametrize("written", [None, "config.json", "adapter_config.json"])
+def test_each_server_waits_for_a_model_dir_or_a_lora_adapter_dir(tmp_path, written):
+    """The wait-for-model init containers end once the dir holds a model (config.json) or a LoRA adapter
+    (adapter_config.json: `--lora-r` training writes that), and keep waiting before."""
+    deployments = of_kind(rendered("kind"), "Deployment")
+    for name, variable in (("policy", "POLICY_MODEL"), ("reward", "REWARD_MODEL"), ("reference", "REFERENCE_MODEL")):
+        model = tmp_path / name
+        model.mkdir()
+        if written:
+            (model / written).write_text("{}")
+        wait = deployments[name]["spec"]["template"]["spec"]["initContainers"][0]["command"]
+        try:
+            done = subprocess.run(wait, env={**os.environ, variable: str(model)}, capture_output=True, timeout=3)
+            finished = done.returncode == 0
+        except subprocess.TimeoutExpired:
+            finished = False
+        assert finished == bool(written), (name, written)

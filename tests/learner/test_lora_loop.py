@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from rlhf.core.errors import UserError
 from rlhf.core.training import is_peft
 from rlhf.core.weights import LORA, weights_kind
 from rlhf.learner.loop import train
@@ -59,6 +60,21 @@ def test_lora_run_resumes_after_a_kill_with_nothing_repeated_and_step_3_recomput
     for key in ("objective/reward", "objective/kl", "loss/policy", "loss/value", "loss/ptx"):
         assert resumed[2][key] == pytest.approx(original[2][key], rel=1e-4, abs=1e-6), key
     assert original[-1]["objective/kl"] != 0  # the adapter did move the policy
+    for other in (0, 16):  # a checkpoint of adapters resumes only with the same rank
+        with pytest.raises(UserError, match="was trained with --lora-r 8; resume it with the same --lora-r"):
+            train(make_config(tiny_model_dir, synth_dir, out, steps=5, resume=True, **{**LORA_RUN, "lora_r": other}),
+                  services)
+
+
+def test_a_bf16_true_lora_run_resumes_with_float32_optimizer_moments(tiny_model_dir, synth_dir, tmp_path,
+                                                                      services):  # noqa: F811
+    out = tmp_path / "run"
+    bf16_true = {**LORA_RUN, "precision": "bf16-true"}
+    train(make_config(tiny_model_dir, synth_dir, out, steps=2, lr=1e-3, **bf16_true), services)
+    state = train(make_config(tiny_model_dir, synth_dir, out, steps=3, resume=True, lr=1e-3, **bf16_true), services)
+    assert state.step == 3 and [m["step"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    moments = {v.dtype for s in state.optimizer.state.values() for k, v in s.items() if k.startswith("exp_avg")}
+    assert moments == {torch.float32}
 
 
 def test_the_final_policy_is_an_adapter_and_a_merged_dir_that_equals_what_replicas_serve(tiny_model_dir, synth_dir,

@@ -41,6 +41,9 @@ def stages(tiny_model_dir, synth_dir, tmp_path_factory):
                    "--epochs", "1", "--batch-size", "16", "--lr", "1e-3", "--adam-beta2", "0.95", "--max-length", "48",
                    "--device", "cpu", *extra).stdout
         accuracy[name] = float(re.search(r"held-out pairwise accuracy: ([0-9.]+)", out).group(1))
+    # a LoRA reward model on the LoRA SFT model: an adapter whose base is an adapter
+    rlhf("train", "rm", "--model", str(root / "sft-lora"), "--data", str(preferences), "--out", str(root / "rm-chain"),
+         "--epochs", "1", "--batch-size", "64", "--max-length", "48", "--device", "cpu", "--lora-r", "4")
     return root, preferences, accuracy
 
 
@@ -92,3 +95,23 @@ def test_a_lora_reward_model_matches_full_training_and_both_outputs_score_mean_0
     for name in ("rm-lora", "rm-lora/merged"):  # the adapter carries the offset (in its final-norm copy)
         mean = sum(RewardScorer.load(root / name, device="cpu").score(reference)) / len(reference)
         assert abs(mean) < 1e-4, (name, mean)
+
+
+def test_an_adapter_on_an_adapter_loads_as_its_merged_dir(stages, tiny_model_dir, synth_dir):
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.core.modeling import load_causal_lm
+
+    root, preferences, _ = stages
+    config = json.loads((root / "rm-chain" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((root / "sft-lora").resolve())
+    items = completions(load_rankings(preferences))[:100]
+    chained, merged = (RewardScorer.load(root / name, device="cpu").score(items) for name in ("rm-chain",
+                                                                                              "rm-chain/merged"))
+    torch.testing.assert_close(torch.tensor(chained), torch.tensor(merged), rtol=1e-4, atol=1e-4)
+    rlhf("train", "sft", "--model", str(root / "sft-lora"), "--data", str(synth_dir / "sft.jsonl"), "--out",
+         str(root / "sft-chain"), "--batch-size", "64", "--device", "cpu", "--lora-r", "4", "--lr", "1e-2")
+    with torch.no_grad():
+        got = load_causal_lm(root / "sft-chain", torch.device("cpu"), torch.float32)(input_ids=IDS).logits
+        want = AutoModelForCausalLM.from_pretrained(root / "sft-chain" / "merged")(input_ids=IDS).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -90,12 +90,15 @@ def merge_adapter(model, path: str | os.PathLike):
     """`model` (the base) with the PEFT adapter in `path` merged into its weights: a plain model again."""
     import warnings
 
-    from peft import PeftModel
+    from peft import PeftConfig, PeftModel
 
     try:
+        config = PeftConfig.from_pretrained(str(path))
+        if config.task_type == "CAUSAL_LM" and not hasattr(model, "prepare_inputs_for_generation"):
+            config.task_type = None  # a causal LM's adapter (LoRA SFT) merged into a classifier on its backbone
         with warnings.catch_warnings():  # peft asks transformers a deprecated question; not ours to answer
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing")
-            return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+            return PeftModel.from_pretrained(model, str(path), config=config).merge_and_unload()
     except (OSError, ValueError, RuntimeError) as err:
         raise UserError(f"cannot apply the adapter in {path}: {str(err).splitlines()[0]}") from err
 
@@ -105,12 +108,12 @@ def load_causal_lm(path: str | os.PathLike, device: torch.device, dtype: torch.d
     from transformers import AutoModelForCausalLM
 
     base = adapter_base(check_model_path(path))
+    if base:  # the base may be an adapter dir itself (LoRA SFT, then LoRA PPO on it): merged first, recursively
+        return merge_adapter(load_causal_lm(base, torch.device("cpu"), dtype), path).to(device).eval()
     try:
-        model = AutoModelForCausalLM.from_pretrained(check_model_path(base or path), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(check_model_path(path), dtype=dtype)
     except OSError as err:
-        raise UserError(f"cannot load model from {base or path}: {str(err).splitlines()[0]}") from err
-    if base:
-        model = merge_adapter(model, path)
+        raise UserError(f"cannot load model from {path}: {str(err).splitlines()[0]}") from err
     return model.to(device).eval()
 
 
@@ -123,18 +126,18 @@ def load_score_model(path: str | os.PathLike, device: torch.device, dtype: torch
     from transformers.utils import logging as hf_logging
 
     base = adapter_base(check_model_path(path))
+    if base:  # the adapter brings its trained score head (peft's modules_to_save); its base may be an adapter too
+        return merge_adapter(load_score_model(base, torch.device("cpu"), dtype, what), path).to(device)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            check_model_path(base or path), num_labels=1, dtype=dtype, output_loading_info=True
+            check_model_path(path), num_labels=1, dtype=dtype, output_loading_info=True
         )
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load {what} from {base or path}: {str(err).splitlines()[0]}") from err
+        raise UserError(f"cannot load {what} from {path}: {str(err).splitlines()[0]}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
-    if base:  # the adapter brings its trained score head (peft's modules_to_save)
-        return merge_adapter(model, path).to(device)
     missing = list(info.get("missing_keys", []))
     head = [k for k in missing if k.split(".")[0] in ("score", "classifier")]
     if head:

@@ -127,12 +127,30 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if is_peft(model) else model
 
 
+def stochastic_round(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float32 -> bfloat16, rounding up or down at random in proportion to the distance (unbiased): an update
+    far below a weight's bf16 resolution (lr 1e-5 on a weight of 1) still moves it on average, where
+    round-to-nearest would drop it every time. Random bits are added below bf16's 16 kept bits, then cut."""
+    if dtype != torch.bfloat16 or x.dtype != torch.float32:
+        return x.to(dtype)
+    bits = x.view(torch.int32)
+    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device)
+    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)  # exact: the low bits are zero
+
+
 class Float32StateAdamW(torch.optim.AdamW):
     """AdamW whose states and arithmetic stay in float32 for parameters of a lower precision (bf16-true).
 
     Each step runs torch's own AdamW on a float32 copy of one parameter at a time, then rounds the result
-    into the parameter: bfloat16 weights and gradients, float32 moments, one parameter's float32 copy
-    as the only transient memory."""
+    into the parameter stochastically (no float32 master copy is kept): bfloat16 weights and gradients,
+    float32 moments, one parameter's float32 copy as the only transient memory."""
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)  # torch casts the moments to each parameter's dtype: undo that
+        for state in self.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key] = state[key].float()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -158,7 +176,7 @@ class Float32StateAdamW(torch.optim.AdamW):
                     beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
                     maximize=group["maximize"],
                 )
-                p.copy_(master)
+                p.copy_(stochastic_round(master, p.dtype))
         return loss
 
 

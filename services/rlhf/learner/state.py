@@ -155,6 +155,7 @@ def save_checkpoint(state: TrainState, out: str | Path, keep: int = 2) -> Path:
         {
             "step": state.step,
             "critic": state.value is not None,
+            "lora_r": state.options.lora_r,  # what the policy and value dirs hold: whole models, or adapters
             "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(),
             "kl_coef": state.kl_ctl.value,
@@ -219,6 +220,9 @@ def resume_state(config: PPOConfig) -> TrainState:
         had = "gae (with a value model)" if saved.get("critic", True) else "a critic-free estimator"
         raise UserError(f"--resume: {path} was trained with {had}; resume it with the same kind of "
                         "--advantage-estimator")
+    if saved.get("lora_r", 0) != config.lora_r:
+        raise UserError(f"--resume: {path} was trained with --lora-r {saved.get('lora_r', 0)}; resume it with the "
+                        "same --lora-r")
     state = build_state(config, policy_dir=str(path / "policy"), value_dir=str(path / "value"))
     state.step = saved["step"]
     state.optimizer.load_state_dict(saved["optimizer"])

@@ -2,7 +2,8 @@
 
 A LoRA stream (rlhf.v1.WeightsKind LORA) carries, per adapted module M, "M.lora_A" (r x in) and "M.lora_B"
 (out x r, already scaled by alpha / r). The replica keeps a copy of each adapted module's base weight and
-serves W = W_base + B @ A (transposed for GPT-2's Conv1D, which stores its weight as in x out). The first
+serves W = W_base + B @ A (transposed for GPT-2's Conv1D, which stores its weight as in x out); the base copies
+live in host memory, not on the GPU. The first
 push fixes the adapter's layout (its modules and ranks); a later push with another layout is refused.
 """
 
@@ -96,7 +97,7 @@ class ServedAdapter:
                 module, conv1d = _linear(self.model, name)
                 a, b = (tensors[f"{name}.{f}"].to(module.weight.device, torch.float32) for f in ("lora_A", "lora_B"))
                 delta = b @ a  # (out, in)
-                base = self.base[name]
+                base = self.base[name].to(module.weight.device, non_blocking=True)
                 module.weight.copy_((base.float() + (delta.T if conv1d else delta)).to(module.weight.dtype))
 
     def _keep_base(self, modules: list[str]) -> None:
@@ -110,7 +111,11 @@ class ServedAdapter:
                 for name, tensor in self.model.state_dict().items():  # shares storage with the model
                     tensor.copy_(fresh[name])
             self.pristine = True
-        self.base = {m: _linear(self.model, m)[0].weight.detach().clone() for m in modules}
+        # In host memory: a copy of every adapted weight on the GPU would double the replica's weight memory.
+        pin = torch.cuda.is_available() and next(self.model.parameters()).is_cuda
+        self.base = {m: _linear(self.model, m)[0].weight.detach().to("cpu", copy=True) for m in modules}
+        if pin:
+            self.base = {m: w.pin_memory() for m, w in self.base.items()}
 
     def full_weights_applied(self) -> None:
         """After a full push the served weights are the learner's, no longer base plus adapter."""

@@ -59,11 +59,12 @@ def final_layer_norm(model: torch.nn.Module, input_ids: torch.Tensor, attention_
 
 def offset_modules(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[str, ...]:
     """What must be trained and saved besides LoRA's adapters for the offset to land in an adapter: the final
-    LayerNorm when the head has no bias (its name's last part, as peft's modules_to_save wants it)."""
+    LayerNorm when the head has no bias, by its full name (peft matches modules_to_save as a name suffix, and
+    OPT's last part, final_layer_norm, is also every layer's own)."""
     if score_head(model).bias is not None:
         return ()
     name, _ = final_layer_norm(model, input_ids, attention_mask)
-    return (name.rsplit(".", 1)[-1],) if name else ()
+    return (name,) if name else ()
 
 
 @torch.no_grad()
