@@ -31,6 +31,8 @@ TESTS = {
             "tests/policy/test_cli.py::test_train_serve_and_generate_through_the_cli"],
     "rm": ["tests/reward/test_train.py::test_held_out_accuracy_against_the_ground_truth_rule_clears_the_bound"],
     "ppo": ["tests/learner/test_learner_acceptance.py::test_ppo_raises_reward_and_ground_truth_within_kl_bound"],
+    "lora-ppo": ["tests/learner/test_learner_acceptance.py::"
+                 "test_lora_bf16_ppo_through_the_services_raises_the_ground_truth"],
     "dpo": ["tests/policy/test_dpo.py::test_dpo_through_the_cli_raises_the_ground_truth"],
     "critic-free": ["tests/learner/test_critic_free_acceptance.py::test_critic_free_estimators_raise_the_ground_truth"],
 }
