@@ -115,3 +115,31 @@ def test_an_adapter_on_an_adapter_loads_as_its_merged_dir(stages, tiny_model_dir
         got = load_causal_lm(root / "sft-chain", torch.device("cpu"), torch.float32)(input_ids=IDS).logits
         want = AutoModelForCausalLM.from_pretrained(root / "sft-chain" / "merged")(input_ids=IDS).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_lora_reward_model_on_an_rmsnorm_model_carries_its_offset_in_the_adapter_dir(stages, tmp_path):
+    """Llama's last norm (RMSNorm) has no bias: the mean-0 offset lives in config, which an adapter dir has none
+    of; it travels in the adapter's overrides file, so the adapter dir scores like the merged dir, at mean 0."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhf.core.modeling import CONFIG_OVERRIDES
+    from rlhf.core.tiny import train_tokenizer
+
+    _, preferences, _ = stages
+    tokenizer = train_tokenizer(1024)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                 bos_token_id=tokenizer.eos_token_id)).save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    out = rlhf("train", "rm", "--model", str(tmp_path / "llama"), "--data", str(preferences), "--out",
+               str(tmp_path / "rm"), "--epochs", "1", "--batch-size", "64", "--max-length", "48", "--device", "cpu",
+               "--lora-r", "4").stdout
+    assert "folded into config.json reward_offset" in out
+    assert "reward_offset" in json.loads((tmp_path / "rm" / CONFIG_OVERRIDES).read_text())
+    train, _ = split_rankings(load_rankings(preferences), 0.1, 0)
+    reference = completions(train)
+    scores = {name: RewardScorer.load(tmp_path / name, device="cpu").score(reference) for name in ("rm", "rm/merged")}
+    torch.testing.assert_close(torch.tensor(scores["rm"]), torch.tensor(scores["rm/merged"]), rtol=1e-4, atol=1e-4)
+    assert abs(sum(scores["rm"]) / len(reference)) < 1e-3

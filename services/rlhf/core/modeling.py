@@ -46,6 +46,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 ADAPTER_CONFIG = "adapter_config.json"
+# Beside an adapter: model-config fields it carries (e.g. a reward model's reward_offset), set at load.
+CONFIG_OVERRIDES = "rlhf_config_overrides.json"
 
 
 def check_model_path(path: str | os.PathLike) -> str:
@@ -98,7 +100,11 @@ def merge_adapter(model, path: str | os.PathLike):
             config.task_type = None  # a causal LM's adapter (LoRA SFT) merged into a classifier on its backbone
         with warnings.catch_warnings():  # peft asks transformers a deprecated question; not ours to answer
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing")
-            return PeftModel.from_pretrained(model, str(path), config=config).merge_and_unload()
+            merged = PeftModel.from_pretrained(model, str(path), config=config).merge_and_unload()
+        overrides = Path(path) / CONFIG_OVERRIDES
+        for key, value in (json.loads(overrides.read_text()) if overrides.is_file() else {}).items():
+            setattr(merged.config, key, value)
+        return merged
     except (OSError, ValueError, RuntimeError) as err:
         raise UserError(f"cannot apply the adapter in {path}: {str(err).splitlines()[0]}") from err
 

@@ -20,6 +20,7 @@ Qwen's and Mistral's q/k/v/o and gate/up/down projections are all found without 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ from typing import Literal
 import torch
 
 from rlhf.core.errors import UserError
+from rlhf.core.modeling import CONFIG_OVERRIDES
 from rlhf.core.training_options import Precision, TrainingOptions, training_options  # noqa: F401 - re-exported
 
 log = logging.getLogger("rlhf.training")
@@ -230,13 +232,15 @@ def name_base(model: torch.nn.Module, base: str) -> None:
 
 
 def save_trained(model: torch.nn.Module, tokenizer, out: str | os.PathLike, options: TrainingOptions,
-                 base: str) -> Path:
+                 base: str, config_overrides: dict | None = None) -> Path:
     """Write what a stage trained, atomically (to OUT.tmp, then swapped in).
 
     Full fine-tuning: a standard model dir. LoRA: the PEFT adapter in OUT (its adapter_config.json names
     `base`, so `from_pretrained` of a PeftModel, and every `rlhf` command, find the base), with the
     tokenizer; and, unless --no-merge, the merged standard model dir in OUT/merged. The merge happens in
-    place, after the adapter is written: the model is a plain one afterwards."""
+    place, after the adapter is written: the model is a plain one afterwards. `config_overrides` are model-config
+    fields an adapter dir cannot hold in a config.json of its own (a reward model's `reward_offset`): written to
+    its CONFIG_OVERRIDES file, and set on the model config whenever the adapter is loaded."""
     from rlhf.core.files import replace_dir
 
     out = Path(out)
@@ -247,6 +251,8 @@ def save_trained(model: torch.nn.Module, tokenizer, out: str | os.PathLike, opti
         name_base(model, base)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if config_overrides:
+            (tmp / CONFIG_OVERRIDES).write_text(json.dumps(config_overrides, indent=2) + "\n")
         if options.merge:
             plain = model.merge_and_unload()
             plain.save_pretrained(tmp / "merged")

@@ -25,8 +25,10 @@ from rlhf.core.text import Encoded, encode_pairs
 from rlhf.core.training import (
     TrainingOptions,
     autocast,
+    base_model,
     check_precision,
     disable_dropout,
+    is_peft,
     make_optimizer,
     prepare_model,
     save_trained,
@@ -36,7 +38,7 @@ from rlhf.core.training import (
 from rlhf.reward.config import RewardTrainConfig
 from rlhf.reward.data import ComparisonBatch, collate, completions, load_rankings, prompt_batches, split_rankings
 from rlhf.reward.loss import kwise_loss, pairwise_accuracy
-from rlhf.reward.model import RewardScorer, load_sequence_classifier, reward_forward
+from rlhf.reward.model import OFFSET_KEY, RewardScorer, load_sequence_classifier, reward_forward
 from rlhf.reward.normalize import fold_offset, offset_modules
 
 log = logging.getLogger("rlhf.reward.train")
@@ -107,7 +109,10 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
     accuracy, n_eval = evaluate(scorer, eval_set, encoded) if eval_set else (None, 0)
     before, after, where = normalize(scorer, [encoded[item] for item in completions(train_set)])
     log.info("normalized", extra={"reference_mean_before": before, "reference_mean_after": after, "folded": where})
-    save_trained(model, tokenizer, config.out, config, base=config.model)
+    # An offset kept in config.json (RMSNorm models: no bias to fold it into) must travel with an adapter too.
+    offset = getattr(base_model(model).config, OFFSET_KEY, None)
+    save_trained(model, tokenizer, config.out, config, base=config.model,
+                 config_overrides={OFFSET_KEY: offset} if offset is not None and is_peft(model) else None)
     return TrainResult(Path(config.out), accuracy, n_eval, before, after, where)
 
 
