@@ -16,7 +16,6 @@ from rlhf.core.training import (
     autocast,
     check_precision,
     make_optimizer,
-    merged_state_dict,
     prepare_model,
     trainable_parameters,
 )
@@ -69,17 +68,14 @@ def _train_a_little(model, steps: int = 3):
 
 
 @pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama])
-def test_step_0_is_the_base_model_and_merged_weights_equal_peft_merge(make):
+def test_step_0_is_the_base_model_and_the_merged_weights_compute_what_the_adapter_does(make):
     base = make().eval()
     model = prepare_model(copy.deepcopy(base), LORA, "causal-lm").eval()
     with torch.no_grad():
         assert torch.equal(model(input_ids=IDS).logits, base(input_ids=IDS).logits)  # B starts at 0
     _train_a_little(model)
-    merged = merged_state_dict(model)
+    merged = copy.deepcopy(model).merge_and_unload().state_dict()  # what OUT/merged and the replicas hold
     assert set(merged) == set(base.state_dict())
-    reference = copy.deepcopy(model).merge_and_unload().state_dict()
-    for name, tensor in reference.items():
-        torch.testing.assert_close(merged[name], tensor, rtol=0, atol=1e-6)
     changed = [n for n in merged if not torch.equal(merged[n], base.state_dict()[n])]
     assert changed and all(n.endswith("weight") for n in changed)  # only the adapted matrices move
     plain = copy.deepcopy(base)

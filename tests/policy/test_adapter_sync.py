@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlhf.core.server import ServerOptions, ServerThread
-from rlhf.core.training import TrainingOptions, lora_factors, merged_state_dict, prepare_model
+from rlhf.core.training import TrainingOptions, lora_factors, prepare_model
 from rlhf.core.types import GenerationParams
 from rlhf.core.weights import LORA, weight_chunks, weights_kind
 from rlhf.policy.client import PolicyClient
@@ -36,7 +36,7 @@ def trained_adapter(tiny_model_dir):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return {k: v.clone() for k, v in lora_factors(model).items()}, merged_state_dict(model)
+    return {k: v.clone() for k, v in lora_factors(model).items()}, copy.deepcopy(model).merge_and_unload().state_dict()
 
 
 def serve(model_dir, **config):

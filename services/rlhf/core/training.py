@@ -32,7 +32,7 @@ import torch
 
 from rlhf.core.errors import UserError
 from rlhf.core.modeling import CONFIG_OVERRIDES
-from rlhf.core.training_options import Precision, TrainingOptions, training_options  # noqa: F401 - re-exported
+from rlhf.core.training_options import Precision, TrainingOptions  # noqa: F401 - re-exported
 
 log = logging.getLogger("rlhf.training")
 
@@ -182,6 +182,15 @@ class Float32StateAdamW(torch.optim.AdamW):
         return loss
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: torch.nn.Module,
+                   max_grad_norm: float) -> None:
+    """One update of the trained parameters: backward, clip the gradient's norm, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable_parameters(model), max_grad_norm)
+    optimizer.step()
+
+
 def make_optimizer(parameters, options: TrainingOptions, **adamw) -> torch.optim.Optimizer:
     """AdamW; for bf16-true, the float32-state variant."""
     parameters = list(parameters)
@@ -202,27 +211,6 @@ def lora_factors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             factors[f"{name}.lora_A"] = module.lora_A[adapter].weight.detach()
             factors[f"{name}.lora_B"] = module.lora_B[adapter].weight.detach() * module.scaling[adapter]
     return factors
-
-
-def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The weights as the plain model would hold them: for a PeftModel, W + (alpha / r) * B @ A in each
-    adapted module, under the base model's own names; the model itself is left untouched."""
-    if not is_peft(model):
-        return dict(model.state_dict())
-    from peft.tuners.lora import LoraLayer
-
-    inner = model.get_base_model()
-    merged = {}
-    for name, tensor in inner.state_dict().items():
-        if ".lora_" in name:
-            continue
-        merged[name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")] = tensor
-    for name, module in inner.named_modules():
-        if isinstance(module, LoraLayer):
-            for adapter in module.active_adapters:
-                weight = merged[f"{name}.weight"]
-                merged[f"{name}.weight"] = weight + module.get_delta_weight(adapter).to(weight.dtype)
-    return {k: v for k, v in merged.items() if ".original_module." not in k}
 
 
 def name_base(model: torch.nn.Module, base: str) -> None:

@@ -5,7 +5,6 @@ Kept apart from rlhf.core.training, which does the work, so that building the CL
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,9 +42,3 @@ class TrainingOptions:
     def check_training_options(self) -> None:
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise UserError("need --lora-r >= 0, --lora-alpha > 0 and 0 <= --lora-dropout < 1")
-
-
-def training_options(config) -> TrainingOptions:
-    """The TrainingOptions part of a stage's config."""
-    names = {f.name for f in dataclasses.fields(TrainingOptions)}
-    return TrainingOptions(**{name: getattr(config, name) for name in names})

@@ -36,7 +36,6 @@ from rlhf.core.training import (
     prepare_model,
     save_trained,
     trainable_parameters,
-    training_options,
     weights_dtype,
 )
 from rlhf.learner import ppo
@@ -118,7 +117,7 @@ def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str
     generator = torch.Generator().manual_seed(config.seed)
     return TrainState(
         policy, value, tokenizer, optimizer, scheduler, kl_ctl, CursorSampler(prompts, config.seed), ptx, generator,
-        options=training_options(config),
+        options=config,  # a PPOConfig is TrainingOptions: precision, LoRA
     )
 
 

@@ -163,6 +163,7 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
         check_precision,
         disable_dropout,
         make_optimizer,
+    optimizer_step,
         prepare_model,
         save_trained,
         trainable_parameters,
@@ -211,10 +212,7 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
         losses = []
         for batch in prompt_batches(train_set, config.batch_size, rng):
             loss, h = batch_loss(model, batch, encoded, ref, config, pad_id)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable_parameters(model), config.max_grad_norm)
-            optimizer.step()
+            optimizer_step(optimizer, loss, model, config.max_grad_norm)
             schedule.step()
             losses.append(loss.item())
             bar.update()

@@ -28,6 +28,7 @@ from rlhf.core.training import (
     autocast,
     check_precision,
     make_optimizer,
+    optimizer_step,
     prepare_model,
     save_trained,
     trainable_parameters,
@@ -165,10 +166,7 @@ def train_sft(config: SFTConfig, progress: bool = True) -> SFTResult:
             with autocast(config, device):
                 loss_sum, n_tokens = response_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
             loss = loss_sum / max(n_tokens, 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable_parameters(model), config.max_grad_norm)
-            optimizer.step()
+            optimizer_step(optimizer, loss, model, config.max_grad_norm)
             schedule.step()
             epoch_losses.append(loss.item())
             bar.update(1)

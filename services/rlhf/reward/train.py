@@ -30,6 +30,7 @@ from rlhf.core.training import (
     disable_dropout,
     is_peft,
     make_optimizer,
+    optimizer_step,
     prepare_model,
     save_trained,
     trainable_parameters,
@@ -125,10 +126,7 @@ def train_step(model, optimizer, batch: ComparisonBatch, encoded: dict[tuple[str
     with autocast(options or TrainingOptions(), device):
         rewards = reward_forward(model, ids, attention)  # (N,)
     loss = kwise_loss(rewards, winners, losers, group, batch.num_prompts)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(trainable_parameters(model), 1.0)
-    optimizer.step()
+    optimizer_step(optimizer, loss, model, max_grad_norm=1.0)
     return loss.item()
 
 
