@@ -8,7 +8,8 @@ On a random-init model made from a config (Llama layout, the tiny tokenizer), wi
 1. bf16 generation tokens/s through `rlhf serve policy`, at 1 and at 32 concurrent clients;
 2. a learner PPO step (`rlhf train ppo --steps 2`) in full bf16-mixed and in LoRA r 16 + bf16-true, with
    each one's step time, weight-push time and GB/s (full weights, or the adapter only), and peak GPU memory
-   (`memory/cuda_max_allocated_gb`, the learner's own metric);
+   (`memory/cuda_max_allocated_gb`, the learner's own metric); then both again as the distributed learner
+   under torchrun at world size 1 (NCCL process group, FSDP2-wrapped models, DCP checkpoints);
 3. the reward benchmark (`bench_reward.py --device cuda`): 64 clients against in-process batched, and
    against batching off.
 Each part runs on its own and reports its own failure, so one broken part does not hide the others.
@@ -80,9 +81,14 @@ def generation_throughput(target: str, clients: int, seconds: float, new_tokens:
     return sum(counts) / (time.monotonic() - start)
 
 
-def learner_step(paths: dict, targets: dict, out: Path, device: str, flags: list[str]) -> dict:
-    """Two PPO steps through the services; the second step's figures from the learner's metrics."""
-    command = [sys.executable, "-m", "rlhf", "--log-level", "WARNING", "train", "ppo", "--model", str(paths["model"]),
+TORCHRUN_1 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+
+
+def learner_step(paths: dict, targets: dict, out: Path, device: str, flags: list[str], torchrun: bool = False) -> dict:
+    """Two PPO steps through the services; the second step's figures from the learner's metrics. With torchrun:
+    the distributed learner at world size 1 (NCCL on a GPU: the process group, FSDP2, DCP checkpoints)."""
+    launcher = [*TORCHRUN_1, "-m", "rlhf"] if torchrun else [sys.executable, "-m", "rlhf"]
+    command = [*launcher, "--log-level", "WARNING", "train", "ppo", "--model", str(paths["model"]),
                "--value-model", str(paths["model"]), "--policy", targets["policy"], "--reward", targets["reward"],
                "--reference", targets["reference"], "--prompts", str(paths["prompts"]), "--out", str(out),
                "--overwrite", "--steps", "2", "--batch-size", "32", "--max-new-tokens", "64", "--device", device,
@@ -156,12 +162,15 @@ def main() -> int:
                       flush=True)
 
         def learner() -> None:
-            for label, flags, lora_r in (
-                ("full, bf16-mixed", ["--precision", "bf16-mixed"], None),
-                ("LoRA r16, bf16-true", ["--precision", "bf16-true", "--lora-r", "16", "--lora-alpha", "32",
-                                         "--gradient-checkpointing"], 16),
+            lora = ["--precision", "bf16-true", "--lora-r", "16", "--lora-alpha", "32", "--gradient-checkpointing"]
+            for label, flags, lora_r, torchrun in (
+                ("full, bf16-mixed", ["--precision", "bf16-mixed"], None, False),
+                ("LoRA r16, bf16-true", lora, 16, False),
+                ("full, bf16-mixed, torchrun world size 1 (FSDP2, NCCL)", ["--precision", "bf16-mixed"], None, True),
+                ("LoRA r16, bf16-true, torchrun world size 1 (FSDP2, NCCL)", lora, 16, True),
             ):
-                m = learner_step(paths, targets, root / "runs" / label.split(",")[0], args.device, flags)
+                out = root / "runs" / label.replace(" ", "_").replace(",", "")
+                m = learner_step(paths, targets, out, args.device, flags, torchrun)
                 sent = push_bytes(paths["model"], lora_r)
                 sync = m.get("time/weight_sync", float("nan"))
                 print(f"learner PPO step, {label}: step {m['time/step']:.1f} s, "

@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(args.log_level)
     try:
+        from rlhf.core.launch import launch, wants_launch
+
+        if wants_launch(args):  # --nproc-per-node/--nnodes above 1: torchrun runs this command on every rank
+            return launch(args, sys.argv[1:] if argv is None else argv)
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"rlhf: error: {err}", file=sys.stderr)

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from rlhf.core.errors import UserError
 from rlhf.core.training import is_peft
 from rlhf.core.weights import LORA, weights_kind
+from rlhf.learner.checkpoints import saved_tensors
 from rlhf.learner.loop import train
 from rlhf.learner.state import build_state
 from rlhf.policy.local import LocalPolicy
@@ -47,9 +48,11 @@ def test_lora_run_resumes_after_a_kill_with_nothing_repeated_and_step_3_recomput
     train(make_config(tiny_model_dir, synth_dir, out, anneal_lr=False, lr=1e-3, **LORA_RUN), services)
     original = read_jsonl(out / "metrics.jsonl")
     checkpoint = out / "checkpoints" / "step-000002"
-    assert (checkpoint / "policy" / "adapter_config.json").is_file()
-    assert (checkpoint / "value" / "adapter_config.json").is_file()
-    assert not (checkpoint / "policy" / "model.safetensors").exists()  # adapters, not whole models
+    saved = saved_tensors(checkpoint)
+    assert any(n.startswith("policy.") and "lora_A" in n for n in saved)
+    assert any(n.startswith("value.") and "lora_B" in n for n in saved)
+    assert any(n.startswith("value.") and "score" in n for n in saved)  # the value head trains too
+    assert not any("base_layer" in n or "wte" in n for n in saved)  # adapters and heads, not the frozen base
     shutil.rmtree(out / "checkpoints" / "step-000003")  # as if SIGKILL struck before step 3's checkpoint
     (out / "checkpoints" / "latest").write_text("step-000002")
 

@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -158,6 +159,8 @@ class Float32StateAdamW(torch.optim.AdamW):
     def step(self, closure=None):
         from torch.optim.adam import adam
 
+        from rlhf.core.distributed import local_tensor
+
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -171,14 +174,17 @@ class Float32StateAdamW(torch.optim.AdamW):
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                master = p.float()
+                # Elementwise math: under FSDP2 each rank updates its own shards (a DTensor's local tensor is a
+                # view of it), and the moments stay DTensors, sharded like their parameters, for DCP.
+                weights, moments = local_tensor(p), (local_tensor(state["exp_avg"]), local_tensor(state["exp_avg_sq"]))
+                master = weights.float()
                 adam(
-                    [master], [p.grad.float()], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
+                    [master], [local_tensor(p.grad).float()], [moments[0]], [moments[1]], [], [state["step"]],
                     foreach=False, decoupled_weight_decay=True, amsgrad=False, beta1=group["betas"][0],
                     beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
                     maximize=group["maximize"],
                 )
-                p.copy_(stochastic_round(master, p.dtype))
+                weights.copy_(stochastic_round(master, p.dtype))
         return loss
 
 
@@ -217,6 +223,34 @@ def name_base(model: torch.nn.Module, base: str) -> None:
     """Record `base` (absolute, when it is a local dir) as the base a PeftModel's saved adapter names."""
     for config in model.peft_config.values():
         config.base_model_name_or_path = str(Path(base).resolve()) if Path(base).exists() else base
+
+
+def gather_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The FSDP2-sharded model's whole weights, on the CPU, on rank 0 (None on the others). Every rank must call
+    it: the shards are gathered one parameter at a time, so no rank holds a second copy on its device."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from rlhf.core.distributed import reshard, world
+
+    reshard(model)
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return state if world().is_main else None
+
+
+def unsharded(model: torch.nn.Module, rebuild: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
+    """The trained model whole, for save_trained: the model itself in one process. Under FSDP every rank takes
+    part in gathering the weights and rank 0 loads them into `rebuild()`, a fresh copy of the model as the stage
+    built it (on the CPU: beside the shards on the device); the other ranks get None."""
+    from rlhf.core.distributed import is_distributed
+
+    if not is_distributed():
+        return model
+    state = gather_full_state(model)
+    if state is None:
+        return None
+    whole = rebuild()
+    whole.load_state_dict(state)
+    return whole
 
 
 def save_trained(model: torch.nn.Module, tokenizer, out: str | os.PathLike, options: TrainingOptions,

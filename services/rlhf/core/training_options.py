@@ -34,6 +34,8 @@ class TrainingOptions:
     found by type, not name)"""
     merge: bool = True
     """with LoRA, also write the merged standard model dir OUT/merged beside the adapter in OUT"""
+    dist_timeout: float = 600.0
+    """under torchrun: seconds a collective waits for another rank before every rank gives up"""
 
     @property
     def uses_lora(self) -> bool:
@@ -42,3 +44,5 @@ class TrainingOptions:
     def check_training_options(self) -> None:
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise UserError("need --lora-r >= 0, --lora-alpha > 0 and 0 <= --lora-dropout < 1")
+        if self.dist_timeout <= 0:
+            raise UserError("--dist-timeout must be positive")

@@ -10,6 +10,7 @@ import os
 def register(commands) -> None:
     from rlhf.core.client import ClientOptions
     from rlhf.core.flags import add_config_arguments
+    from rlhf.core.launch import add_launch_arguments
     from rlhf.core.server import ServerOptions
     from rlhf.learner.config import DEFAULT_PORT, PPOConfig
 
@@ -24,6 +25,7 @@ def register(commands) -> None:
     add_config_arguments(ppo, PPOConfig)
     ServerOptions.add_arguments(ppo, default_port=DEFAULT_PORT)
     add_service_security_arguments(ppo)
+    add_launch_arguments(ppo)
     ppo.set_defaults(func=run_ppo)
 
     grpo = commands.train.add_parser(
@@ -35,6 +37,7 @@ def register(commands) -> None:
     add_config_arguments(grpo, PPOConfig)
     ServerOptions.add_arguments(grpo, default_port=DEFAULT_PORT)
     add_service_security_arguments(grpo)
+    add_launch_arguments(grpo)
     grpo.set_defaults(func=run_ppo, advantage_estimator="grpo", samples_per_prompt=4)
 
     learner = commands.top.add_parser("learner", help="talk to a running learner: status, watch, stop")
@@ -117,6 +120,17 @@ def connect_services(config, args: argparse.Namespace):
 
 
 def run_ppo(args: argparse.Namespace) -> int:
+    """One rank of the learner (the only one without torchrun): rank 0 serves the control API and prints."""
+    from rlhf.core import distributed
+
+    here = distributed.init_world(args.device, args.dist_timeout)
+    try:
+        return run_rank(args, here)
+    finally:
+        distributed.close_world()
+
+
+def run_rank(args: argparse.Namespace, here) -> int:
     import signal
 
     from rlhf.core.flags import config_from_args
@@ -135,7 +149,8 @@ def run_ppo(args: argparse.Namespace) -> int:
     read_jsonl_field(config.prompts, "prompt")
     if config.ptx_data:
         read_jsonl_field(config.ptx_data, "text")
-    check_port_free(args.host, args.port)
+    if here.is_main:
+        check_port_free(args.host, args.port)
     services = connect_services(config, args)
     control = LearnerControl(config.steps, config.out)
     services.abort = control.stop_requested
@@ -146,7 +161,7 @@ def run_ppo(args: argparse.Namespace) -> int:
         """SIGTERM (kubectl delete) or a first Ctrl-C: finish the step, checkpoint, exit 0."""
         if signum == signal.SIGINT and control.stop_requested():
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
-        if signum == signal.SIGINT:
+        if signum == signal.SIGINT and here.is_main:
             print("\nstopping after this step with a checkpoint (Ctrl-C again to abort)" if training
                   else "\nstopping", flush=True)
         control.request_stop()
@@ -159,18 +174,22 @@ def run_ppo(args: argparse.Namespace) -> int:
         services.close()
         raise
     training = True
-    server = ServerThread(LearnerService(control), ServerOptions.from_args(args))
+    server = ServerThread(LearnerService(control), ServerOptions.from_args(args)) if here.is_main else None
     try:
-        port = server.start()
+        port = server.start() if server else None
     except BaseException:
         services.close()
         raise
-    print(f"learner control API on {args.host}:{port} (rlhf learner status --target HOST:{port})", flush=True)
+    if server:
+        print(f"learner control API on {args.host}:{port} (rlhf learner status --target HOST:{port})", flush=True)
     try:
         state = train(config, services, control)
     finally:
-        server.stop()
+        if server:
+            server.stop()
         services.close()
+    if not here.is_main:
+        return 0
     print(f"done at step {state.step}; policy in {config.out}/policy" if state.step >= config.steps
           else f"stopped at step {state.step}; continue with --resume", flush=True)
     return 0

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import grpc
 import torch
 from tqdm import tqdm
 
+from rlhf.core import distributed
 from rlhf.core.client import describe_rpc_error
 from rlhf.core.errors import UserError
 from rlhf.core.types import GenerationParams
@@ -29,8 +29,8 @@ from rlhf.learner import ppo
 from rlhf.learner.advantages import critic_free_advantages, group_std
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.control import CheckpointResult, LearnerControl
-from rlhf.learner.models import policy_forward, sequence_logprobs, value_forward
-from rlhf.learner.rollout import Rollout, ServiceDown, Services, collect_rollout, name_of
+from rlhf.learner.ranks import gather_rollout, replicas_of
+from rlhf.learner.rollout import Rollout, ServiceDown, Services, collect_rollout, name_of, on_all_ranks
 from rlhf.learner.state import (
     TrainState,
     build_state,
@@ -41,101 +41,26 @@ from rlhf.learner.state import (
     save_final_policy,
 )
 from rlhf.learner.tracking import RunLog
+from rlhf.learner.update import ppo_update
 
 log = logging.getLogger("rlhf.learner")
 
 
-def peak_memory() -> dict[str, float]:
-    """The learner's peak memory so far: resident set (the whole process), and on CUDA the tensors' peak."""
+def memory(state: TrainState) -> dict[str, float]:
+    """The learner's memory, on the rank with the most: its peak resident set (the whole process), on CUDA the
+    tensors' peak, and the bytes of its parameters and optimizer state (under FSDP2, its shards of them)."""
     from rlhf.core.processes import peak_rss
 
-    peak = {"memory/peak_rss_gb": peak_rss() / 2**30}
+    models = [state.policy] + ([state.value] if state.value is not None else [])
+    optimizer_tensors = [t for per_param in state.optimizer.state.values() for t in per_param.values()
+                         if isinstance(t, torch.Tensor) and t.dim() > 0]
+    figures = {"memory/peak_rss_gb": peak_rss(),
+               "memory/parameters_gb": distributed.local_bytes(p for m in models for p in m.parameters()),
+               "memory/optimizer_gb": distributed.local_bytes(optimizer_tensors)}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        peak["memory/cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    return peak
-
-
-def minibatch_loss(state: TrainState, config: PPOConfig, rollout: Rollout, advantages, returns, importance_weights,
-                   mb_inds: torch.Tensor, stats: dict) -> tuple[torch.Tensor, float]:
-    """The clipped policy loss on one micro-batch, plus the value loss (gae) and the KL loss (--kl-in loss).
-    Appends its diagnostics to stats; returns (loss, approx KL(old || new))."""
-    mb_prompts = [rollout.prompt_ids[i] for i in mb_inds]
-    mb_responses = [rollout.response_ids[i] for i in mb_inds]
-    with state.autocast():
-        logprobs, _, mask = policy_forward(state.policy, mb_prompts, mb_responses, state.pad_id)
-    width = mask.size(1)  # the minibatch's longest response; the rest is padding
-    mb_inds = mb_inds.to(mask.device)
-
-    # Policy loss
-    pg_loss, clipfrac, approxkl = ppo.clipped_policy_loss(
-        logprobs, rollout.logprobs[mb_inds, :width], advantages[mb_inds, :width], mask, config.clip_range,
-        None if importance_weights is None else importance_weights[mb_inds, :width], config.loss_aggregation,
-    )
-    loss = pg_loss
-    terms = {"loss/policy": pg_loss, "policy/clipfrac": clipfrac, "policy/approxkl": approxkl}
-    # Value loss
-    if state.value is not None:
-        with state.autocast():
-            values = value_forward(state.value, mb_prompts, mb_responses, state.pad_id)
-        vf_loss, vf_clipfrac = ppo.clipped_value_loss(
-            values, rollout.values[mb_inds, :width], returns[mb_inds, :width], mask, config.clip_range_value
-        )
-        loss = loss + config.vf_coef * vf_loss
-        terms |= {"loss/value": vf_loss, "val/clipfrac": vf_clipfrac}
-    # KL in the loss (GRPO): beta * KL(pi_RL || pi_SFT), differentiated
-    if config.kl_in == "loss":
-        kl_loss = ppo.kl_loss(logprobs, rollout.ref_logprobs[mb_inds, :width], mask, state.kl_ctl.value,
-                              config.kl_estimator, config.loss_aggregation)
-        loss = loss + kl_loss
-        terms["loss/kl"] = kl_loss
-    for name, value in terms.items():
-        stats[name].append(value.item())
-    return loss, approxkl.item()
-
-
-def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantages, returns,
-               importance_weights: torch.Tensor | None = None) -> dict[str, float]:
-    """config.ppo_epochs passes of minibatch PPO over the rollout; returns the mean diagnostics."""
-    batch_size = len(rollout.samples)
-    minibatch_size = max(1, batch_size // config.num_minibatches)
-    microbatch_size = max(1, minibatch_size // config.gradient_accumulation_steps)
-    stats = defaultdict(list)
-    updates, planned = 0, config.ppo_epochs * len(range(0, batch_size, minibatch_size))
-    stopped_early = False
-    for _epoch in range(config.ppo_epochs):
-        if stopped_early:
-            break
-        b_inds = torch.randperm(batch_size, generator=state.generator)
-        for start in range(0, batch_size, minibatch_size):
-            state.optimizer.zero_grad()
-            micro_batches = b_inds[start : start + minibatch_size].split(microbatch_size)
-            mb_approxkl = 0.0
-            for mb_inds in micro_batches:
-                loss, approxkl = minibatch_loss(state, config, rollout, advantages, returns, importance_weights,
-                                                mb_inds, stats)
-                (loss / len(micro_batches)).backward()
-                mb_approxkl += approxkl / len(micro_batches)
-
-            # Early stop: this minibatch already sits too far from the rollout policy; skip its update
-            if config.early_stop_kl is not None and mb_approxkl > config.early_stop_kl:
-                stopped_early = True
-                break
-
-            # PPO-ptx: keep the pretraining log-likelihood up, against forgetting
-            if state.ptx is not None:
-                with state.autocast():
-                    ptx_logprobs, ptx_mask = sequence_logprobs(state.policy, state.ptx.take(config.ptx_batch_size),
-                                                               state.pad_id)
-                ptx_loss = ppo.ptx_loss(ptx_logprobs, ptx_mask, config.ptx_coef)
-                ptx_loss.backward()
-                stats["loss/ptx"].append(ptx_loss.item())
-
-            torch.nn.utils.clip_grad_norm_(state.parameters(), config.max_grad_norm)
-            state.optimizer.step()
-            updates += 1
-    state.scheduler.step()
-    return {**{name: sum(values) / len(values) for name, values in stats.items()},
-            "policy/update_fraction": updates / planned}
+        figures["memory/cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated()
+    highest = distributed.all_reduce_max(torch.tensor(list(figures.values()), dtype=torch.float64)).tolist()
+    return {name: value / 2**30 for name, value in zip(figures, highest, strict=True)}
 
 
 def compute_advantages(config: PPOConfig, rollout: Rollout, scores: torch.Tensor, kl_coef: float):
@@ -167,11 +92,17 @@ def sampler_logprobs_of(rollout: Rollout) -> torch.Tensor:
 
 
 def sync_weights(state: TrainState, services: Services, control: LearnerControl) -> float:
-    """Publish pi_RL as version state.step (for GetWeights) and push it to every replica."""
+    """Publish pi_RL as version state.step (for GetWeights) and push it to every replica. Under torchrun every rank
+    sends its shards to rank 0, which publishes and pushes; the others learn whether that worked."""
     start = time.perf_counter()
     weights = state.policy_weights()
-    control.publish_weights(state.step, weights)  # first, so a replica restarting now pulls it
-    services.push_weights(weights, state.step)
+
+    def publish_and_push() -> None:
+        if distributed.world().is_main:
+            control.publish_weights(state.step, weights)  # first, so a replica restarting now pulls it
+            services.push_weights(weights, state.step)
+
+    on_all_ranks(publish_and_push)
     return time.perf_counter() - start
 
 
@@ -180,12 +111,18 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
     params = GenerationParams(max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens,
                               n=config.samples_per_prompt, seed=config.seed * 1_000_003 + state.step * 1009)
     cursor = state.prompts.cursor
-    prompts = state.prompts.take(config.batch_size)
+    prompts = state.prompts.take(config.batch_size)  # the same on every rank; each collects its share
+    share = distributed.shard_rows(len(prompts))
+    here = distributed.world()
+    replicas, first_share = replicas_of(services.policies, here)
+    republish = (lambda: control.weights) if here.is_main else None  # rank 0 pushes to a stale replica
     try:
-        rollout = collect_rollout(state, services, prompts, params, config.max_staleness, control.set_phase)
+        rollout = collect_rollout(state, services, prompts[share], params, config.max_staleness, control.set_phase,
+                                  republish, replicas, first_share)
     except BaseException:
         state.prompts.cursor = cursor  # the step did not happen: its prompts come again on resume
         raise
+    rollout = gather_rollout(rollout, share.start)
     mask = rollout.mask
 
     # Rewards, with the KL penalty unless it goes into the loss; then advantages
@@ -288,30 +225,50 @@ def update_replicas(state: TrainState, services: Services) -> None:
 
 
 def serve_requests(state: TrainState, control: LearnerControl, config: PPOConfig) -> bool:
-    """Answer queued SaveCheckpoint/Stop requests; True if the run should stop."""
+    """Answer queued SaveCheckpoint/Stop requests (rank 0's control API, or SIGTERM on any rank): the ranks agree,
+    all checkpoint together; True if the run should stop."""
     checkpoints, stops = control.take_requests()
-    if checkpoints or stops:
+    save, stop = distributed.all_reduce_max(torch.tensor([float(bool(checkpoints or stops)), float(bool(stops))]))
+    if save:
         control.set_phase("checkpoint")
         result = CheckpointResult(str(save_checkpoint(state, config.out, config.keep_checkpoints)), state.step)
         for future in checkpoints + stops:
             future.set_result(result)
-    return bool(stops)
+    return bool(stop)
+
+
+def check_world(config: PPOConfig, world: distributed.World) -> None:
+    """Every rank needs a share of every batch it runs a forward for (FSDP2's forward is a collective)."""
+    if world.size == 1:
+        return
+    minibatch = max(1, config.samples_per_step // config.num_minibatches)
+    micro = max(1, minibatch // config.gradient_accumulation_steps)
+    for size, what in ((config.batch_size, "--batch-size"), (micro, "a micro-batch (--batch-size x "
+                       "--samples-per-prompt / --num-minibatches / --gradient-accumulation-steps)"),
+                       (config.ptx_batch_size if config.ptx_data else world.size, "--ptx-batch-size")):
+        if size < world.size:
+            raise UserError(f"{what} is {size}, fewer than the {world.size} ranks: every rank needs a share")
 
 
 def train(config: PPOConfig, services: Services, control: LearnerControl | None = None) -> TrainState:
-    """Run PPO from the SFT model (or --resume) up to config.steps; returns the final state."""
+    """Run PPO from the SFT model (or --resume) up to config.steps; returns the final state. Under torchrun every
+    rank runs this; rank 0 alone logs and pushes weights."""
     control = control or LearnerControl(config.steps, config.out)
+    here = distributed.world()
+    check_world(config, here)
     check_out_dir(config)
     state = resume_state(config) if config.resume else build_state(config)
     check_tokenizers(state, services)
-    if config.overwrite:
+    if config.overwrite and here.is_main:
         clear_earlier_run(config.out)  # only now that the new run has loaded and checked out
     Path(config.out).mkdir(parents=True, exist_ok=True)
-    run_log = RunLog(Path(config.out), state.step, config.log_rollouts)
+    distributed.barrier()
+    run_log = RunLog(Path(config.out), state.step, config.log_rollouts) if here.is_main else None
     try:
         control.set_phase("weight_sync")
         sync_weights(state, services, control)  # version state.step everywhere before sampling
-        with tqdm(total=config.steps, initial=state.step, desc="ppo", unit="step", disable=None) as bar:
+        with tqdm(total=config.steps, initial=state.step, desc="ppo", unit="step",
+                  disable=None if here.is_main else True) as bar:
             while state.step < config.steps:
                 step_start = time.perf_counter()
                 update_replicas(state, services)
@@ -321,8 +278,9 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
                     metrics["time/weight_sync"] = sync_weights(state, services, control)
                 finally:  # the update happened: the step is logged even if the sync failed
                     metrics["time/step"] = time.perf_counter() - step_start
-                    metrics |= peak_memory()
-                    log_step(state.step, metrics, rollout, run_log, control, bar)
+                    metrics |= memory(state)
+                    if run_log is not None:
+                        log_step(state.step, metrics, rollout, run_log, control, bar)
                 if state.step % config.save_every == 0:
                     control.set_phase("checkpoint")
                     save_checkpoint(state, config.out, config.keep_checkpoints)
@@ -334,7 +292,8 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
         detail = describe_rpc_error(err) if isinstance(err, grpc.RpcError) else str(err)
         raise UserError(f"{detail}. Saved {path}; continue with --resume") from err
     finally:
-        run_log.close()
+        if run_log is not None:
+            run_log.close()
         control.finish()
     save_checkpoint(state, config.out, config.keep_checkpoints)
     if state.step >= config.steps:

@@ -64,16 +64,21 @@ def policy_forward(
 
 
 def value_forward(model: torch.nn.Module, prompts: TokenIds, responses: TokenIds, pad_id: int) -> torch.Tensor:
-    """(B, R) V(x, y_<t): the scalar head applied to the hidden state that predicts response token t."""
+    """(B, R) V(x, y_<t): the scalar head applied to the hidden state that predicts response token t.
+
+    The whole model runs (FSDP2 gathers a sharded model's weights in its forward): its classification head sees
+    every position's hidden state, and a hook keeps them all, before the forward pools one position. With LoRA
+    the head is in the transformers model under the PeftModel."""
     device = next(model.parameters()).device
     ids, attention, positions, mask = _batch(prompts, responses, pad_id, device)
-    # The classification forward pools one position; the backbone gives every hidden state. With LoRA, the
-    # transformers model under the PeftModel (its adapted layers in place) has the backbone and the head.
-    inner = base_model(model)
-    backbone = getattr(inner, inner.base_model_prefix)
-    hidden = backbone(input_ids=ids, attention_mask=attention).last_hidden_state  # (B, T, H)
-    hidden = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.size(-1)))  # (B, R, H)
-    return inner.score(hidden).squeeze(-1).float() * mask.float()
+    seen: list[torch.Tensor] = []
+    hook = base_model(model).score.register_forward_hook(lambda module, args, output: seen.append(output))
+    try:
+        model(input_ids=ids, attention_mask=attention)
+    finally:
+        hook.remove()
+    per_position = seen[-1].squeeze(-1)  # (B, T)
+    return per_position.gather(1, positions).float() * mask.float()
 
 
 def sequence_logprobs(model: torch.nn.Module, texts: TokenIds, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,15 +28,36 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
 
-def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str = "token-mean") -> torch.Tensor:
-    """Reduce a (B, T) per-token loss to a scalar.
+@dataclass(frozen=True)
+class Totals:
+    """The response tokens and the non-empty responses of a whole minibatch, over all its micro-batches and
+    ranks: the denominators that make the sum of the pieces' losses exactly the minibatch's loss, so that
+    gradient accumulation and data parallelism compute the one-process, one-batch update."""
+
+    tokens: float
+    sequences: float
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> Totals:
+        return cls(float(mask.sum()), float((mask.sum(dim=1) > 0).sum()))
+
+
+def masked_share(x: torch.Tensor, mask: torch.Tensor, tokens: float | None = None) -> torch.Tensor:
+    """sum of x over the mask / `tokens` (default: the mask's own count, i.e. masked_mean)."""
+    return (x * mask).sum() / max(float(mask.sum()) if tokens is None else tokens, 1.0)
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str = "token-mean",
+                   totals: Totals | None = None) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss to a scalar; with `totals`, this piece's share of the whole minibatch's.
 
     token-mean            sum over all tokens / number of tokens (long responses weigh more)
     seq-mean-token-mean   each response's token mean, then the mean over responses (GRPO's paper)
     seq-mean-token-sum    each response's token sum, then the mean over responses
     """
+    totals = totals or Totals.of(mask)
     if aggregation == "token-mean":
-        return masked_mean(per_token, mask)
+        return masked_share(per_token, mask, totals.tokens)
     sums, lengths = (per_token * mask).sum(dim=1), mask.sum(dim=1)
     rows = (lengths > 0).to(per_token.dtype)  # an empty response has no tokens to weigh
     if aggregation == "seq-mean-token-mean":
@@ -45,7 +66,7 @@ def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str
         per_sequence = sums
     else:
         raise ValueError(f"unknown loss aggregation {aggregation!r} (choose one of {', '.join(LOSS_AGGREGATIONS)})")
-    return (per_sequence * rows).sum() / rows.sum().clamp(min=1.0)
+    return (per_sequence * rows).sum() / max(totals.sequences, 1.0)
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
@@ -132,10 +153,12 @@ def clipped_policy_loss(
     clip_range: float,
     importance_weights: torch.Tensor | None = None,
     aggregation: str = "token-mean",
+    totals: Totals | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate objective, as a loss; each token's term is scaled by its importance
     weight when given (constants: no gradient flows through them), and the terms are reduced by
-    `aggregation` (aggregate_loss). Returns (loss, clipfrac, approxkl)."""
+    `aggregation` (aggregate_loss; with `totals`, as this piece's share of the minibatch's).
+    Returns (loss, clipfrac, approxkl)."""
     logratio = logprobs - old_logprobs
     ratio = torch.exp(logratio)
     pg_losses = -advantages * ratio
@@ -143,17 +166,18 @@ def clipped_policy_loss(
     per_token = torch.max(pg_losses, pg_losses2)
     if importance_weights is not None:
         per_token = importance_weights.detach() * per_token
-    loss = aggregate_loss(per_token, mask, aggregation)
+    loss = aggregate_loss(per_token, mask, aggregation, totals)
+    tokens = totals.tokens if totals is not None else None
     with torch.no_grad():
-        clipfrac = masked_mean((pg_losses2 > pg_losses).float(), mask)
-        approxkl = masked_mean((ratio - 1) - logratio, mask)  # k3 estimate of KL(old || new)
+        clipfrac = masked_share((pg_losses2 > pg_losses).float(), mask, tokens)
+        approxkl = masked_share((ratio - 1) - logratio, mask, tokens)  # k3 estimate of KL(old || new)
     return loss, clipfrac, approxkl
 
 
 def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-            estimator: str = "k3", aggregation: str = "token-mean") -> torch.Tensor:
+            estimator: str = "k3", aggregation: str = "token-mean", totals: Totals | None = None) -> torch.Tensor:
     """The KL penalty as a loss term (GRPO's): beta * aggregate(KL_t), differentiated through log pi_RL."""
-    return kl_coef * aggregate_loss(kl_estimate(logprobs, ref_logprobs, estimator), mask, aggregation)
+    return kl_coef * aggregate_loss(kl_estimate(logprobs, ref_logprobs, estimator), mask, aggregation, totals)
 
 
 def clipped_value_loss(
@@ -162,23 +186,23 @@ def clipped_value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_range_value: float,
+    tokens: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped within clip_range of the old value.
-
-    Returns (loss, value clipfrac).
+    """0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped within clip_range of the old value, averaged over the
+    tokens (with `tokens`: this piece's share of a minibatch of that many). Returns (loss, value clipfrac).
     """
     values_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
     vf_losses = (values - returns) ** 2
     vf_losses2 = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(vf_losses, vf_losses2), mask)
+    loss = 0.5 * masked_share(torch.max(vf_losses, vf_losses2), mask, tokens)
     with torch.no_grad():
-        vf_clipfrac = masked_mean((vf_losses2 > vf_losses).float(), mask)
+        vf_clipfrac = masked_share((vf_losses2 > vf_losses).float(), mask, tokens)
     return loss, vf_clipfrac
 
 
-def ptx_loss(logprobs: torch.Tensor, mask: torch.Tensor, ptx_coef: float) -> torch.Tensor:
+def ptx_loss(logprobs: torch.Tensor, mask: torch.Tensor, ptx_coef: float, tokens: float | None = None) -> torch.Tensor:
     """PPO-ptx: -gamma * mean log pi_RL(x) over pretraining tokens (maximising the objective term)."""
-    return -ptx_coef * masked_mean(logprobs, mask)
+    return -ptx_coef * masked_share(logprobs, mask, tokens)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
+from rlhf.core import distributed
 from rlhf.core.batching import QUEUE_FULL_MARK
 from rlhf.core.tensors import parse_dtype
 from rlhf.core.types import GenerationParams, Sample
@@ -45,6 +46,21 @@ _JITTER = random.Random()  # its own generator: the run's seeded `random` state 
 
 class ServiceDown(Exception):
     """A service stayed unreachable for longer than --service-timeout."""
+
+
+def on_all_ranks(fn: Callable, *args):
+    """fn(*args); if it failed with a service error here or on any other rank, every rank raises (its own error,
+    or ServiceDown naming another rank), so that all ranks go on to the next collective together, or all take
+    the checkpoint-and-stop path together. In one process: fn(*args) as it is."""
+    error: BaseException | None = None
+    result = None
+    try:
+        result = fn(*args)
+    except (ServiceDown, grpc.RpcError) as err:
+        error = err
+    if distributed.any_rank(error is not None):
+        raise error or ServiceDown("another learner rank lost a service (see its log)")
+    return result
 
 
 def name_of(service: object) -> str:
@@ -220,31 +236,39 @@ class Rollout:
 
 
 def generate_on_replicas(
-    services: Services, prompts: list[str], params: GenerationParams, weights: Callable[[], dict], version: int,
-    max_staleness: int,
+    services: Services, prompts: list[str], params: GenerationParams, weights: Callable[[], dict] | None,
+    version: int, max_staleness: int, replicas: Sequence[PolicyService] | None = None, first_share: int = 0,
 ) -> list[Sample]:
     """Spread prompts evenly over the replicas, generate concurrently, and insist on fresh weights.
-    All params.n samples of a prompt come from one replica, so a group is reproducible from --seed.
+    All params.n samples of a prompt come from one replica, so a group is reproducible from --seed: share i
+    (counted from `first_share`, which the lower ranks' shares take) samples with seed + i.
 
     A replica whose samples are more than max_staleness versions old (it restarted, or missed a
-    push) gets the current weights again and regenerates its share.
+    push) gets the current weights again and regenerates its share; without `weights` (a rank other than 0,
+    which pushes), it waits for rank 0's push or its own pull and tries again.
     """
-    n = len(services.policies)
+    replicas = list(services.policies if replicas is None else replicas)
+    n = len(replicas)
     shares = [prompts[i * len(prompts) // n : (i + 1) * len(prompts) // n] for i in range(n)]
 
     def generate_share(i: int) -> list[Sample]:
-        replica = services.policies[i]
-        share_params = params if params.seed is None else dataclasses.replace(params, seed=params.seed + i)
-        for _attempt in range(3):
+        replica = replicas[i]
+        seed = None if params.seed is None else params.seed + first_share + i
+        share_params = params if seed is None else dataclasses.replace(params, seed=seed)
+        attempts = 3 if weights is not None else 30
+        for _attempt in range(attempts):
             samples = services.call(replica, "generate", shares[i], share_params)
             versions = {s.weights_version for s in samples}
             if all(version - max_staleness <= v <= version for v in versions):
                 for s in samples:
                     s.prompt_index += i * len(prompts) // n  # index into the whole batch
                 return samples
-            log.warning("stale weights on a replica; pushing again",
+            log.warning("stale weights on a replica; " + ("pushing again" if weights is not None else "waiting"),
                         extra={"replica": name_of(replica), "versions": sorted(versions), "want": version})
-            services.push_to(replica, weights(), version)
+            if weights is not None:
+                services.push_to(replica, weights(), version)
+            else:
+                sleep_unless(services.abort, 1.0)
         raise ServiceDown(f"policy {name_of(replica)} keeps serving weights other than version {version}")
 
     shares_out = services.pool.map(generate_share, [i for i in range(n) if shares[i]])
@@ -253,9 +277,12 @@ def generate_on_replicas(
 
 def collect_rollout(
     state: TrainState, services: Services, prompts: list[str], params: GenerationParams, max_staleness: int,
-    on_phase: Callable[[str], None] = lambda phase: None,
+    on_phase: Callable[[str], None] = lambda phase: None, weights: Callable[[], dict] | None = None,
+    replicas: Sequence[PolicyService] | None = None, first_share: int = 0,
 ) -> Rollout:
-    """Generate, then score, reference log-probs and the learner's own forward, all concurrently."""
+    """Generate, then score, reference log-probs and the learner's own forward, all concurrently. Under torchrun
+    this is one rank's share, from its replicas; the forward is a collective, so the ranks agree first that every
+    one of them has its samples (on_all_ranks), and again that the scores and reference log-probs came."""
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Callable, *args):
@@ -265,8 +292,8 @@ def collect_rollout(
         return result
 
     on_phase("generate")
-    samples = timed("time/generate", generate_on_replicas, services, prompts, params, state.policy_weights,
-                    state.step, max_staleness)
+    samples = on_all_ranks(timed, "time/generate", generate_on_replicas, services, prompts, params, weights,
+                           state.step, max_staleness, replicas, first_share)
     prompt_texts = [prompts[s.prompt_index] for s in samples]
     # Token ids, never re-tokenized text, go to the reference: re-tokenizing would corrupt the KL.
     pairs = [(s.prompt_token_ids, s.response_token_ids) for s in samples]
@@ -280,19 +307,22 @@ def collect_rollout(
         logprobs, entropy, mask = policy_forward(state.policy, *zip(*pairs, strict=True), state.pad_id)
         values = (value_forward(state.value, *zip(*pairs, strict=True), state.pad_id) if state.value is not None
                   else torch.zeros_like(logprobs))
+    for model in filter(None, (state.policy, state.value)):
+        distributed.reshard(model)  # FSDP2 keeps a root gathered after a forward without backward: free it
     timings["time/logprobs"] = time.perf_counter() - start
+    ref_result, scores_result = on_all_ranks(lambda: (ref.result(), scores.result()))
 
     device = mask.device
     ref_logprobs = torch.zeros_like(logprobs)
-    for row, (lp, (_, response)) in enumerate(zip(ref.result(), pairs, strict=True)):
+    for row, (lp, (_, response)) in enumerate(zip(ref_result, pairs, strict=True)):
         if len(lp) != len(response):
             raise ValueError(f"reference returned {len(lp)} log-probs for a {len(response)}-token response")
         ref_logprobs[row, : len(lp)] = torch.tensor(lp, device=device)
-    components = torch.tensor(scores.result(), device=device)  # (K, B)
-    weights = torch.tensor(services.weights_of_rewards, device=device)
+    components = torch.tensor(scores_result, device=device)  # (K, B)
+    weights_of_rewards = torch.tensor(services.weights_of_rewards, device=device)
     return Rollout(
-        prompt_texts, samples, weights @ components, ref_logprobs, logprobs, values, entropy, mask, timings,
-        components if len(components) > 1 else None,
+        prompt_texts, samples, weights_of_rewards @ components, ref_logprobs, logprobs, values, entropy, mask,
+        timings, components if len(components) > 1 else None,
     )
 
 

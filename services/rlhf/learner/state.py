@@ -1,19 +1,13 @@
-"""Everything a run carries from step to step, and its checkpoints.
+"""Everything a run carries from step to step; its checkpoints are in rlhf.learner.checkpoints.
 
-    OUT/checkpoints/step-000050/policy/            pi_RL, a standard model dir with its tokenizer
-    OUT/checkpoints/step-000050/value/             the critic (sequence classification, 1 label), with gae
-    OUT/checkpoints/step-000050/trainer_state.pt   optimizer, scheduler, beta, RNG, cursors, step
-    OUT/checkpoints/latest                         name of the newest complete checkpoint
-
-A checkpoint is written under a temporary name and renamed into place, and `latest` is replaced
-atomically after it, so a SIGKILL at any moment leaves the previous checkpoint intact.
+Under torchrun every rank holds a TrainState whose models are FSDP2-sharded over the world (rlhf.core.distributed);
+the prompt and ptx cursors, beta and the minibatch generator are the same on every rank.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -21,12 +15,13 @@ from pathlib import Path
 
 import torch
 
+from rlhf.core import distributed
 from rlhf.core.errors import UserError
-from rlhf.core.files import write_text_atomic
 from rlhf.core.modeling import context_length, load_tokenizer, resolve_device
 from rlhf.core.training import (
     TrainingOptions,
     autocast,
+    base_model,
     check_precision,
     disable_dropout,
     is_peft,
@@ -39,6 +34,13 @@ from rlhf.core.training import (
     weights_dtype,
 )
 from rlhf.learner import ppo
+from rlhf.learner.checkpoints import (  # noqa: F401 - save_checkpoint, latest_checkpoint: re-exported
+    checkpoint_root,
+    latest_checkpoint,
+    load_checkpoint,
+    read_trainer_state,
+    save_checkpoint,
+)
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.data import CursorSampler, load_prompts, load_ptx_sequences
 from rlhf.learner.models import load_policy, load_value_model
@@ -74,29 +76,38 @@ class TrainState:
 
     def policy_weights(self) -> dict[str, torch.Tensor]:
         """A CPU copy of what the replicas get, safe to stream while training moves on: pi_RL's weights, or
-        with LoRA only the adapter's factors (the replicas keep their base weights and merge them)."""
+        with LoRA only the adapter's factors (the replicas keep their base weights and merge them). Under
+        torchrun every rank must call it: each tensor is gathered from its shards in turn, and only rank 0 keeps
+        the copy (the others get {}), so no rank holds more than its shards and, on rank 0, one whole copy."""
+        keep = distributed.world().is_main
         tensors = lora_factors(self.policy) if is_peft(self.policy) else self.policy.state_dict()
-        return {name: t.detach().to("cpu", copy=True) for name, t in tensors.items()}
+        out = {}
+        for name, t in tensors.items():
+            whole = distributed.full_tensor(t.detach())
+            if keep:
+                out[name] = whole.to("cpu", copy=True)
+        return out
 
 
-def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str | None = None) -> TrainState:
-    """A fresh state: pi_RL from the SFT dir; with gae, the critic from --value-model (or the SFT dir)."""
-    device = resolve_device(config.device)
+def build_state(config: PPOConfig) -> TrainState:
+    """A fresh state: pi_RL from the SFT dir; with gae, the critic from --value-model (or the SFT dir). Under
+    torchrun both are sharded over the ranks before the optimizer is built on their shards."""
+    device = resolve_device(distributed.rank_device(config.device))
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     check_precision(config, device)
-    tokenizer = load_tokenizer(policy_dir or config.model)
-    # With LoRA a checkpoint holds adapters: the bases come from --model and --value-model again.
-    lora_resume = config.uses_lora and policy_dir is not None
+    tokenizer = load_tokenizer(config.model)
     dtype = weights_dtype(config)  # loaded as trained: bf16-true never holds a float32 copy
-    policy = trainable(load_policy(config.model if lora_resume else policy_dir or config.model, device, dtype),
-                       config, "causal-lm", policy_dir if lora_resume else None, base=config.model)
+    # Under torchrun the models load on the CPU and move to the GPU shard by shard (distributed.shard).
+    load_on = torch.device("cpu") if distributed.is_distributed() else device
+    policy = trainable(load_policy(config.model, load_on, dtype), config, "causal-lm", config.model, device)
     value = None
     if config.uses_critic:
         value_base = config.value_model or config.model
-        value = trainable(load_value_model(value_base if lora_resume else value_dir or value_base, device, dtype),
-                          config, "score", value_dir if lora_resume else None, base=value_base)
-    if config.value_model and not config.uses_critic and policy_dir is None:
+        value = load_value_model(value_base, load_on, dtype)
+        value.config.pad_token_id = tokenizer.pad_token_id  # its forward pools the last non-pad position
+        value = trainable(value, config, "score", value_base, device)
+    if config.value_model and not config.uses_critic:
         log.warning("--value-model is ignored: a critic-free estimator builds no value model",
                     extra={"advantage_estimator": config.advantage_estimator})
     trained = trainable_parameters(policy) + (trainable_parameters(value) if value is not None else [])
@@ -109,7 +120,7 @@ def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str
     else:
         kl_ctl = ppo.FixedKLController(config.kl_coef)
     # A prompt must leave room for a whole response, within --max-length and the model's context.
-    max_prompt_tokens = min(config.max_length, context_length(policy.config)) - config.max_new_tokens
+    max_prompt_tokens = min(config.max_length, context_length(base_model(policy).config)) - config.max_new_tokens
     prompts = load_prompts(config.prompts, tokenizer, max_prompt_tokens)
     ptx = None
     if config.ptx_data:
@@ -121,66 +132,19 @@ def build_state(config: PPOConfig, policy_dir: str | None = None, value_dir: str
     )
 
 
-def trainable(model: torch.nn.Module, config: PPOConfig, task, adapter: str | None, base: str) -> torch.nn.Module:
+def trainable(model: torch.nn.Module, config: PPOConfig, task, base: str, device: torch.device) -> torch.nn.Module:
     """The model as --precision, --gradient-checkpointing and --lora-* train it. It stays in eval mode (dropout
     would make the learner's log-probs disagree with the sampler's), except under gradient checkpointing, which
-    only acts in train mode: there dropout is switched off instead."""
-    model = prepare_model(model, config, task, adapter=adapter)
+    only acts in train mode: there dropout is switched off instead. Under torchrun, sharded over the ranks."""
+    model = prepare_model(model, config, task)
     if is_peft(model):
-        name_base(model, base)  # what its checkpointed adapter names as its base
+        name_base(model, base)  # what its saved adapter names as its base
     if config.gradient_checkpointing:
         disable_dropout(model)
-        return model.train()
-    return model.eval()
-
-
-def checkpoint_root(out: str | Path) -> Path:
-    return Path(out) / "checkpoints"
-
-
-def save_checkpoint(state: TrainState, out: str | Path, keep: int = 2) -> Path:
-    """Write OUT/checkpoints/step-N atomically, point `latest` at it, and prune old ones."""
-    root = checkpoint_root(out)
-    final = root / f"step-{state.step:06d}"
-    if final.exists():
-        return final  # this step is already saved
-    tmp = root / f".tmp-step-{state.step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    state.policy.save_pretrained(tmp / "policy")
-    state.tokenizer.save_pretrained(tmp / "policy")
-    if state.value is not None:
-        state.value.save_pretrained(tmp / "value")
-    torch.save(
-        {
-            "step": state.step,
-            "critic": state.value is not None,
-            "lora_r": state.options.lora_r,  # what the policy and value dirs hold: whole models, or adapters
-            "optimizer": state.optimizer.state_dict(),
-            "scheduler": state.scheduler.state_dict(),
-            "kl_coef": state.kl_ctl.value,
-            "prompt_cursor": state.prompts.cursor,
-            "ptx_cursor": state.ptx.cursor if state.ptx else 0,
-            "rng": {"shuffle": state.generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        },
-        tmp / "trainer_state.pt",
-    )
-    os.rename(tmp, final)
-    write_text_atomic(root / "latest", final.name)
-    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    log.info("checkpoint saved", extra={"step": state.step, "path": str(final)})
-    return final
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """The newest complete checkpoint: the one `latest` names, else the highest step-N dir."""
-    root = checkpoint_root(out)
-    pointer = root / "latest"
-    if pointer.exists() and (root / pointer.read_text().strip() / "trainer_state.pt").exists():
-        return root / pointer.read_text().strip()
-    complete = sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").exists())
-    return complete[-1] if complete else None
+        model.train()
+    else:
+        model.eval()
+    return distributed.shard(model, device)
 
 
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "rollouts.jsonl", "tb", "policy")
@@ -208,13 +172,14 @@ def clear_earlier_run(out: str | Path) -> None:
 
 
 def resume_state(config: PPOConfig) -> TrainState:
-    """The state saved in the newest checkpoint under --out, with the current flags."""
+    """The state saved in the newest checkpoint under --out, with the current flags, at this run's world size."""
     path = latest_checkpoint(config.out)
     if path is None:
         raise UserError(f"--resume: no checkpoint under {checkpoint_root(config.out)}")
-    for leftover in checkpoint_root(config.out).glob(".tmp-*"):
-        shutil.rmtree(leftover, ignore_errors=True)  # a save cut short by SIGKILL
-    saved = torch.load(path / "trainer_state.pt", weights_only=True)
+    if distributed.world().is_main:
+        for leftover in checkpoint_root(config.out).glob(".tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # a save cut short by SIGKILL
+    saved = read_trainer_state(path)
     if saved.get("critic", True) != config.uses_critic:
         had = "gae (with a value model)" if saved.get("critic", True) else "a critic-free estimator"
         raise UserError(f"--resume: {path} was trained with {had}; resume it with the same kind of "
@@ -222,26 +187,29 @@ def resume_state(config: PPOConfig) -> TrainState:
     if saved.get("lora_r", 0) != config.lora_r:
         raise UserError(f"--resume: {path} was trained with --lora-r {saved.get('lora_r', 0)}; resume it with the "
                         "same --lora-r")
-    state = build_state(config, policy_dir=str(path / "policy"), value_dir=str(path / "value"))
-    state.step = saved["step"]
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
-    state.kl_ctl.value = saved["kl_coef"]
-    state.prompts.cursor = saved["prompt_cursor"]
-    if state.ptx:
-        state.ptx.cursor = saved["ptx_cursor"]
-    state.generator.set_state(saved["rng"]["shuffle"])
-    torch.set_rng_state(saved["rng"]["torch"])
-    random.setstate(saved["rng"]["python"])
-    if saved["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    log.info("resumed", extra={"step": state.step, "path": str(path)})
+    state = build_state(config)
+    load_checkpoint(state, path)
     return state
 
 
-def save_final_policy(state: TrainState, out: str | Path, base: str) -> Path:
+def save_final_policy(state: TrainState, out: str | Path, base: str) -> Path | None:
     """OUT/policy: pi_RL as a standard model dir with its tokenizer, replaced atomically; with LoRA the adapter,
     and the merged standard dir in OUT/policy/merged (rlhf.core.training.save_trained). Training is over: with
-    LoRA the merge happens in place."""
-    return save_trained(state.policy, state.tokenizer, Path(out) / "policy", state.options, base=base)
-
+    LoRA the merge happens in place. Under torchrun every rank sends its shards and rank 0 writes an unsharded
+    copy (the others return None)."""
+    out = Path(out) / "policy"
+    if not distributed.is_distributed():
+        return save_trained(state.policy, state.tokenizer, out, state.options, base=base)
+    trained = {name: distributed.full_tensor(p.detach()) for name, p in state.policy.named_parameters()
+               if p.requires_grad}
+    path = None
+    if distributed.world().is_main:
+        copy = prepare_model(load_policy(base, torch.device("cpu"), weights_dtype(state.options)), state.options,
+                             "causal-lm")
+        missing = set(trained) - {name for name, _ in copy.named_parameters()}
+        if missing:
+            raise RuntimeError(f"an unsharded copy of the policy lacks {sorted(missing)[:3]}")
+        copy.load_state_dict({name: t.cpu() for name, t in trained.items()}, strict=False)
+        path = save_trained(copy, state.tokenizer, out, state.options, base=base)
+    distributed.barrier()
+    return path
