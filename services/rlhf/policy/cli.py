@@ -26,9 +26,11 @@ def register(commands) -> None:
     sft.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     sft.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the gradient's norm to this")
     from rlhf.core.flags import add_config_arguments
+    from rlhf.core.launch import add_launch_arguments
     from rlhf.core.training_options import TrainingOptions
 
     add_config_arguments(sft.add_argument_group("memory: precision, checkpointing, LoRA"), TrainingOptions)
+    add_launch_arguments(sft)
     sft.set_defaults(func=_train_sft)
 
     from rlhf.policy.dpo_config import DPOConfig
@@ -87,10 +89,13 @@ def register(commands) -> None:
 
 
 def _train_sft(args: argparse.Namespace) -> int:
+    from rlhf.core.distributed import is_main_process
     from rlhf.core.flags import config_from_args
     from rlhf.policy.sft import SFTConfig, train_sft
 
     result = train_sft(config_from_args(args, SFTConfig))
+    if not is_main_process():  # under torchrun: rank 0 reports
+        return 0
     print(f"eval loss (response tokens, {result.eval_examples} held-out pairs): "
           f"{result.eval_loss_before:.4f} -> {result.eval_loss_after:.4f}")
     print(f"wrote {result.out}")

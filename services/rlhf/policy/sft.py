@@ -1,12 +1,17 @@
 """Supervised fine-tuning: a pretrained causal LM learns to continue prompts with demonstrated responses.
 
     rlhf train sft --model models/base --data data/sft.jsonl --out models/sft [--epochs 1 --lr 5e-5]
+    torchrun --nproc-per-node 4 --local-ranks-filter 0 -m rlhf train sft ...    # data-parallel, FSDP2
 
 Each JSONL line is {"prompt", "response"} ("completion" is accepted for "response"). The loss
 is next-token cross-entropy on the response tokens only: prompt and padding positions get the
 label -100 and drop out. Prompt and response are tokenized separately, EOS closes the response,
 and over-long pairs keep the whole response and the end of the prompt (rlhf.core.text), the
 same ids the policy service and the learner see. One epoch by default, because more overfits.
+
+Under torchrun the model is sharded over the ranks (FSDP2) and each step's --batch-size pairs are split between
+them; the gradient, the losses reported and the saved dir are those of one process on the same batches (up to
+float rounding, and dropout's random masks, which fall on other rows).
 """
 
 from __future__ import annotations
@@ -20,6 +25,16 @@ from pathlib import Path
 
 import torch
 
+from rlhf.core.distributed import (
+    all_reduce_sum,
+    batch_share,
+    close_world,
+    init_world,
+    is_distributed,
+    rank_device,
+    shard,
+    world,
+)
 from rlhf.core.errors import UserError
 from rlhf.core.jsonl import read_jsonl
 from rlhf.core.text import Encoded, encode_pair
@@ -32,6 +47,7 @@ from rlhf.core.training import (
     prepare_model,
     save_trained,
     trainable_parameters,
+    unsharded,
     weights_dtype,
 )
 
@@ -102,20 +118,44 @@ def response_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) ->
     return loss, int((targets != IGNORE).sum())
 
 
+def summed_over_ranks(*values: float, device: torch.device) -> list[float]:
+    return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+
+def batch_loss(model: torch.nn.Module, examples: Sequence[Encoded], pad_id: int,
+               options: TrainingOptions) -> tuple[torch.Tensor, float]:
+    """What this rank backpropagates for one step's batch, and the batch's mean loss per response token.
+
+    The rank forwards its share of the pairs; its summed loss is divided by the whole batch's token count and
+    multiplied by the world size, since FSDP2 averages the ranks' gradients: the one-process gradient results."""
+    device = next(model.parameters()).device
+    rows, weight = batch_share(len(examples))
+    batch = {k: v.to(device) for k, v in collate(examples[rows], pad_id).items()}
+    with autocast(options, device):
+        loss_sum, n_tokens = response_loss_sum(model, batch)
+    total, tokens = summed_over_ranks(loss_sum.item() * weight, n_tokens * weight, device=device)
+    tokens = max(tokens, 1.0)
+    return loss_sum * (weight * world().size) / tokens, total / tokens
+
+
 @torch.no_grad()
 def eval_loss(model: torch.nn.Module, examples: Sequence[Encoded], pad_id: int, batch_size: int,
               options: TrainingOptions | None = None) -> float:
-    """Mean loss per response token over examples (nan when there are none)."""
+    """Mean loss per response token over examples (nan when there are none); under torchrun each rank forwards
+    its share of every batch and all get the figure for all the examples."""
     options = options or TrainingOptions()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    total, count = 0.0, 0.0
     for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
+        chunk = examples[start : start + batch_size]
+        rows, weight = batch_share(len(chunk))
+        batch = {k: v.to(device) for k, v in collate(chunk[rows], pad_id).items()}
         with autocast(options, device):
             loss, n = response_loss_sum(model, batch)
-        total, count = total + float(loss), count + n
+        total, count = total + float(loss) * weight, count + n * weight
+    total, count = summed_over_ranks(total, count, device=device)
     model.train(was_training)
     return total / count if count else math.nan
 
@@ -128,31 +168,48 @@ def split(examples: list[Encoded], eval_fraction: float, seed: int) -> tuple[lis
 
 
 def train_sft(config: SFTConfig, progress: bool = True) -> SFTResult:
-    from tqdm.auto import tqdm
-
-    from rlhf.core.modeling import context_length, load_causal_lm, load_tokenizer, resolve_device
-
     if config.epochs < 1 or config.batch_size < 1 or not 0 <= config.eval_fraction < 1:
         raise UserError("need --epochs >= 1, --batch-size >= 1 and 0 <= --eval-fraction < 1")
     config.check_training_options()
     pairs = load_pairs(config.data)  # before any model loads: a bad or empty file fails at once
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    here = init_world(config.device, config.dist_timeout)  # a no-op outside torchrun
+    try:
+        return fit(config, pairs, progress and here.is_main)
+    finally:
+        close_world()
+
+
+def load_model(config: SFTConfig, device: torch.device) -> torch.nn.Module:
+    from rlhf.core.modeling import load_causal_lm
+
+    return prepare_model(load_causal_lm(config.model, device, weights_dtype(config)), config, "causal-lm")
+
+
+def fit(config: SFTConfig, pairs: list[tuple[str, str]], progress: bool) -> SFTResult:
+    from tqdm.auto import tqdm
+
+    from rlhf.core.modeling import context_length, load_tokenizer, resolve_device
+
+    torch.manual_seed(config.seed)  # the same on every rank: the same LoRA init everywhere
+    device = resolve_device(rank_device(config.device))
     check_precision(config, device)
     tokenizer = load_tokenizer(config.model)
-    model = prepare_model(load_causal_lm(config.model, device, weights_dtype(config)), config, "causal-lm")
+    # Under torchrun the model loads on the CPU and moves to the GPU shard by shard (rlhf.core.distributed.shard).
+    model = shard(load_model(config, torch.device("cpu") if is_distributed() else device), device)
     max_length = min(config.max_length, context_length(model.config))
     examples = [encode_pair(tokenizer, p, r, max_length) for p, r in pairs]
     train, held_out = split(examples, config.eval_fraction, config.seed)
     pad_id = tokenizer.pad_token_id
+    main = world().is_main
 
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     optimizer = make_optimizer(trainable_parameters(model), config, lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
     before = eval_loss(model, held_out, pad_id, config.batch_size, config)
-    log.info("sft start", extra={"train": len(train), "eval": len(held_out), "steps": total_steps,
-                                 "eval_loss": before})
+    if main:
+        log.info("sft start", extra={"train": len(train), "eval": len(held_out), "steps": total_steps,
+                                     "eval_loss": before, "world_size": world().size})
 
     order = torch.Generator().manual_seed(config.seed)
     model.train()
@@ -162,19 +219,20 @@ def train_sft(config: SFTConfig, progress: bool = True) -> SFTResult:
         permutation = torch.randperm(len(train), generator=order).tolist()
         epoch_losses = []
         for start in range(0, len(train), config.batch_size):
-            batch = collate([train[i] for i in permutation[start : start + config.batch_size]], pad_id)
-            with autocast(config, device):
-                loss_sum, n_tokens = response_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
-            loss = loss_sum / max(n_tokens, 1)
+            batch = [train[i] for i in permutation[start : start + config.batch_size]]
+            loss, mean_loss = batch_loss(model, batch, pad_id, config)
             optimizer_step(optimizer, loss, model, config.max_grad_norm)
             schedule.step()
-            epoch_losses.append(loss.item())
+            epoch_losses.append(mean_loss)
             bar.update(1)
-            bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
     bar.close()
     model.eval()
     after = eval_loss(model, held_out, pad_id, config.batch_size, config)
-    out = save_trained(model, tokenizer, config.out, config, base=config.model)
-    result = SFTResult(out, len(train), len(held_out), before, after, sum(epoch_losses) / len(epoch_losses))
-    log.info("sft done", extra={"out": str(out), "eval_loss_before": before, "eval_loss_after": after})
+    whole = unsharded(model, lambda: load_model(config, torch.device("cpu")))  # rank 0's; None elsewhere
+    out = save_trained(whole, tokenizer, config.out, config, base=config.model) if whole is not None else None
+    result = SFTResult(out or Path(config.out), len(train), len(held_out), before, after,
+                       sum(epoch_losses) / len(epoch_losses))
+    if main:
+        log.info("sft done", extra={"out": str(out), "eval_loss_before": before, "eval_loss_after": after})
     return result

@@ -18,7 +18,10 @@ def register(commands) -> None:
     from rlhf.core.server import ServerOptions
 
     train = commands.train.add_parser("rm", help="train a reward model on preference rankings")
+    from rlhf.core.launch import add_launch_arguments
+
     add_config_arguments(train, RewardTrainConfig)
+    add_launch_arguments(train)
     train.set_defaults(func=_train)
 
     serve = commands.serve.add_parser("reward", help="serve a reward model, or a Python function (RewardScoring)")
@@ -37,9 +40,12 @@ def register(commands) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from rlhf.core.distributed import is_main_process
     from rlhf.reward.train import train_reward_model
 
     result = train_reward_model(config_from_args(args, RewardTrainConfig))
+    if not is_main_process():  # under torchrun: rank 0 reports
+        return 0
     if result.eval_accuracy is not None:
         print(f"held-out pairwise accuracy: {result.eval_accuracy:.4f} ({result.eval_comparisons} comparisons)")
     print(f"normalized: training completions' mean reward {result.reference_mean_before:+.4f} -> "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from rlhf.core.distributed import add_to_parameter, full_tensor, reshard
 from rlhf.reward.model import OFFSET_KEY
 
 
@@ -69,15 +70,17 @@ def offset_modules(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
 
 @torch.no_grad()
 def fold_offset(model: torch.nn.Module, offset: float, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> str:
-    """Make every score smaller by `offset`; returns where the offset went. ids: a probe batch."""
+    """Make every score smaller by `offset`; returns where the offset went. ids: a probe batch. Under FSDP2 every
+    rank calls it (the probe's forward is a collective) and each edits its shards."""
     head = score_head(model)
+    name, norm = final_layer_norm(model, input_ids, attention_mask) if head.bias is None else (None, None)
+    reshard(model)  # the forward left the root's parameters gathered: edits must go to the shards
     if head.bias is not None:
         head.bias -= offset
         return "score head bias"
-    name, norm = final_layer_norm(model, input_ids, attention_mask)
     if norm is not None:
-        w = head.weight[0].to(torch.float64)  # (H,)
-        norm.bias += (-offset * w / w.dot(w)).to(norm.bias.dtype)
+        w = full_tensor(head.weight)[0].to(torch.float64)  # (H,)
+        add_to_parameter(norm.bias, (-offset * w / w.dot(w)).to(norm.bias.dtype))
         return f"{name}.bias"
     setattr(model.config, OFFSET_KEY, getattr(model.config, OFFSET_KEY, 0.0) - offset)
     return f"config.json {OFFSET_KEY}"

@@ -2,15 +2,21 @@
 
     rlhf tiny-model --out models/tiny && rlhf data synth --out data
     rlhf train rm --model models/tiny --data data/preferences.jsonl --out models/rm --epochs 3
+    torchrun --nproc-per-node 4 --local-ranks-filter 0 -m rlhf train rm ...    # data-parallel, FSDP2
 
 Steps: load the LM as a one-label sequence classifier; per batch of prompts, encode each distinct
 (prompt, response) once and apply the K-wise loss over all C(K,2) comparisons; report held-out
 pairwise accuracy; fold the mean training reward into a bias; save the model dir atomically.
+
+Under torchrun the model is sharded over the ranks (FSDP2): each batch's prompts, the held-out scoring and the
+normalization's scoring are split between them, so the gradients, the figures and the saved dir are those of
+one process (up to float rounding). The offset is folded into the shards on every rank, then gathered and saved.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +24,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from rlhf.core.batching import by_length_chunks
+from rlhf.core.distributed import (
+    all_gather_objects,
+    all_reduce_sum,
+    batch_share,
+    close_world,
+    init_world,
+    is_distributed,
+    rank_device,
+    reshard,
+    shard,
+    shard_rows,
+    world,
+)
 from rlhf.core.errors import UserError
 from rlhf.core.logprobs import pad_right
 from rlhf.core.modeling import load_tokenizer, resolve_device
@@ -34,6 +54,7 @@ from rlhf.core.training import (
     prepare_model,
     save_trained,
     trainable_parameters,
+    unsharded,
     weights_dtype,
 )
 from rlhf.reward.config import RewardTrainConfig
@@ -61,22 +82,40 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
         raise UserError(f"no preference rows in {config.data}")
     train_set, eval_set = split_rankings(rankings, config.eval_fraction, config.seed)
     config.check_training_options()
-    device = resolve_device(config.device)
-    check_precision(config, device)
-    torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(config.model)
+    here = init_world(config.device, config.dist_timeout)  # a no-op outside torchrun
+    try:
+        return fit(config, train_set, eval_set, progress and here.is_main)
+    finally:
+        close_world()
+
+
+def load_model(config: RewardTrainConfig, tokenizer, device: torch.device,
+               extra_trained: tuple[str, ...] | None = None) -> tuple[torch.nn.Module, tuple[str, ...]]:
+    """The LM as a one-output classifier, prepared for training; and what, besides LoRA's adapters, trains."""
     model = load_sequence_classifier(config.model, tokenizer, device, weights_dtype(config))
     # Dropout off (as TRL's reward trainer does): with it on, the tiny model learns the synthetic task's
     # bag-of-words part (the adjectives) but not the prompt-response relation (on topic?).
     disable_dropout(model)
     # With LoRA the score head trains in full (peft does that for a classifier), and so does the final norm
     # when the mean-0 offset must go there: then the adapter alone carries the normalization.
-    probe = pad_right([tokenizer("probe").input_ids], tokenizer.pad_token_id, device)
-    model = prepare_model(model, config, "score", offset_modules(model, *probe) if config.uses_lora else ())
+    if extra_trained is None:
+        probe = pad_right([tokenizer("probe").input_ids], tokenizer.pad_token_id, device)
+        extra_trained = offset_modules(model, *probe) if config.uses_lora else ()
+    return prepare_model(model, config, "score", extra_trained), extra_trained
+
+
+def fit(config: RewardTrainConfig, train_set, eval_set, progress: bool) -> TrainResult:
+    device = resolve_device(rank_device(config.device))
+    check_precision(config, device)
+    torch.manual_seed(config.seed)  # the same on every rank: the same head (and LoRA) init everywhere
+    tokenizer = load_tokenizer(config.model)
+    # Under torchrun the model loads on the CPU and moves to the GPU shard by shard (rlhf.core.distributed.shard).
+    model, extra_trained = load_model(config, tokenizer, torch.device("cpu") if is_distributed() else device)
+    model = shard(model, device)
     scorer = RewardScorer(model, tokenizer, options=config)
     max_length = config.max_length or scorer.max_length
     # Every distinct (prompt, response) is tokenized once, up front, not once per epoch.
-    items = completions(rankings)
+    items = completions(train_set + eval_set)
     encoded = dict(zip(items, encode_pairs(tokenizer, items, max_length), strict=True))
 
     rng = random.Random(config.seed)
@@ -104,43 +143,103 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
             bar.close()  # before the last epoch's line, so the finished bar is not drawn again below it
         if eval_set:
             accuracy, n = evaluate(scorer, eval_set, encoded)
-            tqdm.write(f"epoch {epoch + 1}: held-out pairwise accuracy {accuracy:.4f} ({n} comparisons)")
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}: held-out pairwise accuracy {accuracy:.4f} ({n} comparisons)")
     bar.close()
 
     accuracy, n_eval = evaluate(scorer, eval_set, encoded) if eval_set else (None, 0)
     before, after, where = normalize(scorer, [encoded[item] for item in completions(train_set)])
-    log.info("normalized", extra={"reference_mean_before": before, "reference_mean_after": after, "folded": where})
+    if world().is_main:
+        log.info("normalized", extra={"reference_mean_before": before, "reference_mean_after": after,
+                                      "folded": where})
     # An offset kept in config.json (RMSNorm models: no bias to fold it into) must travel with an adapter too.
     offset = getattr(base_model(model).config, OFFSET_KEY, None)
-    save_trained(model, tokenizer, config.out, config, base=config.model,
-                 config_overrides={OFFSET_KEY: offset} if offset is not None and is_peft(model) else None)
+
+    def cpu_copy() -> torch.nn.Module:
+        return with_offset(load_model(config, tokenizer, torch.device("cpu"), extra_trained)[0], offset)
+
+    whole = unsharded(model, cpu_copy)
+    if whole is not None:  # rank 0's (or the one process's)
+        save_trained(whole, tokenizer, config.out, config, base=config.model,
+                     config_overrides={OFFSET_KEY: offset} if offset is not None and is_peft(whole) else None)
     return TrainResult(Path(config.out), accuracy, n_eval, before, after, where)
+
+
+def with_offset(model: torch.nn.Module, offset: float | None) -> torch.nn.Module:
+    if offset is not None:
+        setattr(base_model(model).config, OFFSET_KEY, offset)
+    return model
+
+
+def rank_share(batch: ComparisonBatch) -> tuple[ComparisonBatch, float]:
+    """This rank's prompts of a batch (their items and comparisons, re-indexed), and the weight of its loss
+    term: 1.0, or 0.0 for a rank left without prompts, which forwards the first prompt anyway (batch_share)."""
+    if not is_distributed():
+        return batch, 1.0
+    prompts, weight = batch_share(batch.num_prompts)
+    kept = [c for c, g in enumerate(batch.group) if prompts.start <= g < prompts.stop]
+    used = sorted({i for c in kept for i in (batch.winners[c], batch.losers[c])})
+    index = {old: new for new, old in enumerate(used)}
+    share = ComparisonBatch([batch.items[i] for i in used], [index[batch.winners[c]] for c in kept],
+                            [index[batch.losers[c]] for c in kept], [batch.group[c] - prompts.start for c in kept],
+                            prompts.stop - prompts.start)
+    return share, weight
+
+
+def comparison_loss(model, batch: ComparisonBatch, encoded: dict[tuple[str, str], Encoded], pad_id: int,
+                    options: TrainingOptions | None = None) -> tuple[torch.Tensor, float]:
+    """What this rank backpropagates for a batch of whole prompts, and the batch's K-wise loss.
+
+    The rank's prompts' mean loss counts by their share of the batch's prompts, times the world size since FSDP2
+    averages the ranks' gradients: the one-process gradient results. Each distinct item is forwarded once."""
+    device = next(model.parameters()).device
+    share, weight = rank_share(batch)
+    ids, attention = pad_right([encoded[item].input_ids for item in share.items], pad_id, device)  # (N, T)
+    winners, losers, group = (torch.tensor(v, device=device) for v in (share.winners, share.losers, share.group))
+    with autocast(options or TrainingOptions(), device):
+        rewards = reward_forward(model, ids, attention)  # (N,)
+    loss = kwise_loss(rewards, winners, losers, group, share.num_prompts) * (weight * share.num_prompts
+                                                                              / batch.num_prompts)
+    return loss * world().size, all_reduce_sum(loss.detach()).item()
 
 
 def train_step(model, optimizer, batch: ComparisonBatch, encoded: dict[tuple[str, str], Encoded], pad_id: int,
                options: TrainingOptions | None = None) -> float:
-    """One update on a batch of whole prompts: each distinct item forwarded once, all comparisons in the loss."""
-    device = next(model.parameters()).device
-    ids, attention = pad_right([encoded[item].input_ids for item in batch.items], pad_id, device)  # (N, T)
-    winners, losers, group = (torch.tensor(v, device=device) for v in (batch.winners, batch.losers, batch.group))
-    with autocast(options or TrainingOptions(), device):
-        rewards = reward_forward(model, ids, attention)  # (N,)
-    loss = kwise_loss(rewards, winners, losers, group, batch.num_prompts)
+    """One update on a batch of whole prompts, all of its comparisons in the loss; returns the batch's loss."""
+    loss, batch_loss = comparison_loss(model, batch, encoded, pad_id, options)
     optimizer_step(optimizer, loss, model, max_grad_norm=1.0)
-    return loss.item()
+    return batch_loss
+
+
+def score_all(scorer: RewardScorer, encoded: list[Encoded], batch_size: int = 64) -> list[float]:
+    """scorer.score_encoded, split over the ranks: each scores its share in as many forwards as the others (under
+    FSDP each is a collective), and every rank gets all the scores."""
+    if not is_distributed():
+        return scorer.score_encoded(encoded, batch_size)
+    mine = encoded[shard_rows(len(encoded))]
+    scores = [0.0] * len(mine)
+    chunks = by_length_chunks([len(e.input_ids) for e in mine], batch_size)
+    for step in range(math.ceil(math.ceil(len(encoded) / world().size) / batch_size)):  # the largest share's
+        if step < len(chunks):
+            for i, value in zip(chunks[step], scorer.forward([mine[i] for i in chunks[step]]), strict=True):
+                scores[i] = value
+        else:
+            scorer.forward(encoded[:1])  # this share is done: a forward the others' collectives wait for
+    reshard(scorer.model)
+    return [score for part in all_gather_objects(scores) for score in part]
 
 
 def evaluate(scorer: RewardScorer, rankings, encoded: dict[tuple[str, str], Encoded]) -> tuple[float, int]:
     """Pairwise accuracy against the labels over every comparison of the rankings."""
     batch = collate(rankings)
-    rewards = torch.tensor(scorer.score_encoded([encoded[item] for item in batch.items]))
+    rewards = torch.tensor(score_all(scorer, [encoded[item] for item in batch.items]))
     correct, total = pairwise_accuracy(rewards, torch.tensor(batch.winners), torch.tensor(batch.losers))
     return correct / total, total
 
 
 def normalize(scorer: RewardScorer, reference: list[Encoded]) -> tuple[float, float, str]:
     """Fold the mean reward over the reference completions into a bias; returns (before, after, where)."""
-    mean = lambda: sum(scorer.score_encoded(reference)) / len(reference)  # noqa: E731
+    mean = lambda: sum(score_all(scorer, reference)) / len(reference)  # noqa: E731
     before = mean()
     probe = pad_right([e.input_ids for e in reference[:4]], scorer.tokenizer.pad_token_id, scorer.device)
     where = fold_offset(scorer.model, before, *probe)
