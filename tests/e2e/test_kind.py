@@ -3,8 +3,9 @@
     1. create a kind cluster;  2. build the image and `kind load` it;
     3. apply k8s/overlays/kind and wait for the setup Job and the rollouts;
     4. score through a port-forward with the Python client;
-    5. run a short ppo Job to completion, check its logs and checkpoint;
-    6. delete a ppo Job mid-run, create it again, check that it resumed;
+    5. run a short ppo Job to completion, check its logs and checkpoint: the kind overlay's learner is 2 pods
+       of 1 process (torchrun over gloo, meeting at ppo-0.ppo-rdzv), so both ranks must have written it;
+    6. delete a ppo Job mid-run (both pods checkpoint together), create it again, check that it resumed;
     7. delete the cluster (RLHF_E2E_KEEP=1 keeps it for a look around).
 
 Skipped, with the reason, where kind or a container engine is missing. Takes 10-20 minutes, most of it
@@ -94,13 +95,16 @@ def rlhf_k8s(kubeconfig: str, *args: str) -> str:
     return ""
 
 
-# Prints what a run dir on the volume holds: complete checkpoints, the steps in metrics.jsonl, the final policy.
+# Prints what a run dir on the volume holds: complete checkpoints, the ranks that wrote the newest (a random
+# state file each), the steps in metrics.jsonl, the final policy.
 RUN_FILES = """
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 metrics = out / "metrics.jsonl"
+complete = sorted(p for p in out.glob("checkpoints/step-*") if (p / "trainer_state.pt").exists())
 print(json.dumps({
-    "checkpoints": sorted(p.name for p in out.glob("checkpoints/step-*") if (p / "trainer_state.pt").exists()),
+    "checkpoints": [p.name for p in complete],
+    "ranks": len(list((complete[-1] / "rng").glob("rank-*.pt"))) if complete else 0,
     "steps": [json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.strip()]
     if metrics.exists() else [],
     "final_policy": (out / "policy" / "config.json").exists(),
@@ -159,16 +163,22 @@ def test_scores_through_a_port_forward(deployed):
     assert len(scores) == 2 and all(math.isfinite(s) for s in scores)
 
 
-def test_a_short_ppo_job_runs_to_completion_with_logs_and_a_checkpoint(deployed, kubeconfig, kubectl):
+def test_a_short_ppo_job_of_two_learner_pods_runs_to_completion_with_logs_and_a_checkpoint(
+        deployed, kubeconfig, kubectl):
     out = "/data/runs/e2e-short"
     rlhf_k8s(kubeconfig, "submit", "ppo", "--overlay", "kind", "--name", "ppo-short", "--out", out,
              "--steps", "4", "--save-every", "2")
+    job = deployed.batch.read_namespaced_job(name="ppo-short", namespace=NAMESPACE)
+    assert job.spec.completion_mode == "Indexed" and job.spec.completions == 2  # the kind overlay's two pods
     assert wait_for_job(deployed, "ppo-short", timeout=900) == "Complete"
-    assert any(r.get("msg") == "checkpoint saved" for r in log_records(deployed, "ppo-short"))
+    # rank 0's pod (what `rlhf k8s logs` shows) joined a world of both pods, and both ranks saved their part
+    records = log_records(deployed, "ppo-short")
+    assert any(r.get("msg") == "joined the process group" and r.get("world_size") == 2 for r in records)
+    assert any(r.get("msg") == "checkpoint saved" and r.get("ranks") == 2 for r in records)
     assert kubectl("logs", "job/ppo-short").strip()  # what `kubectl logs -f job/...` shows
     files = run_files(kubectl, out)
     assert files["steps"] == sorted(set(files["steps"])) and len(files["steps"]) == 4
-    assert files["checkpoints"] and files["final_policy"]
+    assert files["checkpoints"] and files["ranks"] == 2 and files["final_policy"]
 
 
 def test_deleting_the_job_checkpoints_and_creating_it_again_resumes(deployed, kubeconfig, kubectl):

@@ -192,3 +192,16 @@ def test_logs_prints_the_newest_pod_of_the_job_and_follows(api, rlhf_k8s):
     reads = [r["query"] for r in api.requests if r["path"].endswith("/log")]
     assert reads[0]["tailLines"] == ["5"] and "follow" not in reads[0]
     assert reads[1]["follow"] == ["true"]
+
+
+def test_logs_of_a_learner_of_several_pods_are_rank_0s(api, rlhf_k8s):
+    """Pod 0 holds rank 0, which logs the run; the other pods may be newer."""
+    def learner_pod(name: str, index: str) -> dict:
+        labels = {"batch.kubernetes.io/job-name": "ppo", "batch.kubernetes.io/job-completion-index": index}
+        return pod(name, "Running", labels)
+
+    api.routes[("GET", f"{NS}/pods")] = (200, {"kind": "PodList", "apiVersion": "v1", "items": [
+        learner_pod("ppo-0-abc", "0"), learner_pod("ppo-1-def", "1")]})
+    api.routes[("GET", f"{NS}/pods/ppo-0-abc/log")] = (200, '{"msg": "step 1"}\n')
+    code, out, _ = rlhf_k8s("logs", "ppo")
+    assert code == 0 and out.splitlines() == ['{"msg": "step 1"}']

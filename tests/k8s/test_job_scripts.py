@@ -2,6 +2,7 @@
 
 - The ppo Job adds --resume exactly when --out holds a complete checkpoint, so deleting the Job and
   creating it again continues the run, while the first run starts fresh.
+- A learner of several pods waits for the rendezvous host's DNS name before it starts.
 - The kind setup Job publishes each model dir whole (DIR.tmp, then a rename), and a retry skips
   what is done.
 """
@@ -41,6 +42,14 @@ esac
 """
 
 
+# Stand-in for `getent hosts NAME`: logs NAME to $LOOKUPS, and resolves once asked more than $RESOLVE_AFTER times.
+FAKE_GETENT = """#!/bin/sh
+[ -n "$LOOKUPS" ] || exit 0
+echo "$2" >> "$LOOKUPS"
+[ "$(wc -l < "$LOOKUPS")" -gt "${RESOLVE_AFTER:-0}" ]
+"""
+
+
 def write_script(directory: Path, name: str, text: str) -> None:
     path = directory / name
     path.write_text(text)
@@ -53,6 +62,8 @@ def fake_bin(tmp_path) -> Path:
     bin_dir.mkdir()
     write_script(bin_dir, "tini", FAKE_TINI)
     write_script(bin_dir, "rlhf", FAKE_RLHF)
+    write_script(bin_dir, "getent", FAKE_GETENT)
+    write_script(bin_dir, "sleep", "#!/bin/sh\n")  # waits take no time here
     return bin_dir
 
 
@@ -85,6 +96,27 @@ def test_the_ppo_job_resumes_only_from_a_complete_checkpoint(overlay, fake_bin, 
     (step / "trainer_state.pt").write_bytes(b"")
     again = run_container(container, fake_bin)
     assert again.stdout.split("\n")[:-1] == [*expected[:-1], "--resume"]
+
+
+def test_each_learner_pod_waits_for_the_rendezvous_host_to_resolve(fake_bin, tmp_path):
+    container = dict(main_container(of_kind(rendered("kind/jobs"), "Job")["ppo"]))
+    container["args"] = merge_args(container["args"], {"out": str(tmp_path / "run")})
+    lookups = tmp_path / "lookups"
+    waited = run_container(container, fake_bin, LOOKUPS=str(lookups), RESOLVE_AFTER="3")
+    assert waited.returncode == 0, waited.stderr
+    assert lookups.read_text().split() == ["ppo-0.ppo-rdzv"] * 4  # the host of --rdzv-endpoint, without the port
+    assert waited.stdout.split("\n")[0] == "rlhf"  # then the learner starts
+
+    lookups.unlink()
+    never = run_container(container, fake_bin, LOOKUPS=str(lookups), RESOLVE_AFTER="100000")
+    assert never.returncode == 1 and "rendezvous host ppo-0.ppo-rdzv does not resolve" in never.stderr
+    assert never.stdout == ""  # the learner never started
+
+    lookups.unlink()
+    one_pod = dict(container, args=merge_args(container["args"], dict.fromkeys(
+        ["nnodes", "nproc-per-node", "rdzv-endpoint", "rdzv-id"], False)))
+    assert run_container(one_pod, fake_bin, LOOKUPS=str(lookups)).returncode == 0
+    assert not lookups.exists()  # the plain learner looks nothing up
 
 
 def setup_container(data: Path) -> dict:

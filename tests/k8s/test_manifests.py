@@ -84,7 +84,11 @@ def test_the_services_find_each_other_by_the_names_the_manifests_give(overlay):
         assert f"--{name}={name}:{port}" in args
     learner = services["learner"]
     ppo_labels = ppo["spec"]["template"]["metadata"]["labels"]
-    assert learner["spec"]["selector"].items() <= ppo_labels.items()
+    # the ppo Job's pod of index 0 (rank 0, the one that serves): the Job controller adds the index label
+    selector = dict(learner["spec"]["selector"])
+    assert selector.pop("batch.kubernetes.io/job-completion-index") == "0"
+    assert ppo["spec"]["completionMode"] == "Indexed"
+    assert selector.items() <= ppo_labels.items()
     assert learner["spec"]["ports"][0]["port"] == 50054
     assert {"name": "grpc", "containerPort": 50054} in main_container(ppo)["ports"]
     assert "--port=50054" in args
@@ -195,7 +199,9 @@ def test_the_learner_has_time_to_checkpoint_when_its_job_is_deleted():
     for overlay, at_least in (("kind/jobs", 60), ("gpu/jobs", 600)):
         ppo = of_kind(rendered(overlay), "Job")["ppo"]
         assert pod_spec(ppo)["terminationGracePeriodSeconds"] >= at_least
-        assert pod_spec(ppo)["restartPolicy"] == "Never" and ppo["spec"]["backoffLimit"] >= 1
+        assert pod_spec(ppo)["restartPolicy"] == "Never"
+        if ppo["spec"]["completions"] == 1:  # one pod is retried; several fail together (test_distributed_learner)
+            assert ppo["spec"]["backoffLimit"] >= 1
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

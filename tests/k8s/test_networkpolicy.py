@@ -44,7 +44,8 @@ def peer_matches(peer: dict, pod: Pod, policy_namespace: str) -> bool:
 
 def port_matches(rule: dict, port: int, protocol: str) -> bool:
     ports = rule.get("ports")
-    return not ports or any(p["port"] == port and p.get("protocol", "TCP") == protocol for p in ports)
+    # an entry without a port opens every port of its protocol
+    return not ports or any(p.get("port") in (None, port) and p.get("protocol", "TCP") == protocol for p in ports)
 
 
 def allowed_one_way(policies, subject: Pod, peer: Pod, port: int, protocol: str, direction: str) -> bool:
@@ -141,3 +142,7 @@ def test_the_evaluator_checks_what_it_claims():
     assert allowed([deny, open_b], a, b, 80)
     assert not allowed([deny, open_b], a, b, 81)
     assert not allowed([deny, open_b], b, a, 80)
+    any_port = {"metadata": {"namespace": "ns"}, "spec": {
+        "podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"protocol": "TCP"}]}]}}
+    assert allowed([deny, any_port], a, b, 81) and not allowed([deny, any_port], a, b, 81, "UDP")

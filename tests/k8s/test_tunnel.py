@@ -55,12 +55,15 @@ def test_a_stream_that_cannot_open_drops_the_connection_and_the_call_fails_clean
 
 
 def test_status_reaches_the_running_learner_pod_through_a_port_forward(learner, tmp_path, monkeypatch):
+    """Of a learner's pods, only index 0 serves (rank 0): status dials that one, not the newest."""
     open_stream, _ = learner
     api = FakeApiServer()
     labels = {"app.kubernetes.io/part-of": "rlhf", "app.kubernetes.io/name": "learner"}
     api.routes[("GET", "/api/v1/namespaces/rlhf/pods")] = (200, {"kind": "PodList", "apiVersion": "v1", "items": [
-        {"metadata": {"name": "ppo-xyz", "namespace": "rlhf", "labels": labels},
-         "spec": {"containers": [{"name": "learner"}]}, "status": {"phase": "Running"}}]})
+        {"metadata": {"name": name, "namespace": "rlhf",
+                      "labels": {**labels, "batch.kubernetes.io/job-completion-index": index}},
+         "spec": {"containers": [{"name": "learner"}]}, "status": {"phase": "Running"}}
+        for name, index in (("ppo-0-xyz", "0"), ("ppo-1-abc", "1"))]})
     forwarded = []
 
     def fake_opener(core_api, pod, namespace, port):
@@ -75,5 +78,5 @@ def test_status_reaches_the_running_learner_pod_through_a_port_forward(learner, 
         line = k8s_status.learner_line(cluster, None, str(token_file))
     finally:
         api.close()
-    assert forwarded == [("ppo-xyz", "rlhf", 50054)]
-    assert line == "learner ppo-xyz: step 12/20, phase generate, weights version 12"
+    assert forwarded == [("ppo-0-xyz", "rlhf", 50054)]
+    assert line == "learner ppo-0-xyz: step 12/20, phase generate, weights version 12"

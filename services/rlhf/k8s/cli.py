@@ -3,6 +3,7 @@
     rlhf k8s render --overlay kind | kubectl apply -f -
     rlhf k8s render --overlay gpu --component mtls --component mtls/cert-manager | kubectl apply -f -
     rlhf k8s submit ppo --overlay kind --steps 50
+    rlhf k8s submit ppo --overlay gpu --nodes 2 --gpus-per-node 8 --dry-run
     rlhf k8s status
     rlhf k8s logs ppo -f
     rlhf k8s delete ppo
@@ -67,6 +68,12 @@ def register(commands) -> None:
         train = p.add_argument_group(f"rlhf train {stage} flags")
         for flag, kind, help_text in flags:
             train.add_argument(flag, type=kind, default=None, help=help_text)
+        if stage == "ppo":
+            world = p.add_argument_group("distributed learner (an Indexed Job, one pod per node)")
+            world.add_argument("--nodes", type=int, help="learner pods; above 1 a failure fails the whole Job "
+                               "(default: the overlay's, 1 on gpu, 2 on kind)")
+            world.add_argument("--gpus-per-node", type=int, help="processes per pod, and the GPUs each pod asks "
+                               "for where the overlay asks for GPUs (default: the overlay's, 1)")
         p.add_argument("extra", nargs="*", metavar="-- FLAG", help="further `rlhf train` flags, after --")
         p.add_argument("--overlay", default="kind", help="whose Job to start from: kind or gpu (default kind)")
         p.add_argument("--name", help=f"Job name (default {stage})")
@@ -129,9 +136,16 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def build_submitted_job(args: argparse.Namespace):
-    """The V1Job that `submit` creates: the overlay's Job for the stage, with the flags as its args."""
+    """The V1Job that `submit` creates: the overlay's Job for the stage, with the flags as its args (and for
+    ppo, its pods and processes)."""
+    nodes = getattr(args, "nodes", None)
+    components = list(args.component)
+    if nodes and nodes > 1 and manifests.MULTI_NODE_COMPONENT not in components:
+        components.append(manifests.MULTI_NODE_COMPONENT)  # no-op where the overlay has it already
     template = manifests.job_template(manifests.find_manifests(args.manifests), args.overlay, args.stage,
-                                      args.component)
+                                      components)
+    if args.stage == "ppo":
+        template = manifests.distribute_learner(template, nodes, args.gpus_per_node, args.name)
     overrides = {flag[2:]: getattr(args, flag[2:].replace("-", "_")) for flag in args.flags}
     extra = [word for word in args.extra if word != "--"]
     return manifests.build_job(template, overrides, name=args.name, namespace=args.namespace,

@@ -20,7 +20,9 @@ from rlhf.core.errors import UserError
 
 TIMEOUT = (5, 30)  # seconds: connect, read
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-LEARNER_SELECTOR = "app.kubernetes.io/part-of=rlhf,app.kubernetes.io/name=learner"
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # on an Indexed Job's pods
+# Rank 0 of the learner: the pod of index 0, the only one that serves (as the learner Service selects).
+LEARNER_SELECTOR = f"app.kubernetes.io/part-of=rlhf,app.kubernetes.io/name=learner,{INDEX_LABEL}=0"
 AUTH_SECRET = "rlhf-auth"
 
 
@@ -136,10 +138,13 @@ class Cluster:
         return self.pods(f"{JOB_NAME_LABEL}={job}")
 
     def newest_job_pod(self, job: str):
+        """The Job's newest pod of index 0 where it has one (the learner's rank 0, which logs the run), else its
+        newest pod."""
         pods = self.job_pods(job)
         if not pods:
             raise UserError(f"job {job} has no pods in namespace {self.namespace} (rlhf k8s status)")
-        return pods[-1]
+        first = [p for p in pods if (p.metadata.labels or {}).get(INDEX_LABEL) == "0"]
+        return (first or pods)[-1]
 
     def running_learner_pod(self):
         running = [p for p in self.pods(LEARNER_SELECTOR) if (p.status and p.status.phase) == "Running"]

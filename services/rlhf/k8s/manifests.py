@@ -1,11 +1,13 @@
 """The kustomize tree under k8s/: find it, render an overlay, and build a training Job from it.
 
 The Jobs that `rlhf k8s submit` creates start from the overlay's rendered Job (k8s/overlays/NAME/jobs),
-so the YAML stays the one source of truth; the CLI only swaps in the args its flags describe.
+so the YAML stays the one source of truth; the CLI only swaps in the args its flags describe, and for the
+learner the number of pods and processes (`distribute_learner`).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -17,9 +19,15 @@ from typing import Any
 import yaml
 
 from rlhf.core.errors import UserError
+from rlhf.core.launch import LAUNCH_FLAGS
 
 STAGES = ("sft", "rm", "ppo")
 PART_OF = "app.kubernetes.io/part-of=rlhf"
+GPU = "nvidia.com/gpu"
+# What a failure does to a learner of several pods (k8s/components/multi-node-learner).
+MULTI_NODE_COMPONENT = "multi-node-learner"
+# `rlhf train ppo` flags that make it launch torchrun; without them it is one plain process.
+LAUNCHER_FLAGS = tuple(flag.removeprefix("--") for flag in LAUNCH_FLAGS)
 
 
 def find_manifests(explicit: str | None = None) -> Path:
@@ -103,13 +111,9 @@ def job_template(root: Path, overlay: str, stage: str, with_components: Sequence
     raise UserError(f"overlay {jobs_overlay} has no Job labelled rlhf.io/stage={stage}")
 
 
-def merge_args(args: list[str], overrides: dict[str, Any], extra: list[str] | None = None) -> list[str]:
-    """Replace or add `--flag=value` options in a command line.
-
-    `args` is a subcommand (leading words) then options, each `--flag=value`, `--flag value` or a bare
-    `--flag`. An override of True writes a bare `--flag`, False removes the flag, None leaves it alone.
-    `extra` words go last, unparsed, for flags this CLI doesn't know by name.
-    """
+def parse_options(args: list[str]) -> tuple[list[str], dict[str, str | None]]:
+    """(leading words, {flag: value}) of a subcommand then options, each `--flag=value`, `--flag value` or a
+    bare `--flag` (value None); flags are named without their dashes."""
     words: list[str] = []
     options: dict[str, str | None] = {}
     i = 0
@@ -125,6 +129,16 @@ def merge_args(args: list[str], overrides: dict[str, Any], extra: list[str] | No
             value, sep, i = args[i + 1], "=", i + 1
         options[name] = value if sep else None
         i += 1
+    return words, options
+
+
+def merge_args(args: list[str], overrides: dict[str, Any], extra: list[str] | None = None) -> list[str]:
+    """Replace or add `--flag=value` options in a command line (`parse_options` says what it may hold).
+
+    An override of True writes a bare `--flag`, False removes the flag, None leaves it alone.
+    `extra` words go last, unparsed, for flags this CLI doesn't know by name.
+    """
+    words, options = parse_options(args)
     for name, value in overrides.items():
         flag = name.replace("_", "-")
         if value is None:
@@ -135,6 +149,47 @@ def merge_args(args: list[str], overrides: dict[str, Any], extra: list[str] | No
             options[flag] = None if value is True else str(value)
     merged = words + [f"--{k}" if v is None else f"--{k}={v}" for k, v in options.items()]
     return merged + list(extra or [])
+
+
+def learner_world(job: dict[str, Any]) -> tuple[int, int]:
+    """(pods, processes per pod) of a rendered ppo Job: its completions and its --nproc-per-node."""
+    _, options = parse_options(job["spec"]["template"]["spec"]["containers"][0].get("args") or [])
+    return job["spec"].get("completions") or 1, int(options.get("nproc-per-node") or 1)
+
+
+def distribute_learner(
+    job: dict[str, Any], nodes: int | None = None, per_node: int | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """The ppo Job as `nodes` pods of `per_node` processes each (None: as the Job has it), named `name`.
+
+    One process in all is the plain learner, without launcher flags; one pod of G processes adds
+    `--nproc-per-node G` (torchrun on its own, no rendezvous to find). Several pods each run `rlhf train ppo
+    --nnodes N --nproc-per-node G --rdzv-endpoint NAME-0.SUBDOMAIN:PORT --rdzv-id NAME`: pod 0 of an Indexed Job
+    is named NAME-0, and its torchrun hosts the rendezvous on the container port named rdzv. A pod that asks
+    for GPUs asks for one per process.
+    """
+    job = copy.deepcopy(job)
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    had_nodes, had_per_node = learner_world(job)
+    nodes = had_nodes if nodes is None else nodes
+    per_node = had_per_node if per_node is None else per_node
+    name = name or job["metadata"]["name"]
+    if nodes < 1 or per_node < 1:
+        raise UserError(f"a learner needs at least one pod and one process per pod, not {nodes} x {per_node}")
+    spec["completions"] = spec["parallelism"] = nodes
+    launcher: dict[str, Any] = dict.fromkeys(LAUNCHER_FLAGS, False)
+    if per_node > 1:
+        launcher["nproc-per-node"] = per_node
+    if nodes > 1:
+        port = next(p["containerPort"] for p in container["ports"] if p["name"] == "rdzv")
+        launcher = {"nnodes": nodes, "nproc-per-node": per_node,
+                    "rdzv-endpoint": f"{name}-0.{pod['subdomain']}:{port}", "rdzv-id": name}
+    container["args"] = merge_args(container["args"], launcher)
+    for kind in ("requests", "limits"):
+        if GPU in container.get("resources", {}).get(kind, {}):
+            container["resources"][kind][GPU] = str(per_node)
+    return job
 
 
 def build_job(
