@@ -143,8 +143,11 @@ def test_two_ranks_raise_the_ground_truth(trained, synth_dir, tmp_path, seed, re
 
 
 def test_lora_bf16_grpo_on_two_ranks_checkpoints_adapters_and_resumes_on_one(untrained, tmp_path):
+    # 5 prompts x 2 samples in 2 minibatches of 5, 3 micro-batches each (2, 2, 1): the ranks split 3 + 2 prompts,
+    # and a 1-sample micro-batch leaves rank 1 without a row, which then runs one at weight 0
     flags = ["--advantage-estimator", "grpo", "--samples-per-prompt", "2", "--lora-r", "4", "--lora-alpha", "8",
-             "--precision", "bf16-true", "--gradient-checkpointing", "--save-every", "2", *SHORT]
+             "--precision", "bf16-true", "--gradient-checkpointing", "--save-every", "2", *SHORT,
+             "--batch-size", "5", "--gradient-accumulation-steps", "3"]
     with ExitStack() as stack:
         run = Run(stack, untrained, tmp_path / "ppo", replicas=2)
         run.start_learner("--steps", "2", *flags, *TWO_RANKS)
@@ -156,4 +159,5 @@ def test_lora_bf16_grpo_on_two_ranks_checkpoints_adapters_and_resumes_on_one(unt
     assert saved and all(name.startswith("policy.") for name in saved)  # no critic with grpo
     assert all("lora_" in name for name in saved)  # the adapters alone: the base comes from --model again
     assert [m["step"] for m in run.metrics()] == [1, 2, 3]
+    assert len(read_jsonl(run.out / "rollouts.jsonl")) == 3 * 10
     assert (run.out / "policy" / "adapter_config.json").exists() and (run.out / "policy" / "merged").is_dir()

@@ -105,7 +105,7 @@ def shard(model: torch.nn.Module, device: torch.device | None = None) -> torch.n
     device = device or next(model.parameters()).device
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     blocks = block_classes(model)
-    for module in list(model.modules()):
+    for module in reversed(list(model.modules())):  # innermost first, should blocks nest
         if type(module).__name__ in blocks:
             fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)

@@ -4,8 +4,10 @@
     rlhf train ppo --nnodes 2 --nproc-per-node 8 --rdzv-endpoint ppo-0.ppo-rdzv:29400 --rdzv-id ppo ...  # per pod
 
 is `torchrun ... -m rlhf train ppo ...` with the same flags, plus what a Job needs from its first process:
-- SIGTERM and the first Ctrl-C go to the ranks themselves (torchrun runs in a session of its own), which finish
-  their step, checkpoint together and exit 0, so the launcher exits 0; a second Ctrl-C aborts;
+- SIGTERM, SIGHUP and the first Ctrl-C go to the ranks themselves (torchrun runs in a session of its own), which
+  finish their step, checkpoint together and exit 0, so the launcher exits 0; a second Ctrl-C aborts. (Under
+  plain torchrun, torchrun gets the signal and gives the ranks --shutdown-timeout seconds, 30 by default, before
+  it kills them: pass one that fits a step and a checkpoint.)
 - a rank that dies makes torchrun stop the others (`--max-restarts 0`), and the launcher exits non-zero.
 """
 
@@ -104,9 +106,10 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
             with contextlib.suppress(ProcessLookupError):  # a rank that already exited
                 os.kill(pid, sent)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        return torchrun.wait()
+        code = torchrun.wait()
+        return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -80,6 +80,9 @@ def save_checkpoint(state, out: str | Path, keep: int = 2) -> Path:
     if distributed.broadcast_object(final.exists()):
         return final  # this step is already saved
     tmp = root / f".tmp-step-{state.step:06d}"
+    # No gradients left over (an early-stopped minibatch): DCP initializes an optimizer that never stepped only
+    # when there are none, and a checkpoint must hold the optimizer's state.
+    state.optimizer.zero_grad(set_to_none=True)
     if here.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "rng").mkdir(parents=True)

@@ -54,13 +54,13 @@ def memory(state: TrainState) -> dict[str, float]:
     models = [state.policy] + ([state.value] if state.value is not None else [])
     optimizer_tensors = [t for per_param in state.optimizer.state.values() for t in per_param.values()
                          if isinstance(t, torch.Tensor) and t.dim() > 0]
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     figures = {"memory/peak_rss_gb": peak_rss(),
                "memory/parameters_gb": distributed.local_bytes(p for m in models for p in m.parameters()),
-               "memory/optimizer_gb": distributed.local_bytes(optimizer_tensors)}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        figures["memory/cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated()
+               "memory/optimizer_gb": distributed.local_bytes(optimizer_tensors),
+               "memory/cuda_max_allocated_gb": torch.cuda.max_memory_allocated() if cuda else -1.0}
     highest = distributed.all_reduce_max(torch.tensor(list(figures.values()), dtype=torch.float64)).tolist()
-    return {name: value / 2**30 for name, value in zip(figures, highest, strict=True)}
+    return {name: value / 2**30 for name, value in zip(figures, highest, strict=True) if value >= 0}
 
 
 def compute_advantages(config: PPOConfig, rollout: Rollout, scores: torch.Tensor, kl_coef: float):
@@ -145,6 +145,7 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
     state.step += 1
     kl_per_sequence = kl.sum(1).mean().item()
     state.kl_ctl.update(kl_per_sequence, len(rollout.samples))
+    state.kl_ctl.value = distributed.broadcast_object(state.kl_ctl.value)  # GPU reductions may differ in the last bit
 
     if weights is not None:
         stats["rollout/importance_weight"] = ppo.masked_mean(weights, mask).item()
@@ -206,8 +207,9 @@ def check_tokenizers(state: TrainState, services: Services) -> None:
 
 def update_replicas(state: TrainState, services: Services) -> None:
     """Pick up policy replicas added since the last step (a new pod behind the headless Service) and
-    drop those that went away. A new replica must answer and share the tokenizer; it gets the current
-    weights from its own GetWeights pull at start, or from the learner's push if it lacks them."""
+    drop those that went away; under torchrun rank 0 decides, and every rank follows its set. A new replica
+    must answer and share the tokenizer; it gets the current weights from its own GetWeights pull at start, or
+    from the learner's push if it lacks them."""
 
     def accept(replica) -> bool:
         try:
@@ -218,10 +220,13 @@ def update_replicas(state: TrainState, services: Services) -> None:
             log.warning("not using a new policy replica", extra={"replica": name_of(replica), "reason": problem})
         return problem is None
 
-    added, removed = services.update_replicas(accept)
+    main = distributed.world().is_main
+    added, removed = services.update_replicas(accept) if main else ([], [])
     if added or removed:
         log.info("policy replicas changed", extra={"added": added, "removed": removed,
                                                    "replicas": len(services.policies)})
+    if distributed.is_distributed():  # rank 0 discovers; every rank uses its set, in its order
+        services.adopt(distributed.broadcast_object([name_of(p) for p in services.policies] if main else None))
 
 
 def serve_requests(state: TrainState, control: LearnerControl, config: PPOConfig) -> bool:
@@ -238,16 +243,10 @@ def serve_requests(state: TrainState, control: LearnerControl, config: PPOConfig
 
 
 def check_world(config: PPOConfig, world: distributed.World) -> None:
-    """Every rank needs a share of every batch it runs a forward for (FSDP2's forward is a collective)."""
-    if world.size == 1:
-        return
-    minibatch = max(1, config.samples_per_step // config.num_minibatches)
-    micro = max(1, minibatch // config.gradient_accumulation_steps)
-    for size, what in ((config.batch_size, "--batch-size"), (micro, "a micro-batch (--batch-size x "
-                       "--samples-per-prompt / --num-minibatches / --gradient-accumulation-steps)"),
-                       (config.ptx_batch_size if config.ptx_data else world.size, "--ptx-batch-size")):
-        if size < world.size:
-            raise UserError(f"{what} is {size}, fewer than the {world.size} ranks: every rank needs a share")
+    """Every rank needs prompts of its own to collect a share of the rollout."""
+    if config.batch_size < world.size:
+        raise UserError(f"--batch-size is {config.batch_size}, fewer than the {world.size} ranks: every rank "
+                        "needs a share of the prompts")
 
 
 def train(config: PPOConfig, services: Services, control: LearnerControl | None = None) -> TrainState:
@@ -259,6 +258,7 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
     check_out_dir(config)
     state = resume_state(config) if config.resume else build_state(config)
     check_tokenizers(state, services)
+    distributed.barrier()  # every rank has loaded (--model may lie under --out) before anything is deleted
     if config.overwrite and here.is_main:
         clear_earlier_run(config.out)  # only now that the new run has loaded and checked out
     Path(config.out).mkdir(parents=True, exist_ok=True)

@@ -163,6 +163,20 @@ class Services:
             self.policies = list(current.values())
         return added, removed
 
+    def adopt(self, targets: Sequence[str]) -> None:
+        """Use exactly these replicas, in this order: under torchrun, rank 0's set, so that every rank splits the
+        same replicas the same way and rank 0's pushes reach every replica any rank samples from."""
+        current = {name_of(p): p for p in self.policies}
+        if list(current) == list(targets):
+            return
+        if self.connect is None:  # a fixed set (in-process services): the known ones, in rank 0's order
+            self.policies = [current[t] for t in targets if t in current]
+            return
+        self.policies = [current.pop(t) if t in current else self.connect(t) for t in targets]
+        for replica in current.values():
+            if callable(getattr(replica, "close", None)):
+                replica.close()
+
     def call(self, service: object, method: str, *args):
         """service.method(*args) with retries; gRPC clients are health-checked between attempts."""
         wait_ready = getattr(service, "wait_until_serving", None)

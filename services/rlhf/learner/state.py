@@ -200,16 +200,20 @@ def save_final_policy(state: TrainState, out: str | Path, base: str) -> Path | N
     out = Path(out) / "policy"
     if not distributed.is_distributed():
         return save_trained(state.policy, state.tokenizer, out, state.options, base=base)
-    trained = {name: distributed.full_tensor(p.detach()) for name, p in state.policy.named_parameters()
-               if p.requires_grad}
+    main = distributed.world().is_main
+    trained = {}
+    for name, p in state.policy.named_parameters():  # gathered one at a time; only rank 0 keeps them, on the CPU
+        if p.requires_grad:
+            whole = distributed.full_tensor(p.detach())
+            if main:
+                trained[name] = whole.cpu()
     path = None
-    if distributed.world().is_main:
+    if main:  # the others go on to exit: rank 0's writing may take longer than --dist-timeout
         copy = prepare_model(load_policy(base, torch.device("cpu"), weights_dtype(state.options)), state.options,
                              "causal-lm")
         missing = set(trained) - {name for name, _ in copy.named_parameters()}
         if missing:
             raise RuntimeError(f"an unsharded copy of the policy lacks {sorted(missing)[:3]}")
-        copy.load_state_dict({name: t.cpu() for name, t in trained.items()}, strict=False)
+        copy.load_state_dict(trained, strict=False)
         path = save_trained(copy, state.tokenizer, out, state.options, base=base)
-    distributed.barrier()
     return path

@@ -2,7 +2,8 @@
 
 Every rank holds the whole rollout (rlhf.learner.ranks.gather_rollout) and shuffles it with the same generator,
 so all ranks see the same minibatches. A minibatch is cut into --gradient-accumulation-steps micro-batches and
-each micro-batch into one share per rank. Each share's loss is its part of the minibatch's loss (the
+each micro-batch into one share per rank (a rank a short micro-batch leaves without rows runs one at weight 0:
+FSDP2's forward and backward are collectives). Each share's loss is its part of the minibatch's loss (the
 denominators are the minibatch's token and response counts, ppo.Totals), so the gradients summed over micro-
 batches and ranks are exactly the one-process, one-batch gradient.
 """
@@ -77,9 +78,10 @@ def ptx_step(state: TrainState, config: PPOConfig) -> float:
     --ptx-batch-size sequences. Returns the batch's loss (summed over ranks)."""
     texts = state.ptx.take(config.ptx_batch_size)  # the same sequences on every rank
     tokens = float(sum(max(len(t) - 1, 0) for t in texts))
+    rows, weight = distributed.batch_share(len(texts))
     with state.autocast():
-        logprobs, mask = sequence_logprobs(state.policy, texts[distributed.shard_rows(len(texts))], state.pad_id)
-    loss = ppo.ptx_loss(logprobs, mask, config.ptx_coef, tokens)
+        logprobs, mask = sequence_logprobs(state.policy, texts[rows], state.pad_id)
+    loss = ppo.ptx_loss(logprobs, mask, config.ptx_coef, tokens) * weight
     backward(loss)
     return summed_over_ranks({"loss/ptx": loss.detach().float()})["loss/ptx"]
 
@@ -103,11 +105,12 @@ def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
             totals = ppo.Totals.of(rollout.mask[minibatch.to(rollout.mask.device)])
             parts: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
             for micro in minibatch.split(microbatch_size):
+                rows, weight = distributed.batch_share(len(micro))  # a rank left without rows runs one at weight 0
                 loss, terms = share_loss(state, config, rollout, advantages, returns, importance_weights,
-                                         micro[distributed.shard_rows(len(micro))], totals)
-                backward(loss)
+                                         micro[rows], totals)
+                backward(loss * weight)
                 for name, value in terms.items():
-                    parts[name] = parts[name] + value.cpu()
+                    parts[name] = parts[name] + weight * value.cpu()
             terms = summed_over_ranks(parts)
             for name, value in terms.items():
                 stats[name].append(value)
