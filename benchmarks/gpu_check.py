@@ -166,8 +166,9 @@ def main() -> int:
             for label, flags, lora_r, torchrun in (
                 ("full, bf16-mixed", ["--precision", "bf16-mixed"], None, False),
                 ("LoRA r16, bf16-true", lora, 16, False),
-                ("full, bf16-mixed, torchrun world size 1 (FSDP2, NCCL)", ["--precision", "bf16-mixed"], None, True),
-                ("LoRA r16, bf16-true, torchrun world size 1 (FSDP2, NCCL)", lora, 16, True),
+                ("full, bf16-mixed, torchrun world size 1 (FSDP2; NCCL on a GPU)", ["--precision", "bf16-mixed"], None,
+                 True),
+                ("LoRA r16, bf16-true, torchrun world size 1 (FSDP2; NCCL on a GPU)", lora, 16, True),
             ):
                 out = root / "runs" / label.replace(" ", "_").replace(",", "")
                 m = learner_step(paths, targets, out, args.device, flags, torchrun)

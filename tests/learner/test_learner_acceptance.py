@@ -194,8 +194,9 @@ def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path
     # Enough steps that a fast machine cannot finish the run while `rlhf learner stop` starts up
     # (a few seconds of imports, during which the learner keeps stepping).
     steps, save_every = 30, 4
+    # --signal-exit-code 143 (the ppo Job's): a stop by signal before the last step exits 143, any other exit 0
     flags = ["--batch-size", "8", "--max-new-tokens", "8", "--ppo-epochs", "2", "--lr", "1e-4",
-             "--save-every", str(save_every), "--steps", str(steps), *memory]
+             "--save-every", str(save_every), "--steps", str(steps), "--signal-exit-code", "143", *memory]
     with ExitStack() as stack:
         run = Run(stack, untrained, tmp_path / "ppo")
         latest = run.out / "checkpoints" / "latest"
@@ -219,7 +220,7 @@ def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path
         run.start_learner(*flags, "--resume")
         run.wait_for_step(stopped_at + 1)
         run.learner.send_signal(signal.SIGTERM)
-        run.wait_learner()
+        assert run.learner.wait(600) == 143, (run.logs / "learner.log").read_text()[-4000:]
         terminated_at = max(m["step"] for m in run.metrics())
         assert latest.read_text() == f"step-{terminated_at:06d}"
 

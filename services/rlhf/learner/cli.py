@@ -67,6 +67,10 @@ def add_service_security_arguments(parser) -> None:
                         "env RLHF_TLS_CLIENT_CERT)")
     parser.add_argument("--service-tls-key", default=env("RLHF_TLS_CLIENT_KEY"),
                         help="client private key, PEM, for --service-tls-cert (env RLHF_TLS_CLIENT_KEY)")
+    parser.add_argument("--signal-exit-code", type=int, default=0, metavar="N",
+                        help="exit status after SIGTERM or Ctrl-C stopped the run, checkpointed, before its last "
+                        "step: the ppo Job sets 143, so that an evicted learner counts as failed (and is replaced, "
+                        "or fails a multi-pod Job), not as done")
 
 
 def connect_services(config, args: argparse.Namespace):
@@ -156,14 +160,17 @@ def run_rank(args: argparse.Namespace, here) -> int:
     services.abort = control.stop_requested
 
     training = False
+    signalled = False
 
     def stop_after_this_step(signum, frame) -> None:
-        """SIGTERM (kubectl delete) or a first Ctrl-C: finish the step, checkpoint, exit 0."""
+        """SIGTERM (kubectl delete) or a first Ctrl-C: finish the step, checkpoint, exit (--signal-exit-code)."""
+        nonlocal signalled
         if signum == signal.SIGINT and control.stop_requested():
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         if signum == signal.SIGINT and here.is_main:
             print("\nstopping after this step with a checkpoint (Ctrl-C again to abort)" if training
                   else "\nstopping", flush=True)
+        signalled = True
         control.request_stop()
 
     signal.signal(signal.SIGTERM, stop_after_this_step)
@@ -188,11 +195,12 @@ def run_rank(args: argparse.Namespace, here) -> int:
         if server:
             server.stop()
         services.close()
-    if not here.is_main:
-        return 0
-    print(f"done at step {state.step}; policy in {config.out}/policy" if state.step >= config.steps
-          else f"stopped at step {state.step}; continue with --resume", flush=True)
-    return 0
+    finished = state.step >= config.steps
+    code = args.signal_exit_code if signalled and not finished else 0
+    if here.is_main:
+        print(f"done at step {state.step}; policy in {config.out}/policy" if finished
+              else f"stopped at step {state.step}; continue with --resume", flush=True)
+    return code
 
 
 def _client(args: argparse.Namespace):
