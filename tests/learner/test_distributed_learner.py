@@ -161,3 +161,20 @@ def test_lora_bf16_grpo_on_two_ranks_checkpoints_adapters_and_resumes_on_one(unt
     assert [m["step"] for m in run.metrics()] == [1, 2, 3]
     assert len(read_jsonl(run.out / "rollouts.jsonl")) == 3 * 10
     assert (run.out / "policy" / "adapter_config.json").exists() and (run.out / "policy" / "merged").is_dir()
+
+
+def test_two_machines_meet_at_a_c10d_rendezvous_as_the_ppo_job_pods_do(untrained, tmp_path):
+    # What each pod of the ppo Job runs (rlhf k8s submit ppo --nodes 2): here both "machines" are this one.
+    from rlhf.core.processes import free_port
+
+    rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+                  "--rdzv-id", "ppo", "--dist-timeout", "60"]
+    with ExitStack() as stack:
+        run = Run(stack, untrained, tmp_path / "ppo", replicas=2)
+        pods = [run.start_learner("--steps", "2", "--save-every", "2", *SHORT, *rendezvous) for _ in range(2)]
+        stack.callback(lambda: [pod.kill() for pod in pods if pod.poll() is None])
+        codes = [pod.wait(300) for pod in pods]
+    assert codes == [0, 0], (run.logs / "learner.log").read_text()[-4000:]
+    assert [m["step"] for m in run.metrics()] == [1, 2]  # rank 0 alone logs
+    ranks = sorted(p.name for p in (run.out / "checkpoints" / "step-000002" / "rng").iterdir())
+    assert ranks == ["rank-00000.pt", "rank-00001.pt"]
