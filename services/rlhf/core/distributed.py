@@ -151,11 +151,7 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank if it is true on any: ranks must agree on every branch that runs a collective."""
-    if not is_distributed():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(all_reduce_max(torch.tensor([float(flag)])).item())
 
 
 def all_gather_objects(obj: object) -> list[object]:

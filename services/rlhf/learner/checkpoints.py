@@ -14,6 +14,7 @@ writes the same layout (DCP without a process group).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -30,6 +31,14 @@ from rlhf.core.files import write_text_atomic
 log = logging.getLogger("rlhf.learner")
 
 COMPLETE = "trainer_state.pt"  # written last: a checkpoint dir without it is not one
+
+
+@contextlib.contextmanager
+def quiet_without_process_group():
+    """DCP warns that it saves in one process when there is no process group: that is what a plain run means."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
 
 
 def checkpoint_root(out: str | Path) -> Path:
@@ -58,8 +67,7 @@ def trained_tensors(state) -> tuple[torch.nn.ModuleDict, dict, dict]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     modules = trained_modules(state)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+    with quiet_without_process_group():
         model_state, optimizer_state = get_state_dict(modules, state.optimizer)
     trained = {name for name, p in modules.named_parameters() if p.requires_grad}
     return modules, {name: t for name, t in model_state.items() if name in trained}, optimizer_state
@@ -88,8 +96,7 @@ def save_checkpoint(state, out: str | Path, keep: int = 2) -> Path:
         (tmp / "rng").mkdir(parents=True)
     distributed.barrier()
     _, model_state, optimizer_state = trained_tensors(state)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+    with quiet_without_process_group():
         dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(tmp / "weights"))
     torch.save(rng_state(state), tmp / "rng" / f"rank-{here.rank:05d}.pt")
     distributed.barrier()
@@ -143,11 +150,10 @@ def load_checkpoint(state, path: Path) -> None:
     modules, model_state, optimizer_state = trained_tensors(state)
     wanted = {"model": model_state, "optimizer": optimizer_state}
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        with quiet_without_process_group():
             dcp.load(wanted, checkpoint_id=str(path / "weights"))
     except Exception as err:  # DCP reports a tensor the checkpoint lacks as a CheckpointException
-        if "Missing key" in str(err) or "missing" in str(err).lower():
+        if "missing" in str(err).lower():
             raise UserError(f"--resume: {path} holds other tensors than this run trains (other --lora-* "
                             "settings, or another model)") from None
         raise

@@ -2,8 +2,8 @@
 
 - Each rank collects its share of the step's prompts, from its own replicas (`replicas_of`), and the ranks then
   gather the shares (`gather_rollout`): advantages (GRPO's groups, whitening) need the whole batch.
-- Anything that may fail on one rank alone (a service call) is followed by `on_all_ranks`, so that every rank
-  takes the same path to the next collective: all go on, or all stop with a checkpoint.
+- Anything that may fail on one rank alone (a service call) is followed by rlhf.learner.rollout.on_all_ranks, so
+  that every rank takes the same path to the next collective: all go on, or all stop with a checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from rlhf.core import distributed
-from rlhf.learner.rollout import Rollout, on_all_ranks  # noqa: F401 - on_all_ranks: re-exported
+from rlhf.learner.rollout import Rollout
 
 
 def replicas_of(policies: Sequence, world: distributed.World | None = None) -> tuple[list, int]:

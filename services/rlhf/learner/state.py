@@ -31,6 +31,7 @@ from rlhf.core.training import (
     prepare_model,
     save_trained,
     trainable_parameters,
+    unsharded,
     weights_dtype,
 )
 from rlhf.learner import ppo
@@ -196,24 +197,12 @@ def save_final_policy(state: TrainState, out: str | Path, base: str) -> Path | N
     """OUT/policy: pi_RL as a standard model dir with its tokenizer, replaced atomically; with LoRA the adapter,
     and the merged standard dir in OUT/policy/merged (rlhf.core.training.save_trained). Training is over: with
     LoRA the merge happens in place. Under torchrun every rank sends its shards and rank 0 writes an unsharded
-    copy (the others return None)."""
-    out = Path(out) / "policy"
-    if not distributed.is_distributed():
-        return save_trained(state.policy, state.tokenizer, out, state.options, base=base)
-    main = distributed.world().is_main
-    trained = {}
-    for name, p in state.policy.named_parameters():  # gathered one at a time; only rank 0 keeps them, on the CPU
-        if p.requires_grad:
-            whole = distributed.full_tensor(p.detach())
-            if main:
-                trained[name] = whole.cpu()
-    path = None
-    if main:  # the others go on to exit: rank 0's writing may take longer than --dist-timeout
-        copy = prepare_model(load_policy(base, torch.device("cpu"), weights_dtype(state.options)), state.options,
+    copy (the others return None, and go on to exit: rank 0's writing may outlast --dist-timeout)."""
+    def rebuild() -> torch.nn.Module:
+        return prepare_model(load_policy(base, torch.device("cpu"), weights_dtype(state.options)), state.options,
                              "causal-lm")
-        missing = set(trained) - {name for name, _ in copy.named_parameters()}
-        if missing:
-            raise RuntimeError(f"an unsharded copy of the policy lacks {sorted(missing)[:3]}")
-        copy.load_state_dict(trained, strict=False)
-        path = save_trained(copy, state.tokenizer, out, state.options, base=base)
-    return path
+
+    whole = unsharded(state.policy, rebuild)
+    if whole is None:
+        return None
+    return save_trained(whole, state.tokenizer, Path(out) / "policy", state.options, base=base)
