@@ -132,3 +132,23 @@ def test_kl_loss_is_beta_times_k3_and_differentiates_through_the_policy():
     loss.backward()
     # d k3 / d log pi = 1 - r: 0.5 and -1, times beta / 2 tokens = 0.1
     assert logprobs.grad[0].tolist() == pytest.approx([0.05, -0.1], abs=1e-6)
+
+
+def test_ratio_corrected_kl_loss_has_the_reverse_kl_gradient():
+    logprobs = torch.log(torch.tensor([[0.5, 0.25]])).requires_grad_()
+    ref = torch.log(torch.tensor([[0.25, 0.5]]))
+    loss = ppo.kl_loss(logprobs, ref, torch.ones(1, 2), kl_coef=0.2, estimator="k3", old_logprobs=logprobs.detach())
+    # on-policy the ratio is 1: the same value as k3's, 0.05
+    assert loss.item() == pytest.approx(0.05, abs=1e-6)
+    loss.backward()
+    # d (ratio * k3) / d log pi at ratio 1 = k3 + 1 - r = log(pi / pi_ref): log 2 and -log 2, times beta / 2
+    assert logprobs.grad[0].tolist() == pytest.approx([0.1 * 0.693147, -0.1 * 0.693147], abs=1e-6)
+
+
+def test_ratio_corrected_kl_loss_off_policy_weighs_each_token_by_its_ratio():
+    logprobs = torch.log(torch.tensor([[0.5, 0.25]]))
+    ref = torch.log(torch.tensor([[0.25, 0.5]]))
+    old = torch.log(torch.tensor([[0.25, 0.5]]))  # ratios 2 and 0.5
+    loss = ppo.kl_loss(logprobs, ref, torch.ones(1, 2), kl_coef=0.2, estimator="k3", old_logprobs=old)
+    # (2 * 0.193147 + 0.5 * 0.306853) / 2 * 0.2
+    assert loss.item() == pytest.approx((2 * 0.193147 + 0.5 * 0.306853) / 2 * 0.2, abs=1e-6)

@@ -175,9 +175,19 @@ def clipped_policy_loss(
 
 
 def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-            estimator: str = "k3", aggregation: str = "token-mean", totals: Totals | None = None) -> torch.Tensor:
-    """The KL penalty as a loss term (GRPO's): beta * aggregate(KL_t), differentiated through log pi_RL."""
-    return kl_coef * aggregate_loss(kl_estimate(logprobs, ref_logprobs, estimator), mask, aggregation, totals)
+            estimator: str = "k3", aggregation: str = "token-mean", totals: Totals | None = None,
+            old_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+    """The KL penalty as a loss term (GRPO's): beta * aggregate(KL_t), differentiated through log pi_RL.
+
+    With `old_logprobs` (those the samples were drawn at), each KL_t is weighted by the ratio pi_RL/pi_old,
+    kept in the graph. Its value is 1 on-policy, but its gradient adds KL_t * grad log pi_RL: for k3 the
+    gradient becomes log(pi_RL/pi_SFT) * grad log pi_RL, the unbiased gradient of KL(pi_RL || pi_SFT). Without
+    it, k3's own gradient (1 - pi_SFT/pi_RL) * grad log pi_RL is, on average, that of the forward
+    KL(pi_SFT || pi_RL) (Tang & Munos 2025; DeepSeek-V3.2's unbiased KL estimate)."""
+    kl = kl_estimate(logprobs, ref_logprobs, estimator)
+    if old_logprobs is not None:
+        kl = torch.exp(logprobs - old_logprobs) * kl
+    return kl_coef * aggregate_loss(kl, mask, aggregation, totals)
 
 
 def clipped_value_loss(

@@ -52,7 +52,8 @@ def share_loss(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
     # KL in the loss (GRPO): beta * KL(pi_RL || pi_SFT), differentiated
     if config.kl_in == "loss":
         kl_loss = ppo.kl_loss(logprobs, rollout.ref_logprobs[rows, :width], mask, state.kl_ctl.value,
-                              config.kl_estimator, config.loss_aggregation, totals)
+                              config.kl_estimator, config.loss_aggregation, totals,
+                              rollout.logprobs[rows, :width] if config.kl_ratio_correction else None)
         loss = loss + kl_loss
         terms["loss/kl"] = kl_loss
     return loss, {name: value.detach().float() for name, value in terms.items()}
