@@ -75,7 +75,13 @@ def worker(stage: str, argv: list[str]) -> None:
     code = main(["--log-level", "ERROR", "train", stage, *argv])
     if code != 0:
         raise SystemExit(f"{stage} failed with exit code {code}")
-    print("PEAK " + json.dumps(peak()), flush=True)
+    figures = peak()
+    if stage == "ppo":  # the learner's own figure for its step, loading left out (memory/step_peak_rss_gb)
+        metrics = [json.loads(line) for line in (Path(argv[argv.index("--out") + 1]) / "metrics.jsonl")
+                   .read_text().splitlines()]
+        if "memory/step_peak_rss_gb" in metrics[-1]:
+            figures["step_rss_gb"] = metrics[-1]["memory/step_peak_rss_gb"]
+    print("PEAK " + json.dumps(figures), flush=True)
 
 
 def run_worker(stage: str, argv: list[str]) -> dict[str, float]:

@@ -33,6 +33,8 @@ TESTS = {
     "ppo": ["tests/learner/test_learner_acceptance.py::test_ppo_raises_reward_and_ground_truth_within_kl_bound"],
     "lora-ppo": ["tests/learner/test_learner_acceptance.py::"
                  "test_lora_bf16_ppo_through_the_services_raises_the_ground_truth"],
+    "lora-sft": ["tests/reward/test_lora_stages.py::"
+                 "test_lora_sft_from_a_pretrained_base_reaches_full_sfts_held_out_loss"],
     "dpo": ["tests/policy/test_dpo.py::test_dpo_through_the_cli_raises_the_ground_truth"],
     "critic-free": ["tests/learner/test_critic_free_acceptance.py::test_critic_free_estimators_raise_the_ground_truth"],
 }

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import sys
 import threading
 
 import grpc
@@ -85,6 +86,9 @@ def test_loop_logs_syncs_and_checkpoints(tiny_model_dir, synth_dir, tmp_path, se
         assert all(isinstance(v, float) for k, v in m.items() if k != "step")
         # the sampler's log-probs and the learner's, same weights and ids: equal up to float noise
         assert m["rollout/logprob_mismatch"] < 1e-4
+        # the step's own peak resident set (Linux) is within the process's, loading included
+        if sys.platform.startswith("linux"):
+            assert 0 < m["memory/step_peak_rss_gb"] <= m["memory/peak_rss_gb"]
     # Each step sampled with the weights of the step before it, on both replicas.
     rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
     assert len(rollouts) == 3 * config.batch_size

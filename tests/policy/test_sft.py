@@ -46,6 +46,28 @@ def test_completion_is_accepted_for_response_and_bad_lines_are_named(tmp_path):
         load_pairs(data)
 
 
+def test_a_text_line_is_plain_text_trained_on_every_token_after_the_first(tmp_path, tiny_model_dir):
+    from rlhf.core.modeling import load_tokenizer
+    from rlhf.core.text import encode_pairs
+
+    data = tmp_path / "mixed.jsonl"
+    data.write_text('{"text": "The cats look warm."}\n{"prompt": "a", "response": " b"}\n')
+    pairs = load_pairs(data)
+    assert pairs == [("", "The cats look warm."), ("a", " b")]
+    tokenizer = load_tokenizer(tiny_model_dir)
+    encoded = encode_pairs(tokenizer, pairs[:1], max_length=64)[0]
+    text_ids = tokenizer("The cats look warm.", add_special_tokens=False)["input_ids"]
+    assert encoded.prompt_ids == [] and encoded.response_ids == [*text_ids, tokenizer.eos_token_id]
+    labels = collate([encoded], pad_id=tokenizer.pad_token_id)["labels"][0]
+    # the first token has no context to be predicted from; every later one (and EOS) is a target
+    assert (labels[1:] != IGNORE).sum().item() == len(text_ids)
+    data.write_text('{"text": 3}\n')
+    from rlhf.core.errors import UserError
+
+    with pytest.raises(UserError, match=r'mixed.jsonl:1: expected .*"text" alone'):
+        load_pairs(data)
+
+
 @pytest.mark.slow
 def test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss(tiny_model_dir, synth_dir, tmp_path, seed,
                                                                     record_figures):

@@ -41,6 +41,30 @@ def peak_rss(pid: int | str = "self") -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+class PeakRSS:
+    """This process's peak resident set, overall and within a window (one learner step): Linux lets a process
+    reset its VmHWM to the current resident set (`5` written to /proc/self/clear_refs), so a window's own peak
+    can be read. The overall peak is kept as the largest seen. Where the reset is refused, window() is None."""
+
+    def __init__(self) -> None:
+        self.earlier = peak_rss()
+        self.windowed = False
+
+    def start_window(self) -> None:
+        self.earlier = max(self.earlier, peak_rss())
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.windowed = True
+        except OSError:
+            self.windowed = False
+
+    def overall(self) -> int:
+        return max(self.earlier, peak_rss())
+
+    def window(self) -> int | None:
+        return peak_rss() if self.windowed else None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

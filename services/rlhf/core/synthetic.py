@@ -148,3 +148,15 @@ def tokenizer_corpus(seed: int = 0, n: int = 3000) -> list[str]:
     lines = [row["prompt"] + row["response"] for row in sft_examples(rng, n)]
     lines += [row["text"] for row in pretraining_text(rng, n // 3)]
     return lines
+
+
+def base_text(seed: int = 0, n: int = 5000) -> list[dict]:
+    """Plain text of the task's world, {"text"} rows for `rlhf train sft`: a tiny base pretrained on it knows
+    the task's language, as a real base knows its own, before SFT teaches the prompt format. Half are the
+    pretraining sentences, half statements like the demonstrations' ("Cats are warm and kind."), no prompts."""
+    rng = random.Random(f"base-{seed}")
+    rows = pretraining_text(rng, n // 2)
+    for _ in range(n - len(rows)):
+        rows.append({"text": make_response(rng, rng.choice(TOPICS)).strip().capitalize()})
+    rng.shuffle(rows)
+    return rows

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from rlhf.core import distributed
 from rlhf.core.client import describe_rpc_error
 from rlhf.core.errors import UserError
+from rlhf.core.processes import PeakRSS
 from rlhf.core.types import GenerationParams
 from rlhf.learner import ppo
 from rlhf.learner.advantages import critic_free_advantages, group_std
@@ -46,16 +47,17 @@ from rlhf.learner.update import ppo_update
 log = logging.getLogger("rlhf.learner")
 
 
-def memory(state: TrainState) -> dict[str, float]:
-    """The learner's memory, on the rank with the most: its peak resident set (the whole process), on CUDA the
-    tensors' peak, and the bytes of its parameters and optimizer state (under FSDP2, its shards of them)."""
-    from rlhf.core.processes import peak_rss
-
+def memory(state: TrainState, rss: PeakRSS) -> dict[str, float]:
+    """The learner's memory, on the rank with the most: its peak resident set (the whole process, loading
+    included), the peak within this step (rss's window; where Linux lets it be read), on CUDA the tensors'
+    peak, and the bytes of its parameters and optimizer state (under FSDP2, its shards of them)."""
     models = [state.policy] + ([state.value] if state.value is not None else [])
     optimizer_tensors = [t for per_param in state.optimizer.state.values() for t in per_param.values()
                          if isinstance(t, torch.Tensor) and t.dim() > 0]
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    figures = {"memory/peak_rss_gb": peak_rss(),
+    step_peak = rss.window()
+    figures = {"memory/peak_rss_gb": rss.overall(),
+               "memory/step_peak_rss_gb": -1.0 if step_peak is None else step_peak,
                "memory/parameters_gb": distributed.local_bytes(p for m in models for p in m.parameters()),
                "memory/optimizer_gb": distributed.local_bytes(optimizer_tensors),
                "memory/cuda_max_allocated_gb": torch.cuda.max_memory_allocated() if cuda else -1.0}
@@ -264,6 +266,7 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
     Path(config.out).mkdir(parents=True, exist_ok=True)
     distributed.barrier()
     run_log = RunLog(Path(config.out), state.step, config.log_rollouts) if here.is_main else None
+    rss = PeakRSS()
     try:
         control.set_phase("weight_sync")
         sync_weights(state, services, control)  # version state.step everywhere before sampling
@@ -271,6 +274,7 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
                   disable=None if here.is_main else True) as bar:
             while state.step < config.steps:
                 step_start = time.perf_counter()
+                rss.start_window()
                 update_replicas(state, services)
                 metrics, rollout = ppo_step(state, services, config, control)
                 try:
@@ -278,7 +282,7 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
                     metrics["time/weight_sync"] = sync_weights(state, services, control)
                 finally:  # the update happened: the step is logged even if the sync failed
                     metrics["time/step"] = time.perf_counter() - step_start
-                    metrics |= memory(state)
+                    metrics |= memory(state, rss)
                     if run_log is not None:
                         log_step(state.step, metrics, rollout, run_log, control, bar)
                 if state.step % config.save_every == 0:

@@ -14,7 +14,9 @@ def register(commands) -> None:
 
     sft = commands.train.add_parser("sft", help="supervised fine-tuning on prompt-response pairs")
     sft.add_argument("--model", required=True, help="pretrained causal LM dir (any Hugging Face model dir)")
-    sft.add_argument("--data", required=True, help='JSONL, one {"prompt", "response"} per line ("completion" works)')
+    sft.add_argument("--data", required=True,
+                     help='JSONL, one {"prompt", "response"} per line ("completion" works); a {"text"} line is '
+                          'plain text, trained on every token (continued pretraining)')
     sft.add_argument("--out", required=True, help="model dir to write (with its tokenizer)")
     sft.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1: more overfits)")
     sft.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate, decayed linearly (default 5e-5)")

@@ -82,12 +82,17 @@ class SFTResult:
 
 
 def load_pairs(path: str | Path) -> list[tuple[str, str]]:
-    """(prompt, response) pairs from JSONL; a bad line is a one-line error naming it."""
+    """(prompt, response) pairs from JSONL; a bad line is a one-line error naming it. A {"text"} row is plain
+    text (continued pretraining): an empty prompt, so the loss is on all of its tokens after the first."""
     pairs = []
     for where, row in read_jsonl(path):
+        if set(row) == {"text"} and isinstance(row["text"], str):
+            pairs.append(("", row["text"]))
+            continue
         prompt, response = row.get("prompt"), row.get("response", row.get("completion"))
         if not isinstance(prompt, str) or not isinstance(response, str):
-            raise UserError(f'{where}: expected string fields "prompt" and "response" (or "completion")')
+            raise UserError(f'{where}: expected string fields "prompt" and "response" (or "completion"), '
+                            'or "text" alone')
         pairs.append((prompt, response))
     if not pairs:
         raise UserError(f"{path} holds no examples")
