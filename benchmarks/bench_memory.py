@@ -11,7 +11,9 @@ The model is a GPT-2 made from a config with random weights and the tiny tokeniz
 - `ppo`: one step of `rlhf train ppo` (batch 8, 16 new tokens) against the three services as processes, so
   the learner's figure holds pi_RL, the value model, their optimizer states and the weight push, and nothing
   of the services.
-The figure is the peak resident set on CPU, and `torch.cuda.max_memory_allocated` on CUDA. The modes: fp32
+The figure is the peak resident set on CPU, and `torch.cuda.max_memory_allocated` on CUDA. For `ppo` it is
+also given for the step alone, model loading left out: the learner's own memory/step_peak_rss_gb (on CPU,
+loading a float32 checkpoint in bfloat16 maps the file's pages while it converts them). The modes: fp32
 full, bf16-mixed full, bf16-mixed + gradient checkpointing, and LoRA (r 8, every attention and MLP projection)
 + bf16-true + gradient checkpointing. Targets (the model-sizes issue): LoRA + bf16-true + checkpointing at
 most 1/5 of fp32 full for the learner, bf16-mixed + checkpointing below fp32 full. It also prints the bytes of
@@ -76,9 +78,13 @@ def worker(stage: str, argv: list[str]) -> None:
     if code != 0:
         raise SystemExit(f"{stage} failed with exit code {code}")
     figures = peak()
-    if stage == "ppo":  # the learner's own figure for its step, loading left out (memory/step_peak_rss_gb)
+    if stage == "ppo":
+        # The learner resets VmHWM at each step's start to log the step's own peak (memory/step_peak_rss_gb),
+        # and keeps the whole process's, loading included, as memory/peak_rss_gb: the process peak is the
+        # larger of that and what VmHWM holds now (the final save came after the last step).
         metrics = [json.loads(line) for line in (Path(argv[argv.index("--out") + 1]) / "metrics.jsonl")
                    .read_text().splitlines()]
+        figures["rss_gb"] = max(figures["rss_gb"], max(m["memory/peak_rss_gb"] for m in metrics))
         if "memory/step_peak_rss_gb" in metrics[-1]:
             figures["step_rss_gb"] = metrics[-1]["memory/step_peak_rss_gb"]
     print("PEAK " + json.dumps(figures), flush=True)
@@ -185,14 +191,19 @@ def main() -> int:
                 figures["above_baseline_gb"] = figures[key] - baseline
                 base = results[stage].get("fp32 full", figures)
                 added = figures["above_baseline_gb"]
+                step = (f" | the step alone {figures['step_rss_gb']:5.2f} GB "
+                        f"{figures['step_rss_gb'] / base['step_rss_gb']:5.2f}x") if "step_rss_gb" in base else ""
                 print(f"{stage:<4} {mode:<38} {figures[key]:7.2f} GB  {figures[key] / base[key]:5.2f}x of fp32 full  "
                       f"| above baseline {added:6.2f} GB {added / base['above_baseline_gb']:5.2f}x "
-                      f"{added * 2**30 / params:6.1f} bytes/parameter", flush=True)
+                      f"{added * 2**30 / params:6.1f} bytes/parameter{step}", flush=True)
     for stage, rows in results.items():
         for mode, target, strict in (("LoRA r8 + bf16-true + checkpointing", LORA_SHARE_TARGET, False),
                                      ("bf16-mixed + checkpointing", BF16_TARGET, True)):
             if {"fp32 full", mode} <= set(rows):
-                for figure, label in ((key, "peak"), ("above_baseline_gb", "above baseline")):
+                for figure, label in ((key, "process peak, loading included"), ("above_baseline_gb", "above baseline"),
+                                      ("step_rss_gb", "the PPO step's own peak RSS")):
+                    if figure not in rows[mode] or figure not in rows["fp32 full"]:
+                        continue
                     share = rows[mode][figure] / rows["fp32 full"][figure]
                     met = share < target if strict else share <= target
                     print(f"{stage}: {mode}, {label}: {share:.2f}x of fp32 full "

@@ -57,6 +57,7 @@ def run_trl(paths: dict, out: Path, steps: int, samples: int, seed: int) -> floa
         per_device_train_batch_size=samples // 2, steps_per_generation=2, num_generations=algos.GROUP,
         num_iterations=1, max_completion_length=12, generation_kwargs={"min_new_tokens": 4},
         learning_rate=LR, beta=BETA, epsilon=0.2, temperature=1.0, disable_dropout=True,
+        use_bias_correction_kl=True,  # TRL's default, stated: ours is --kl-ratio-correction, also on
     )
     tokenizer = load_tokenizer(paths["sft"])
     trainer = GRPOTrainer(model=str(paths["sft"]), reward_funcs=reward_model_score, args=config,

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 import threading
 
 import grpc
@@ -87,7 +86,7 @@ def test_loop_logs_syncs_and_checkpoints(tiny_model_dir, synth_dir, tmp_path, se
         # the sampler's log-probs and the learner's, same weights and ids: equal up to float noise
         assert m["rollout/logprob_mismatch"] < 1e-4
         # the step's own peak resident set (Linux) is within the process's, loading included
-        if sys.platform.startswith("linux"):
+        if "memory/step_peak_rss_gb" in m:  # where Linux lets the learner reset VmHWM
             assert 0 < m["memory/step_peak_rss_gb"] <= m["memory/peak_rss_gb"]
     # Each step sampled with the weights of the step before it, on both replicas.
     rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")

@@ -151,3 +151,38 @@ def test_the_ppo_loss_under_bf16_mixed_matches_fp32_on_a_fixed_batch(tiny_model_
     for got, want in zip(losses["bf16-mixed"], losses["fp32"], strict=True):
         assert got == pytest.approx(want, rel=PPO_BF16_RTOL, abs=1e-3)
     assert torch.nn.functional.cosine_similarity(grads["fp32"], grads["bf16-mixed"], dim=0) > 0.95
+
+
+def frozen_backbone(model) -> dict[str, torch.nn.Parameter]:
+    from rlhf.core.training import base_model
+
+    return {name.replace(".base_layer.", "."): p for name, p in base_model(model).base_model.named_parameters()
+            if not p.requires_grad}
+
+
+def test_the_value_model_shares_the_policys_frozen_base_only_where_it_holds_the_same_weights(
+        tiny_model_dir, synth_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    state = build_state(make_config(tiny_model_dir, synth_dir, tmp_path / "run", **LORA_RUN))
+    policy, value = frozen_backbone(state.policy), frozen_backbone(state.value)
+    assert policy.keys() == value.keys() and all(value[name] is policy[name] for name in policy)  # one copy
+    everything = {id(p) for m in (state.policy, state.value) for p in m.parameters()}
+    assert len(everything) < len(list(state.policy.parameters())) + len(list(state.value.parameters()))
+
+    # full fine-tuning trains both backbones: nothing is shared
+    full = build_state(make_config(tiny_model_dir, synth_dir, tmp_path / "full"))
+    policy_ids = {id(p) for p in full.policy.parameters()}
+    assert not any(id(p) in policy_ids for p in full.value.parameters())
+
+    # a value model whose weights differ in one tensor (say, a reward model) keeps a base of its own
+    other = tmp_path / "other"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[0, 0] += 0.5
+    model.save_pretrained(other)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(other)
+    apart = build_state(make_config(tiny_model_dir, synth_dir, tmp_path / "apart", value_model=str(other), **LORA_RUN))
+    policy, value = frozen_backbone(apart.policy), frozen_backbone(apart.value)
+    assert not any(value[name] is policy[name] for name in policy)
+    assert not torch.equal(value["h.0.mlp.c_fc.weight"], policy["h.0.mlp.c_fc.weight"])

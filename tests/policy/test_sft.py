@@ -48,16 +48,18 @@ def test_completion_is_accepted_for_response_and_bad_lines_are_named(tmp_path):
 
 def test_a_text_line_is_plain_text_trained_on_every_token_after_the_first(tmp_path, tiny_model_dir):
     from rlhf.core.modeling import load_tokenizer
-    from rlhf.core.text import encode_pairs
+    from rlhf.policy.sft import encode_text
 
     data = tmp_path / "mixed.jsonl"
     data.write_text('{"text": "The cats look warm."}\n{"prompt": "a", "response": " b"}\n')
     pairs = load_pairs(data)
     assert pairs == [("", "The cats look warm."), ("a", " b")]
     tokenizer = load_tokenizer(tiny_model_dir)
-    encoded = encode_pairs(tokenizer, pairs[:1], max_length=64)[0]
+    encoded = encode_text(tokenizer, pairs[0][1], max_length=64)
     text_ids = tokenizer("The cats look warm.", add_special_tokens=False)["input_ids"]
     assert encoded.prompt_ids == [] and encoded.response_ids == [*text_ids, tokenizer.eos_token_id]
+    # longer than --max-length: the start is kept, as pretraining keeps it
+    assert encode_text(tokenizer, pairs[0][1], max_length=3).response_ids == text_ids[:3]
     labels = collate([encoded], pad_id=tokenizer.pad_token_id)["labels"][0]
     # the first token has no context to be predicted from; every later one (and EOS) is a target
     assert (labels[1:] != IGNORE).sum().item() == len(text_ids)

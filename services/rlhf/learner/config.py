@@ -84,9 +84,9 @@ class PPOConfig(TrainingOptions):
     """where the KL penalty goes: into the per-token reward (InstructGPT), or into the loss as
     beta * KL_t, differentiated (GRPO's; needs --kl-estimator k3)"""
     kl_ratio_correction: bool = True
-    """--kl-in loss: weight each token's KL term by pi_RL/pi_old (1 on-policy, differentiated), which makes its
-    gradient the unbiased one of KL(pi_RL || pi_SFT); without it, k3's gradient is on average the forward
-    KL's (TRL's use_bias_correction_kl)"""
+    """--kl-in loss: weight each token's KL term by pi_RL/pi_old (1 on-policy, differentiated; TRL's
+    use_bias_correction_kl), which makes its gradient the unbiased one of KL(pi_RL || pi_SFT); without it,
+    k3's gradient is on average the forward KL's"""
     # --- advantages ---
     advantage_estimator: Estimator = "gae"
     """gae: PPO with a value model (critic); the others are critic-free, and build no value model:

@@ -58,7 +58,8 @@ def memory(state: TrainState, rss: PeakRSS) -> dict[str, float]:
     step_peak = rss.window()
     figures = {"memory/peak_rss_gb": rss.overall(),
                "memory/step_peak_rss_gb": -1.0 if step_peak is None else step_peak,
-               "memory/parameters_gb": distributed.local_bytes(p for m in models for p in m.parameters()),
+               "memory/parameters_gb": distributed.local_bytes(  # a shared frozen base counts once
+                   {id(p): p for m in models for p in m.parameters()}.values()),
                "memory/optimizer_gb": distributed.local_bytes(optimizer_tensors),
                "memory/cuda_max_allocated_gb": torch.cuda.max_memory_allocated() if cuda else -1.0}
     highest = distributed.all_reduce_max(torch.tensor(list(figures.values()), dtype=torch.float64)).tolist()

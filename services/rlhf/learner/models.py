@@ -39,6 +39,35 @@ def load_value_model(path: str, device: torch.device, dtype: torch.dtype = torch
     return model.eval()
 
 
+def share_frozen_backbone(value: torch.nn.Module, policy: torch.nn.Module) -> int:
+    """With LoRA both backbones stay frozen. Where the critic's backbone holds exactly the policy's weights (the
+    default --value-model, the SFT dir), it takes the policy's tensors instead of keeping a copy: one base in
+    memory, not two. All or nothing: any parameter that differs in name, shape, dtype or value shares none.
+    `value` is the plain model, before LoRA wraps it; `policy` is already wrapped (peft keeps each adapted layer
+    as `base_layer`, frozen). Training never writes the shared tensors; only the final in-place merge of the
+    policy's adapter does, once training is over. Returns the bytes freed."""
+    mine, theirs = value.base_model, base_model(policy).base_model  # transformers: the backbone
+    theirs_params = {name.replace(".base_layer.", "."): param for name, param in theirs.named_parameters()
+                     if not param.requires_grad}
+    names = [name for name, _ in mine.named_parameters()]
+    if type(mine) is not type(theirs) or sorted(names) != sorted(theirs_params):
+        return 0
+    for name, param in mine.named_parameters():
+        other = theirs_params[name]
+        if other.shape != param.shape or other.dtype != param.dtype or other.device != param.device:
+            return 0
+        if not torch.equal(other, param):
+            return 0
+    freed = 0
+    for name in names:
+        module_name, _, attr = name.rpartition(".")
+        module = mine.get_submodule(module_name)
+        if module._parameters[attr] is not theirs_params[name]:
+            freed += module._parameters[attr].numel() * module._parameters[attr].element_size()
+            module._parameters[attr] = theirs_params[name]
+    return freed
+
+
 def _batch(prompts: TokenIds, responses: TokenIds, pad_id: int, device: torch.device):
     ids, attention = pad_right([list(p) + list(r) for p, r in zip(prompts, responses, strict=True)], pad_id, device)
     prompt_lens = torch.tensor([len(p) for p in prompts], device=device)

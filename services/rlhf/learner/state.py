@@ -44,7 +44,7 @@ from rlhf.learner.checkpoints import (  # noqa: F401 - save_checkpoint, latest_c
 )
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.data import CursorSampler, load_prompts, load_ptx_sequences
-from rlhf.learner.models import load_policy, load_value_model
+from rlhf.learner.models import load_policy, load_value_model, share_frozen_backbone
 
 log = logging.getLogger("rlhf.learner")
 
@@ -107,6 +107,10 @@ def build_state(config: PPOConfig) -> TrainState:
         value_base = config.value_model or config.model
         value = load_value_model(value_base, load_on, dtype)
         value.config.pad_token_id = tokenizer.pad_token_id  # its forward pools the last non-pad position
+        if config.uses_lora and not distributed.is_distributed():  # FSDP2 shards each model on its own
+            freed = share_frozen_backbone(value, policy)
+            if freed:
+                log.info("the value model shares the policy's frozen base", extra={"freed_gb": freed / 2**30})
         value = trainable(value, config, "score", value_base, device)
     if config.value_model and not config.uses_critic:
         log.warning("--value-model is ignored: a critic-free estimator builds no value model",

@@ -37,7 +37,7 @@ from rlhf.core.distributed import (
 )
 from rlhf.core.errors import UserError
 from rlhf.core.jsonl import read_jsonl
-from rlhf.core.text import Encoded, encode_pair
+from rlhf.core.text import Encoded, encode_pair, encode_prompt, encode_response
 from rlhf.core.training import (
     TrainingOptions,
     autocast,
@@ -97,6 +97,15 @@ def load_pairs(path: str | Path) -> list[tuple[str, str]]:
     if not pairs:
         raise UserError(f"{path} holds no examples")
     return pairs
+
+
+def encode_text(tokenizer, text: str, max_length: int) -> Encoded:
+    """A {"text"} row: the tokenizer's own prompt for no text (BOS, where it adds one), then the text and EOS;
+    a text longer than max_length keeps its start, as pretraining does (a pair keeps the end of its prompt)."""
+    prompt = encode_prompt(tokenizer, "")[:1]
+    response = encode_response(tokenizer, text)
+    room = max(max_length - len(prompt), 1)
+    return Encoded(prompt, response[:room], truncated=len(response) > room)
 
 
 def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -202,7 +211,8 @@ def fit(config: SFTConfig, pairs: list[tuple[str, str]], progress: bool) -> SFTR
     # Under torchrun the model loads on the CPU and moves to the GPU shard by shard (rlhf.core.distributed.shard).
     model = shard(load_model(config, torch.device("cpu") if is_distributed() else device), device)
     max_length = min(config.max_length, context_length(model.config))
-    examples = [encode_pair(tokenizer, p, r, max_length) for p, r in pairs]
+    examples = [encode_pair(tokenizer, p, r, max_length) if p else encode_text(tokenizer, r, max_length)
+                for p, r in pairs]
     train, held_out = split(examples, config.eval_fraction, config.seed)
     pad_id = tokenizer.pad_token_id
     main = world().is_main
