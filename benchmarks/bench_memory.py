@@ -191,8 +191,10 @@ def main() -> int:
                 figures["above_baseline_gb"] = figures[key] - baseline
                 base = results[stage].get("fp32 full", figures)
                 added = figures["above_baseline_gb"]
-                step = (f" | the step alone {figures['step_rss_gb']:5.2f} GB "
-                        f"{figures['step_rss_gb'] / base['step_rss_gb']:5.2f}x") if "step_rss_gb" in base else ""
+                step = ""
+                if "step_rss_gb" in base and "step_rss_gb" in figures:
+                    step = (f" | the step alone {figures['step_rss_gb']:5.2f} GB "
+                            f"{figures['step_rss_gb'] / base['step_rss_gb']:5.2f}x")
                 print(f"{stage:<4} {mode:<38} {figures[key]:7.2f} GB  {figures[key] / base[key]:5.2f}x of fp32 full  "
                       f"| above baseline {added:6.2f} GB {added / base['above_baseline_gb']:5.2f}x "
                       f"{added * 2**30 / params:6.1f} bytes/parameter{step}", flush=True)

@@ -83,7 +83,9 @@ def test_a_bf16_true_lora_run_resumes_with_float32_optimizer_moments(tiny_model_
 def test_the_final_policy_is_an_adapter_and_a_merged_dir_that_equals_what_replicas_serve(tiny_model_dir, synth_dir,
                                                                                          tmp_path, services):  # noqa: F811
     out = tmp_path / "run"
-    train(make_config(tiny_model_dir, synth_dir, out, lr=1e-3, **LORA_RUN), services)
+    state = train(make_config(tiny_model_dir, synth_dir, out, lr=1e-3, **LORA_RUN), services)
+    # the merge wrote the adapter into the base the value model shared: the state no longer offers that model
+    assert state.value is None
     assert (out / "policy" / "adapter_config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out / "policy" / "merged").state_dict()
     served = services.policies[0].policy.model.state_dict()  # the replica, after the last push
@@ -169,6 +171,18 @@ def test_the_value_model_shares_the_policys_frozen_base_only_where_it_holds_the_
     assert policy.keys() == value.keys() and all(value[name] is policy[name] for name in policy)  # one copy
     everything = {id(p) for m in (state.policy, state.value) for p in m.parameters()}
     assert len(everything) < len(list(state.policy.parameters())) + len(list(state.value.parameters()))
+
+    # training moves only adapters and heads: the shared base stays the SFT model's
+    sft = AutoModelForCausalLM.from_pretrained(tiny_model_dir).transformer.state_dict()
+    state.value.train()
+    for _ in range(2):
+        for model in (state.policy, state.value):
+            loss = model(input_ids=torch.tensor([[5, 9, 13, 2]])).logits.float().pow(2).mean()
+            loss.backward()
+        state.optimizer.step()
+        state.optimizer.zero_grad()
+    compared = [name for name in sft if name in policy]
+    assert len(compared) == len(policy) and all(torch.equal(policy[name], sft[name]) for name in compared)
 
     # full fine-tuning trains both backbones: nothing is shared
     full = build_state(make_config(tiny_model_dir, synth_dir, tmp_path / "full"))

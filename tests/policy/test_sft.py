@@ -53,7 +53,7 @@ def test_a_text_line_is_plain_text_trained_on_every_token_after_the_first(tmp_pa
     data = tmp_path / "mixed.jsonl"
     data.write_text('{"text": "The cats look warm."}\n{"prompt": "a", "response": " b"}\n')
     pairs = load_pairs(data)
-    assert pairs == [("", "The cats look warm."), ("a", " b")]
+    assert pairs == [(None, "The cats look warm."), ("a", " b")]
     tokenizer = load_tokenizer(tiny_model_dir)
     encoded = encode_text(tokenizer, pairs[0][1], max_length=64)
     text_ids = tokenizer("The cats look warm.", add_special_tokens=False)["input_ids"]

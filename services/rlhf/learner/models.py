@@ -6,6 +6,7 @@ Both run on the same right-padded (prompt + response) ids as the policy and refe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,7 @@ from rlhf.core.training import base_model
 from rlhf.learner import ppo
 
 TokenIds = Sequence[Sequence[int]]
+log = logging.getLogger("rlhf.learner")
 
 
 def load_policy(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -51,12 +53,15 @@ def share_frozen_backbone(value: torch.nn.Module, policy: torch.nn.Module) -> in
                      if not param.requires_grad}
     names = [name for name, _ in mine.named_parameters()]
     if type(mine) is not type(theirs) or sorted(names) != sorted(theirs_params):
+        log.info("the value model keeps a base of its own: its backbone is not the policy's",
+                 extra={"value": type(mine).__name__, "policy": type(theirs).__name__})
         return 0
     for name, param in mine.named_parameters():
         other = theirs_params[name]
-        if other.shape != param.shape or other.dtype != param.dtype or other.device != param.device:
-            return 0
-        if not torch.equal(other, param):
+        if (other.shape != param.shape or other.dtype != param.dtype or other.device != param.device
+                or not torch.equal(other, param)):
+            log.info("the value model keeps a base of its own: its weights differ from the policy's",
+                     extra={"first_difference": name})
             return 0
     freed = 0
     for name in names:
@@ -66,6 +71,12 @@ def share_frozen_backbone(value: torch.nn.Module, policy: torch.nn.Module) -> in
             freed += module._parameters[attr].numel() * module._parameters[attr].element_size()
             module._parameters[attr] = theirs_params[name]
     return freed
+
+
+def shares_parameters(model: torch.nn.Module, other: torch.nn.Module) -> bool:
+    """Whether any parameter of `model` is one of `other`'s (share_frozen_backbone)."""
+    theirs = {id(p) for p in other.parameters()}
+    return any(id(p) in theirs for p in model.parameters())
 
 
 def _batch(prompts: TokenIds, responses: TokenIds, pad_id: int, device: torch.device):

@@ -44,7 +44,7 @@ from rlhf.learner.checkpoints import (  # noqa: F401 - save_checkpoint, latest_c
 )
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.data import CursorSampler, load_prompts, load_ptx_sequences
-from rlhf.learner.models import load_policy, load_value_model, share_frozen_backbone
+from rlhf.learner.models import load_policy, load_value_model, share_frozen_backbone, shares_parameters
 
 log = logging.getLogger("rlhf.learner")
 
@@ -209,4 +209,8 @@ def save_final_policy(state: TrainState, out: str | Path, base: str) -> Path | N
     whole = unsharded(state.policy, rebuild)
     if whole is None:
         return None
-    return save_trained(whole, state.tokenizer, Path(out) / "policy", state.options, base=base)
+    shared = state.value is not None and shares_parameters(state.value, whole)
+    path = save_trained(whole, state.tokenizer, Path(out) / "policy", state.options, base=base)
+    if shared and state.options.uses_lora and state.options.merge:
+        state.value = None  # the in-place merge wrote the policy's adapter into the base the value model shared
+    return path

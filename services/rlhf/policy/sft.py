@@ -81,13 +81,13 @@ class SFTResult:
     train_loss: float  # mean over the last epoch's batches
 
 
-def load_pairs(path: str | Path) -> list[tuple[str, str]]:
+def load_pairs(path: str | Path) -> list[tuple[str | None, str]]:
     """(prompt, response) pairs from JSONL; a bad line is a one-line error naming it. A {"text"} row is plain
-    text (continued pretraining): an empty prompt, so the loss is on all of its tokens after the first."""
-    pairs = []
+    text (continued pretraining), (None, text): no prompt, the loss on every token (encode_text)."""
+    pairs: list[tuple[str | None, str]] = []
     for where, row in read_jsonl(path):
         if set(row) == {"text"} and isinstance(row["text"], str):
-            pairs.append(("", row["text"]))
+            pairs.append((None, row["text"]))
             continue
         prompt, response = row.get("prompt"), row.get("response", row.get("completion"))
         if not isinstance(prompt, str) or not isinstance(response, str):
@@ -211,7 +211,7 @@ def fit(config: SFTConfig, pairs: list[tuple[str, str]], progress: bool) -> SFTR
     # Under torchrun the model loads on the CPU and moves to the GPU shard by shard (rlhf.core.distributed.shard).
     model = shard(load_model(config, torch.device("cpu") if is_distributed() else device), device)
     max_length = min(config.max_length, context_length(model.config))
-    examples = [encode_pair(tokenizer, p, r, max_length) if p else encode_text(tokenizer, r, max_length)
+    examples = [encode_text(tokenizer, r, max_length) if p is None else encode_pair(tokenizer, p, r, max_length)
                 for p, r in pairs]
     train, held_out = split(examples, config.eval_fraction, config.seed)
     pad_id = tokenizer.pad_token_id
