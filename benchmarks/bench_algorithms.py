@@ -59,13 +59,28 @@ def rlhf_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "rlhf", "--log-level", "WARNING", *args]
 
 
-def prepare(workdir: Path, seed: int) -> dict[str, Path]:
-    """The tiny base model, the synthetic task, SFT and the reward model (reused if already in workdir)."""
+def prepare(workdir: Path, seed: int, pretrained_base: bool = False) -> dict[str, Path]:
+    """The tiny base model, the synthetic task, SFT and the reward model (reused if already in workdir). With
+    pretrained_base, SFT starts from the tiny model pretrained on the task's plain text (synthetic.base_text),
+    a base that knows the task's language, as a real one knows its own."""
     paths = {name: workdir / name for name in ("base", "data", "sft", "rm")}
+    sft_base = paths["base"]
     steps = [
         ("base", ["tiny-model", "--out", str(paths["base"]), "--seed", str(seed)]),
         ("data", ["data", "synth", "--out", str(paths["data"]), "--seed", str(seed), "--preference-scale", "3"]),
-        ("sft", ["train", "sft", "--model", str(paths["base"]), "--data", str(paths["data"] / "sft.jsonl"),
+    ]
+    if pretrained_base:
+        from rlhf.core.synthetic import base_text
+
+        paths["pretrained"] = sft_base = workdir / "pretrained"
+        text = workdir / "base-text.jsonl"
+        if not text.exists():
+            text.write_text("".join(json.dumps(row) + "\n" for row in base_text(seed)))
+        steps.append(("pretrained", ["train", "sft", "--model", str(paths["base"]), "--data", str(text), "--out",
+                                     str(sft_base), "--lr", "3e-3", "--epochs", "2", "--batch-size", "32", "--seed",
+                                     str(seed), "--device", "cpu"]))
+    steps += [
+        ("sft", ["train", "sft", "--model", str(sft_base), "--data", str(paths["data"] / "sft.jsonl"),
                  "--out", str(paths["sft"]), "--lr", "3e-3", "--batch-size", "32", "--seed", str(seed),
                  "--device", "cpu"]),
         ("rm", ["train", "rm", "--model", str(paths["sft"]), "--data", str(paths["data"] / "preferences.jsonl"),
@@ -126,6 +141,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--workdir", type=Path, default=None, help="keep models and runs here (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--pretrained-base", action="store_true",
+                        help="start SFT from the tiny model pretrained on the task's plain text, not from random init")
     args = parser.parse_args()
     if args.samples % GROUP:
         parser.error(f"--samples must be a multiple of {GROUP}")
@@ -134,7 +151,7 @@ def main() -> int:
 
     with ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-algos-")))
-        paths = prepare(workdir, args.seed)
+        paths = prepare(workdir, args.seed, args.pretrained_base)
         held_out = [json.loads(line)["prompt"] for line in (paths["data"] / "prompts_eval.jsonl").read_text()
                     .splitlines()]
         targets = {}
