@@ -70,12 +70,12 @@ def prepare(workdir: Path, seed: int, pretrained_base: bool = False) -> dict[str
         ("data", ["data", "synth", "--out", str(paths["data"]), "--seed", str(seed), "--preference-scale", "3"]),
     ]
     if pretrained_base:
-        from rlhf.core.synthetic import base_text
+        from rlhf.core.synthetic import write_base_text
 
         paths["pretrained"] = sft_base = workdir / "pretrained"
         text = workdir / "base-text.jsonl"
         if not text.exists():
-            text.write_text("".join(json.dumps(row) + "\n" for row in base_text(seed)))
+            write_base_text(text, seed)
         steps.append(("pretrained", ["train", "sft", "--model", str(paths["base"]), "--data", str(text), "--out",
                                      str(sft_base), "--lr", "3e-3", "--epochs", "2", "--batch-size", "32", "--seed",
                                      str(seed), "--device", "cpu"]))

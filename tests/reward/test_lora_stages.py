@@ -155,10 +155,9 @@ LORA_SFT_GAP = 0.05
 
 def test_lora_sft_from_a_pretrained_base_reaches_full_sfts_held_out_loss(tiny_model_dir, synth_dir, tmp_path, seed,
                                                                         record_figures):
-    from rlhf.core.synthetic import base_text
+    from rlhf.core.synthetic import write_base_text
 
-    world = tmp_path / "base-text.jsonl"
-    world.write_text("".join(json.dumps(row) + "\n" for row in base_text(seed)))
+    world = write_base_text(tmp_path / "base-text.jsonl", seed)
     common = ["--batch-size", "32", "--seed", str(seed), "--device", "cpu"]
     rlhf("train", "sft", "--model", str(tiny_model_dir), "--data", str(world), "--out", str(tmp_path / "base"),
          "--lr", "3e-3", "--epochs", "2", *common)

@@ -160,3 +160,10 @@ def base_text(seed: int = 0, n: int = 5000) -> list[dict]:
         rows.append({"text": make_response(rng, rng.choice(TOPICS)).strip().capitalize()})
     rng.shuffle(rows)
     return rows
+
+
+def write_base_text(path: str | Path, seed: int = 0, n: int = 5000) -> Path:
+    """base_text as a JSONL file for `rlhf train sft --data`."""
+    path = Path(path)
+    _write_jsonl_atomic(path, base_text(seed, n))
+    return path

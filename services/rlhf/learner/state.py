@@ -211,6 +211,6 @@ def save_final_policy(state: TrainState, out: str | Path, base: str) -> Path | N
         return None
     shared = state.value is not None and shares_parameters(state.value, whole)
     path = save_trained(whole, state.tokenizer, Path(out) / "policy", state.options, base=base)
-    if shared and state.options.uses_lora and state.options.merge:
+    if shared and state.options.merge:  # only LoRA runs share a base
         state.value = None  # the in-place merge wrote the policy's adapter into the base the value model shared
     return path

@@ -199,7 +199,7 @@ def load_model(config: SFTConfig, device: torch.device) -> torch.nn.Module:
     return prepare_model(load_causal_lm(config.model, device, weights_dtype(config)), config, "causal-lm")
 
 
-def fit(config: SFTConfig, pairs: list[tuple[str, str]], progress: bool) -> SFTResult:
+def fit(config: SFTConfig, pairs: list[tuple[str | None, str]], progress: bool) -> SFTResult:
     from tqdm.auto import tqdm
 
     from rlhf.core.modeling import context_length, load_tokenizer, resolve_device
