@@ -21,10 +21,12 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -m "not e2e_kind" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 protos: install
 	$(PY) scripts/gen_protos.py

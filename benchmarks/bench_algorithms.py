@@ -76,16 +76,80 @@ def prepare(workdir: Path, seed: int, pretrained_base: bool = False) -> dict[str
         text = workdir / "base-text.jsonl"
         if not text.exists():
             write_base_text(text, seed)
-        steps.append(("pretrained", ["train", "sft", "--model", str(paths["base"]), "--data", str(text), "--out",
-                                     str(sft_base), "--lr", "3e-3", "--epochs", "2", "--batch-size", "32", "--seed",
-                                     str(seed), "--device", "cpu"]))
+        steps.append(
+            (
+                "pretrained",
+                [
+                    "train",
+                    "sft",
+                    "--model",
+                    str(paths["base"]),
+                    "--data",
+                    str(text),
+                    "--out",
+                    str(sft_base),
+                    "--lr",
+                    "3e-3",
+                    "--epochs",
+                    "2",
+                    "--batch-size",
+                    "32",
+                    "--seed",
+                    str(seed),
+                    "--device",
+                    "cpu",
+                ],
+            )
+        )
     steps += [
-        ("sft", ["train", "sft", "--model", str(sft_base), "--data", str(paths["data"] / "sft.jsonl"),
-                 "--out", str(paths["sft"]), "--lr", "3e-3", "--batch-size", "32", "--seed", str(seed),
-                 "--device", "cpu"]),
-        ("rm", ["train", "rm", "--model", str(paths["sft"]), "--data", str(paths["data"] / "preferences.jsonl"),
-                "--out", str(paths["rm"]), "--epochs", "1", "--lr", "1e-3", "--adam-beta2", "0.95",
-                "--batch-size", "16", "--max-length", "64", "--seed", str(seed), "--device", "cpu"]),
+        (
+            "sft",
+            [
+                "train",
+                "sft",
+                "--model",
+                str(sft_base),
+                "--data",
+                str(paths["data"] / "sft.jsonl"),
+                "--out",
+                str(paths["sft"]),
+                "--lr",
+                "3e-3",
+                "--batch-size",
+                "32",
+                "--seed",
+                str(seed),
+                "--device",
+                "cpu",
+            ],
+        ),
+        (
+            "rm",
+            [
+                "train",
+                "rm",
+                "--model",
+                str(paths["sft"]),
+                "--data",
+                str(paths["data"] / "preferences.jsonl"),
+                "--out",
+                str(paths["rm"]),
+                "--epochs",
+                "1",
+                "--lr",
+                "1e-3",
+                "--adam-beta2",
+                "0.95",
+                "--batch-size",
+                "16",
+                "--max-length",
+                "64",
+                "--seed",
+                str(seed),
+                "--device",
+                "cpu",
+            ],
+        ),
     ]
     for name, args in steps:
         if not (paths[name] / ("prompts.jsonl" if name == "data" else "config.json")).exists():
@@ -102,26 +166,58 @@ def evaluate(policy_dir: Path, rm_dir: Path, prompts: list[str]) -> dict[str, fl
     from rlhf.reward.local import LocalReward
 
     samples = LocalPolicy(str(policy_dir), device="cpu").generate(
-        prompts, GenerationParams(max_new_tokens=12, n=4, seed=1234))
+        prompts, GenerationParams(max_new_tokens=12, n=4, seed=1234)
+    )
     items = [(prompts[s.prompt_index], s.response_text) for s in samples]
     scores = LocalReward(str(rm_dir), device="cpu").score(items)
-    return {"ground_truth": sum(ground_truth_score(p, r) for p, r in items) / len(items),
-            "reward": sum(scores) / len(scores)}
+    return {
+        "ground_truth": sum(ground_truth_score(p, r) for p, r in items) / len(items),
+        "reward": sum(scores) / len(scores),
+    }
 
 
-def run_estimator(estimator: str, paths: dict, targets: dict, out: Path, steps: int, samples: int, seed: int,
-                  ptx: bool = True) -> dict:
+def run_estimator(
+    estimator: str, paths: dict, targets: dict, out: Path, steps: int, samples: int, seed: int, ptx: bool = True
+) -> dict:
     """`rlhf train ppo` with one estimator's recipe; its RL wall time and KL."""
     recipe, estimator = estimator, estimator_of(estimator)
     group = 1 if estimator in ("gae", "reinforce++") else GROUP
     pretraining = ["--ptx-data", str(paths["data"] / "pretrain.jsonl"), "--ptx-coef", "0.05", "--ptx-batch-size", "4"]
     command = rlhf_command(
-        "train", "ppo", "--model", str(paths["sft"]), "--value-model", str(paths["rm"]),
-        "--policy", targets["policy"], "--reward", targets["reward"], "--reference", targets["reference"],
-        "--prompts", str(paths["data"] / "prompts.jsonl"), *(pretraining if ptx else []), "--out", str(out),
-        "--overwrite", "--steps", str(steps), "--seed", str(seed), "--device", "cpu",
-        "--port", "0", "--advantage-estimator", estimator, "--batch-size", str(samples // group),
-        "--samples-per-prompt", str(group), *COMMON, *RECIPES[recipe],
+        "train",
+        "ppo",
+        "--model",
+        str(paths["sft"]),
+        "--value-model",
+        str(paths["rm"]),
+        "--policy",
+        targets["policy"],
+        "--reward",
+        targets["reward"],
+        "--reference",
+        targets["reference"],
+        "--prompts",
+        str(paths["data"] / "prompts.jsonl"),
+        *(pretraining if ptx else []),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--steps",
+        str(steps),
+        "--seed",
+        str(seed),
+        "--device",
+        "cpu",
+        "--port",
+        "0",
+        "--advantage-estimator",
+        estimator,
+        "--batch-size",
+        str(samples // group),
+        "--samples-per-prompt",
+        str(group),
+        *COMMON,
+        *RECIPES[recipe],
     )
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
@@ -129,8 +225,12 @@ def run_estimator(estimator: str, paths: dict, targets: dict, out: Path, steps: 
     if result.returncode != 0:
         raise SystemExit(f"{recipe}: the learner failed:\n{result.stderr[-3000:]}")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"rl_seconds": sum(m["time/step"] for m in metrics), "process_seconds": wall,
-            "final_kl": metrics[-1]["objective/kl"], "max_kl": max(m["objective/kl"] for m in metrics)}
+    return {
+        "rl_seconds": sum(m["time/step"] for m in metrics),
+        "process_seconds": wall,
+        "final_kl": metrics[-1]["objective/kl"],
+        "max_kl": max(m["objective/kl"] for m in metrics),
+    }
 
 
 def main() -> int:
@@ -141,8 +241,11 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--workdir", type=Path, default=None, help="keep models and runs here (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--pretrained-base", action="store_true",
-                        help="start SFT from the tiny model pretrained on the task's plain text, not from random init")
+    parser.add_argument(
+        "--pretrained-base",
+        action="store_true",
+        help="start SFT from the tiny model pretrained on the task's plain text, not from random init",
+    )
     args = parser.parse_args()
     if args.samples % GROUP:
         parser.error(f"--samples must be a multiple of {GROUP}")
@@ -152,25 +255,34 @@ def main() -> int:
     with ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-algos-")))
         paths = prepare(workdir, args.seed, args.pretrained_base)
-        held_out = [json.loads(line)["prompt"] for line in (paths["data"] / "prompts_eval.jsonl").read_text()
-                    .splitlines()]
+        held_out = [
+            json.loads(line)["prompt"] for line in (paths["data"] / "prompts_eval.jsonl").read_text().splitlines()
+        ]
         targets = {}
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         for name, model in (("policy", paths["sft"]), ("reward", paths["rm"]), ("reference", paths["sft"])):
-            proc = ServiceProcess(["serve", name, "--model", str(model), "--device", "cpu"],
-                                  log_path=workdir / "logs" / f"{name}.log", name=name, env={"OMP_NUM_THREADS": "1"})
+            proc = ServiceProcess(
+                ["serve", name, "--model", str(model), "--device", "cpu"],
+                log_path=workdir / "logs" / f"{name}.log",
+                name=name,
+                env={"OMP_NUM_THREADS": "1"},
+            )
             targets[name] = stack.enter_context(proc).target
         before = evaluate(paths["sft"], paths["rm"], held_out)
         print(f"SFT policy: ground truth {before['ground_truth']:+.3f}, reward {before['reward']:+.3f}")
         results = {}
         for estimator in args.only:
-            run = run_estimator(estimator, paths, targets, workdir / "runs" / estimator, args.steps, args.samples,
-                                args.seed)
+            run = run_estimator(
+                estimator, paths, targets, workdir / "runs" / estimator, args.steps, args.samples, args.seed
+            )
             run |= evaluate(workdir / "runs" / estimator / "policy", paths["rm"], held_out)
             results[estimator] = run
-            print(f"{estimator:<21} ground truth {before['ground_truth']:+.3f} -> {run['ground_truth']:+.3f}  "
-                  f"reward {run['reward']:+.3f}  KL final {run['final_kl']:.2f} (max {run['max_kl']:.2f})  "
-                  f"RL {run['rl_seconds']:.0f} s", flush=True)
+            print(
+                f"{estimator:<21} ground truth {before['ground_truth']:+.3f} -> {run['ground_truth']:+.3f}  "
+                f"reward {run['reward']:+.3f}  KL final {run['final_kl']:.2f} (max {run['max_kl']:.2f})  "
+                f"RL {run['rl_seconds']:.0f} s",
+                flush=True,
+            )
 
     print(f"\n{args.steps} steps x {args.samples} samples per estimator (seed {args.seed})")
     print(f"{'estimator':<21} {'ground truth':>20} {'gain':>7} {'final KL':>9} {'RL s':>7} {'vs gae':>7}")
@@ -178,18 +290,26 @@ def main() -> int:
     for estimator, r in results.items():
         gain = r["ground_truth"] - before["ground_truth"]
         ratio = f"{r['rl_seconds'] / base['rl_seconds']:.2f}x" if base else "-"
-        print(f"{estimator:<21} {before['ground_truth']:+9.3f} -> {r['ground_truth']:+7.3f} {gain:+7.3f} "
-              f"{r['final_kl']:9.2f} {r['rl_seconds']:7.0f} {ratio:>7}")
+        print(
+            f"{estimator:<21} {before['ground_truth']:+9.3f} -> {r['ground_truth']:+7.3f} {gain:+7.3f} "
+            f"{r['final_kl']:9.2f} {r['rl_seconds']:7.0f} {ratio:>7}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"before": before, "results": results, "steps": args.steps,
-                                         "samples": args.samples, "seed": args.seed}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"before": before, "results": results, "steps": args.steps, "samples": args.samples, "seed": args.seed},
+                indent=2,
+            )
+        )
     if base and "grpo" in results:
         grpo = results["grpo"]
         gain_ok = grpo["ground_truth"] - before["ground_truth"] >= base["ground_truth"] - before["ground_truth"]
         time_ratio = grpo["rl_seconds"] / base["rl_seconds"]
         time_ok = time_ratio <= TARGET_TIME_RATIO
-        print(f"target: GRPO gain >= PPO gain ({'met' if gain_ok else 'missed'}), GRPO time <= "
-              f"{TARGET_TIME_RATIO:.0%} of PPO's ({time_ratio:.0%}: {'met' if time_ok else 'missed'})")
+        print(
+            f"target: GRPO gain >= PPO gain ({'met' if gain_ok else 'missed'}), GRPO time <= "
+            f"{TARGET_TIME_RATIO:.0%} of PPO's ({time_ratio:.0%}: {'met' if time_ok else 'missed'})"
+        )
         return 0 if gain_ok and time_ok else 1
     return 0
 

@@ -43,12 +43,45 @@ def learner(inputs: dict, targets: dict, out: Path, ranks: int, args) -> list[di
     from rlhf.core.processes import RLHF_COMMAND
 
     command = [
-        *RLHF_COMMAND, "--log-level", "WARNING", "train", "ppo", "--model", str(inputs["model"]),
-        "--value-model", str(inputs["model"]), "--policy", targets["policy"], "--reward", targets["reward"],
-        "--reference", targets["reference"], "--prompts", str(inputs["prompts"]), "--out", str(out),
-        "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-new-tokens", "16",
-        "--ppo-epochs", "1", "--num-minibatches", "2", "--port", "0", "--save-every", "1000", "--device", args.device,
-        "--seed", "0", "--nproc-per-node", str(ranks),
+        *RLHF_COMMAND,
+        "--log-level",
+        "WARNING",
+        "train",
+        "ppo",
+        "--model",
+        str(inputs["model"]),
+        "--value-model",
+        str(inputs["model"]),
+        "--policy",
+        targets["policy"],
+        "--reward",
+        targets["reward"],
+        "--reference",
+        targets["reference"],
+        "--prompts",
+        str(inputs["prompts"]),
+        "--out",
+        str(out),
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-new-tokens",
+        "16",
+        "--ppo-epochs",
+        "1",
+        "--num-minibatches",
+        "2",
+        "--port",
+        "0",
+        "--save-every",
+        "1000",
+        "--device",
+        args.device,
+        "--seed",
+        "0",
+        "--nproc-per-node",
+        str(ranks),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if args.mmap_threshold:
@@ -80,8 +113,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--mmap-threshold", type=int, default=1 << 20,
-                        help="MALLOC_MMAP_THRESHOLD_ for the learners (0: glibc's default)")
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=1 << 20,
+        help="MALLOC_MMAP_THRESHOLD_ for the learners (0: glibc's default)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -92,27 +129,40 @@ def main() -> int:
         inputs = make_inputs(root, args.layers, args.hidden, args.heads)
         targets: dict[str, str] = {}
         for name in ("policy", "policy", "reward", "reference"):  # a replica per rank: the same samples at 1 and 2
-            proc = ServiceProcess(["serve", name, "--model", str(inputs["model"]), "--device", args.device],
-                                  name=name, env={"OMP_NUM_THREADS": "1"})
+            proc = ServiceProcess(
+                ["serve", name, "--model", str(inputs["model"]), "--device", args.device],
+                name=name,
+                env={"OMP_NUM_THREADS": "1"},
+            )
             target = stack.enter_context(proc).target
             targets[name] = f"{targets[name]},{target}" if name in targets else target
-        print(f"model: GPT-2 {args.layers} x {args.hidden}; PPO with a critic, {args.steps} steps of "
-              f"{args.batch_size} prompts; device {args.device}; figures of the largest rank; glibc mmap threshold "
-              f"{args.mmap_threshold or 'default'}", flush=True)
+        print(
+            f"model: GPT-2 {args.layers} x {args.hidden}; PPO with a critic, {args.steps} steps of "
+            f"{args.batch_size} prompts; device {args.device}; figures of the largest rank; glibc mmap threshold "
+            f"{args.mmap_threshold or 'default'}",
+            flush=True,
+        )
         results = {ranks: summary(learner(inputs, targets, root / f"ranks-{ranks}", ranks, args)) for ranks in (1, 2)}
     one, two = results[1], results[2]
     print(f"{'':<26}{'1 rank':>10}{'2 ranks':>10}{'ratio':>8}")
-    for key, unit in (("parameters_gb", "GB"), ("optimizer_gb", "GB"), ("peak_rss_gb", "GB"), ("step_s", "s"),
-                      ("update_s", "s"), ("weight_sync_s", "s")):
+    for key, unit in (
+        ("parameters_gb", "GB"),
+        ("optimizer_gb", "GB"),
+        ("peak_rss_gb", "GB"),
+        ("step_s", "s"),
+        ("update_s", "s"),
+        ("weight_sync_s", "s"),
+    ):
         print(f"{key + ' (' + unit + ')':<26}{one[key]:>10.3f}{two[key]:>10.3f}{two[key] / one[key]:>8.2f}x")
     print(f"step 1 loss/policy (the same update): 1 rank {one['loss/policy']:.7f}, 2 ranks {two['loss/policy']:.7f}")
     for key in ("parameters_gb", "optimizer_gb"):
         share = two[key] / one[key]
-        print(f"{key} per rank at 2 ranks: {share:.2f}x of 1 rank's (target <= {HALF_TARGET}): "
-              f"{'met' if share <= HALF_TARGET else 'missed'}")
+        print(
+            f"{key} per rank at 2 ranks: {share:.2f}x of 1 rank's (target <= {HALF_TARGET}): "
+            f"{'met' if share <= HALF_TARGET else 'missed'}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results},
-                                        indent=2))
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2))
     return 0
 
 

@@ -38,8 +38,15 @@ MODES = {
     "fp32 full": [],
     "bf16-mixed full": ["--precision", "bf16-mixed"],
     "bf16-mixed + checkpointing": ["--precision", "bf16-mixed", "--gradient-checkpointing"],
-    "LoRA r8 + bf16-true + checkpointing": ["--lora-r", "8", "--lora-alpha", "16", "--precision", "bf16-true",
-                                            "--gradient-checkpointing"],
+    "LoRA r8 + bf16-true + checkpointing": [
+        "--lora-r",
+        "8",
+        "--lora-alpha",
+        "16",
+        "--precision",
+        "bf16-true",
+        "--gradient-checkpointing",
+    ],
 }
 LORA_SHARE_TARGET, BF16_TARGET = 1 / 5, 1.0
 PUSH_SHARE_TARGET = 0.02
@@ -82,8 +89,10 @@ def worker(stage: str, argv: list[str]) -> None:
         # The learner resets VmHWM at each step's start to log the step's own peak (memory/step_peak_rss_gb),
         # and keeps the whole process's, loading included, as memory/peak_rss_gb: the process peak is the
         # larger of that and what VmHWM holds now (the final save came after the last step).
-        metrics = [json.loads(line) for line in (Path(argv[argv.index("--out") + 1]) / "metrics.jsonl")
-                   .read_text().splitlines()]
+        metrics = [
+            json.loads(line)
+            for line in (Path(argv[argv.index("--out") + 1]) / "metrics.jsonl").read_text().splitlines()
+        ]
         figures["rss_gb"] = max(figures["rss_gb"], max(m["memory/peak_rss_gb"] for m in metrics))
         if "memory/step_peak_rss_gb" in metrics[-1]:
             figures["step_rss_gb"] = metrics[-1]["memory/step_peak_rss_gb"]
@@ -128,15 +137,65 @@ def push_share(model_dir: Path) -> tuple[int, int]:
 def stage_args(stage: str, inputs: dict, out: Path, device: str, targets: dict | None) -> list[str]:
     common = ["--device", device, "--out", str(out)]
     if stage == "sft":
-        return [*common, "--model", str(inputs["model"]), "--data", str(inputs["sft"]), "--batch-size", "8",
-                "--max-length", "64", "--eval-fraction", "0"]
+        return [
+            *common,
+            "--model",
+            str(inputs["model"]),
+            "--data",
+            str(inputs["sft"]),
+            "--batch-size",
+            "8",
+            "--max-length",
+            "64",
+            "--eval-fraction",
+            "0",
+        ]
     if stage == "rm":
-        return [*common, "--model", str(inputs["model"]), "--data", str(inputs["preferences"]), "--batch-size", "8",
-                "--max-length", "64", "--epochs", "1", "--eval-fraction", "0"]
-    return [*common, "--model", str(inputs["model"]), "--value-model", str(inputs["model"]),
-            "--policy", targets["policy"], "--reward", targets["reward"], "--reference", targets["reference"],
-            "--prompts", str(inputs["prompts"]), "--steps", "1", "--batch-size", "8", "--max-new-tokens", "16",
-            "--ppo-epochs", "1", "--num-minibatches", "2", "--port", "0", "--overwrite", "--save-every", "1000"]
+        return [
+            *common,
+            "--model",
+            str(inputs["model"]),
+            "--data",
+            str(inputs["preferences"]),
+            "--batch-size",
+            "8",
+            "--max-length",
+            "64",
+            "--epochs",
+            "1",
+            "--eval-fraction",
+            "0",
+        ]
+    return [
+        *common,
+        "--model",
+        str(inputs["model"]),
+        "--value-model",
+        str(inputs["model"]),
+        "--policy",
+        targets["policy"],
+        "--reward",
+        targets["reward"],
+        "--reference",
+        targets["reference"],
+        "--prompts",
+        str(inputs["prompts"]),
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-new-tokens",
+        "16",
+        "--ppo-epochs",
+        "1",
+        "--num-minibatches",
+        "2",
+        "--port",
+        "0",
+        "--overwrite",
+        "--save-every",
+        "1000",
+    ]
 
 
 def main() -> int:
@@ -166,21 +225,30 @@ def main() -> int:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         params = parameter_count(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(inputs["model"])))
-        print(f"model: GPT-2, {args.layers} layers x {args.hidden}, {params / 1e6:.1f}M parameters; "
-              f"device {args.device}; figure: {'max_memory_allocated' if key == 'cuda_gb' else 'peak RSS'}")
+        print(
+            f"model: GPT-2, {args.layers} layers x {args.hidden}, {params / 1e6:.1f}M parameters; "
+            f"device {args.device}; figure: {'max_memory_allocated' if key == 'cuda_gb' else 'peak RSS'}"
+        )
         adapter_bytes, full_bytes = push_share(inputs["model"])
-        print(f"weight push, float32: LoRA r8 {adapter_bytes / 2**20:.1f} MiB vs full {full_bytes / 2**20:.1f} MiB = "
-              f"{adapter_bytes / full_bytes:.2%} (target <= {PUSH_SHARE_TARGET:.0%})")
+        print(
+            f"weight push, float32: LoRA r8 {adapter_bytes / 2**20:.1f} MiB vs full {full_bytes / 2**20:.1f} MiB = "
+            f"{adapter_bytes / full_bytes:.2%} (target <= {PUSH_SHARE_TARGET:.0%})"
+        )
         baseline = run_worker("baseline", [])["rss_gb"] if key == "rss_gb" else 0.0
         if baseline:
-            print(f"baseline: a process that imported torch, transformers, peft and grpc and ran nothing: "
-                  f"{baseline:.2f} GB (the second column subtracts it: what the stage itself added)")
+            print(
+                f"baseline: a process that imported torch, transformers, peft and grpc and ran nothing: "
+                f"{baseline:.2f} GB (the second column subtracts it: what the stage itself added)"
+            )
         targets = None
         if "ppo" in args.stages:
             targets = {}
             for name in ("policy", "reward", "reference"):
-                proc = ServiceProcess(["serve", name, "--model", str(inputs["model"]), "--device", args.device],
-                                      name=name, env={"OMP_NUM_THREADS": "1"})
+                proc = ServiceProcess(
+                    ["serve", name, "--model", str(inputs["model"]), "--device", args.device],
+                    name=name,
+                    env={"OMP_NUM_THREADS": "1"},
+                )
                 targets[name] = stack.enter_context(proc).target
         for stage in args.stages:
             results[stage] = {}
@@ -193,27 +261,48 @@ def main() -> int:
                 added = figures["above_baseline_gb"]
                 step = ""
                 if "step_rss_gb" in base and "step_rss_gb" in figures:
-                    step = (f" | the step alone {figures['step_rss_gb']:5.2f} GB "
-                            f"{figures['step_rss_gb'] / base['step_rss_gb']:5.2f}x")
-                print(f"{stage:<4} {mode:<38} {figures[key]:7.2f} GB  {figures[key] / base[key]:5.2f}x of fp32 full  "
-                      f"| above baseline {added:6.2f} GB {added / base['above_baseline_gb']:5.2f}x "
-                      f"{added * 2**30 / params:6.1f} bytes/parameter{step}", flush=True)
+                    step = (
+                        f" | the step alone {figures['step_rss_gb']:5.2f} GB "
+                        f"{figures['step_rss_gb'] / base['step_rss_gb']:5.2f}x"
+                    )
+                print(
+                    f"{stage:<4} {mode:<38} {figures[key]:7.2f} GB  {figures[key] / base[key]:5.2f}x of fp32 full  "
+                    f"| above baseline {added:6.2f} GB {added / base['above_baseline_gb']:5.2f}x "
+                    f"{added * 2**30 / params:6.1f} bytes/parameter{step}",
+                    flush=True,
+                )
     for stage, rows in results.items():
-        for mode, target, strict in (("LoRA r8 + bf16-true + checkpointing", LORA_SHARE_TARGET, False),
-                                     ("bf16-mixed + checkpointing", BF16_TARGET, True)):
+        for mode, target, strict in (
+            ("LoRA r8 + bf16-true + checkpointing", LORA_SHARE_TARGET, False),
+            ("bf16-mixed + checkpointing", BF16_TARGET, True),
+        ):
             if {"fp32 full", mode} <= set(rows):
-                for figure, label in ((key, "process peak, loading included"), ("above_baseline_gb", "above baseline"),
-                                      ("step_rss_gb", "the PPO step's own peak RSS")):
+                for figure, label in (
+                    (key, "process peak, loading included"),
+                    ("above_baseline_gb", "above baseline"),
+                    ("step_rss_gb", "the PPO step's own peak RSS"),
+                ):
                     if figure not in rows[mode] or figure not in rows["fp32 full"]:
                         continue
                     share = rows[mode][figure] / rows["fp32 full"][figure]
                     met = share < target if strict else share <= target
-                    print(f"{stage}: {mode}, {label}: {share:.2f}x of fp32 full "
-                          f"(target {'<' if strict else '<='} {target:.2f}): {'met' if met else 'missed'}")
+                    print(
+                        f"{stage}: {mode}, {label}: {share:.2f}x of fp32 full "
+                        f"(target {'<' if strict else '<='} {target:.2f}): {'met' if met else 'missed'}"
+                    )
     if args.json:
-        args.json.write_text(json.dumps({"parameters": params, "device": args.device, "baseline_gb": baseline,
-                                         "results": results,
-                                         "push_bytes": {"lora_r8": adapter_bytes, "full": full_bytes}}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "parameters": params,
+                    "device": args.device,
+                    "baseline_gb": baseline,
+                    "results": results,
+                    "push_bytes": {"lora_r8": adapter_bytes, "full": full_bytes},
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

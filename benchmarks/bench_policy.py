@@ -54,8 +54,9 @@ def in_process_tokens_per_s(policy, prompts: list[str], params: GenerationParams
     return tokens / (time.perf_counter() - start)
 
 
-def service_tokens_per_s(target: str, prompts: list[str], params: GenerationParams, clients: int,
-                         seconds: float) -> float:
+def service_tokens_per_s(
+    target: str, prompts: list[str], params: GenerationParams, clients: int, seconds: float
+) -> float:
     """`clients` threads, each sending one-prompt requests back to back for `seconds`."""
     from rlhf.policy.client import PolicyClient
 
@@ -90,18 +91,31 @@ def bench_generation(args, workdir: Path) -> None:
     from rlhf.core.tiny import TinyModelConfig, make_tiny_model
     from rlhf.policy.local import LocalPolicy
 
-    model_dir = make_tiny_model(workdir / "policy", TinyModelConfig(n_layer=args.layers, n_embd=args.hidden,
-                                                                   n_head=args.heads))
+    model_dir = make_tiny_model(
+        workdir / "policy", TinyModelConfig(n_layer=args.layers, n_embd=args.hidden, n_head=args.heads)
+    )
     prompts = prompts_for(32)
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0, ignore_eos=True)
-    print(f"generation: {args.layers} layers x {args.hidden} hidden, 32 prompts, {args.max_new_tokens} new tokens "
-          f"each (EOS ignored), {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, "
-          f"best of {args.repeats} rounds of {args.seconds:.0f}s")
+    print(
+        f"generation: {args.layers} layers x {args.hidden} hidden, 32 prompts, {args.max_new_tokens} new tokens "
+        f"each (EOS ignored), {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, "
+        f"best of {args.repeats} rounds of {args.seconds:.0f}s"
+    )
     local = LocalPolicy(model_dir, device="cpu", max_batch_size=len(prompts))
     local.generate(prompts[:2], params)  # warm-up
     metrics_port = free_port()
-    serve = ["serve", "policy", "--model", str(model_dir), "--device", "cpu", "--max-batch-size", "32",
-             "--metrics-port", str(metrics_port)]
+    serve = [
+        "serve",
+        "policy",
+        "--model",
+        str(model_dir),
+        "--device",
+        "cpu",
+        "--max-batch-size",
+        "32",
+        "--metrics-port",
+        str(metrics_port),
+    ]
     if args.max_wait_ms is not None:
         serve += ["--max-wait-ms", str(args.max_wait_ms)]
     best = {"in-process": 0.0, 1: 0.0, 8: 0.0, 32: 0.0}
@@ -120,8 +134,10 @@ def bench_generation(args, workdir: Path) -> None:
     print(f"  in-process batched (32 prompts/batch): {baseline:9.0f} tokens/s")
     for clients in (1, 8, 32):
         rows, batches = rows_per_batch[clients]
-        print(f"  service, {clients:2d} concurrent clients:      {best[clients]:9.0f} tokens/s  "
-              f"({best[clients] / baseline:.2f}x in-process; {rows / max(batches, 1):.1f} rows per batch)")
+        print(
+            f"  service, {clients:2d} concurrent clients:      {best[clients]:9.0f} tokens/s  "
+            f"({best[clients] / baseline:.2f}x in-process; {rows / max(batches, 1):.1f} rows per batch)"
+        )
     print("  target: 32 clients >= 0.90x in-process")
 
 
@@ -191,13 +207,17 @@ def bench_update_weights(args, workdir: Path) -> None:
     train_tokenizer(1024).save_pretrained(model_dir)  # the service wants a tokenizer; ids are not used here
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     size = sum(t.numel() * t.element_size() for t in state.values())
-    print(f"\nUpdateWeights: GPT-2 config, {params / 1e6:.0f}M parameters, fp32, {size / MB:.0f} MB per push "
-          f"({len(state)} tensors)")
+    print(
+        f"\nUpdateWeights: GPT-2 config, {params / 1e6:.0f}M parameters, fp32, {size / MB:.0f} MB per push "
+        f"({len(state)} tensors)"
+    )
     raw = raw_socket_mb_per_s(1 << 30, args.repeats)
     print(f"  raw loopback socket (1 GiB, 4 MiB sends):  {raw:8.0f} MB/s")
     serve = ["serve", "policy", "--model", str(model_dir), "--device", "cpu", "--max-message-mb", "64"]
-    with ServiceProcess(serve, log_path=workdir / "gpt2.log", name="policy") as server, \
-            PolicyClient(server.target, timeout=600) as policy:
+    with (
+        ServiceProcess(serve, log_path=workdir / "gpt2.log", name="policy") as server,
+        PolicyClient(server.target, timeout=600) as policy,
+    ):
         times = []
         for version in range(1, args.repeats + 2):
             start = time.perf_counter()
@@ -205,8 +225,10 @@ def bench_update_weights(args, workdir: Path) -> None:
             times.append(time.perf_counter() - start)
             assert reply.weights_version == version and reply.bytes_received == size
         best, median = min(times[1:]), statistics.median(times[1:])  # the first push warms up
-        print(f"  UpdateWeights, best of {args.repeats}:              {size / best / MB:8.0f} MB/s  "
-              f"({size / best / MB / raw:.2f}x raw socket; median {size / median / MB:.0f} MB/s)")
+        print(
+            f"  UpdateWeights, best of {args.repeats}:              {size / best / MB:8.0f} MB/s  "
+            f"({size / best / MB / raw:.2f}x raw socket; median {size / median / MB:.0f} MB/s)"
+        )
     print("  target: >= 1000 MB/s, or >= 0.50x raw socket")
 
 
@@ -219,9 +241,12 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=None, help="the service's batching window")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long each measurement runs")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads, here and in the servers (default: torch's choice); 1 is steadier on a "
-                             "busy machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads, here and in the servers (default: torch's choice); 1 is steadier on a busy machine",
+    )
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--skip-weights", action="store_true")
     args = parser.parse_args()

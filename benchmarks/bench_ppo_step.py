@@ -23,8 +23,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 TARGET = 1.10
-PHASES = ["time/generate", "time/score", "time/reference", "time/logprobs", "time/update", "time/weight_sync",
-          "time/step"]
+PHASES = [
+    "time/generate",
+    "time/score",
+    "time/reference",
+    "time/logprobs",
+    "time/update",
+    "time/weight_sync",
+    "time/step",
+]
 SIZES = {"tiny": (2, 128, 4), "small": (4, 256, 8)}  # layers, hidden, heads
 
 
@@ -33,8 +40,22 @@ def prepare(workdir: Path, size: str) -> tuple[Path, Path]:
     layers, hidden, heads = SIZES[size]
     model, data = workdir / "model", workdir / "data"
     rlhf = [sys.executable, "-m", "rlhf.cli", "--log-level", "WARNING"]
-    subprocess.run([*rlhf, "tiny-model", "--out", str(model), "--layers", str(layers), "--hidden", str(hidden),
-                    "--heads", str(heads)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            *rlhf,
+            "tiny-model",
+            "--out",
+            str(model),
+            "--layers",
+            str(layers),
+            "--hidden",
+            str(hidden),
+            "--heads",
+            str(heads),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     subprocess.run([*rlhf, "data", "synth", "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
     return model, data
 
@@ -58,8 +79,12 @@ def start_services(stack: ExitStack, model: Path, replicas: int, logs: Path, thr
     from rlhf.reward.local import LocalReward
 
     def serve(name: str, index: int = 0) -> str:
-        proc = ServiceProcess(["serve", name, "--model", str(model), "--device", "cpu"],
-                              log_path=logs / f"{name}{index}.log", name=name, env={"OMP_NUM_THREADS": str(threads)})
+        proc = ServiceProcess(
+            ["serve", name, "--model", str(model), "--device", "cpu"],
+            log_path=logs / f"{name}{index}.log",
+            name=name,
+            env={"OMP_NUM_THREADS": str(threads)},
+        )
         return stack.enter_context(proc).target
 
     policies = [serve("policy", i) for i in range(replicas)]
@@ -87,9 +112,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--replicas", type=int, default=2, help="policy replicas (in both runs)")
-    parser.add_argument("--service-threads", type=int, default=1,
-                        help="torch threads per service process (default 1: the services share this machine's "
-                        "cores with each other and the learner, as they would not on separate machines)")
+    parser.add_argument(
+        "--service-threads",
+        type=int,
+        default=1,
+        help="torch threads per service process (default 1: the services share this machine's "
+        "cores with each other and the learner, as they would not on separate machines)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each set-up")
     parser.add_argument("--workdir", default=None, help="keep artifacts here (default: a temp dir)")
     args = parser.parse_args()
@@ -105,9 +134,18 @@ def main() -> None:
 
     def config(name: str) -> PPOConfig:
         return PPOConfig(
-            model=str(model), policy="bench", reward="bench", reference="bench", prompts=str(data / "prompts.jsonl"),
-            out=str(workdir / name), steps=args.steps, batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens, ptx_data=str(data / "pretrain.jsonl"), save_every=10**6, lr=1e-4,
+            model=str(model),
+            policy="bench",
+            reward="bench",
+            reference="bench",
+            prompts=str(data / "prompts.jsonl"),
+            out=str(workdir / name),
+            steps=args.steps,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            ptx_data=str(data / "pretrain.jsonl"),
+            save_every=10**6,
+            lr=1e-4,
             device="cpu",
         )
 
@@ -124,20 +162,24 @@ def main() -> None:
             for name in ("single", "split"):
                 rows = run(config(f"{name}-{rep}"), services[name])
                 results[name].append(phase_medians(rows, args.warmup))
-                best = min(r["time/step"] for r in rows[args.warmup:])
+                best = min(r["time/step"] for r in rows[args.warmup :])
                 fastest[name] = min(fastest.get(name, best), best)
     single, split = ({phase: min(r[phase] for r in results[name]) for phase in PHASES} for name in ("single", "split"))
-    print(f"PPO step, {args.model_size} model, batch {args.batch_size}, {args.max_new_tokens} new tokens, "
-          f"{args.replicas} policy replica(s), {os.cpu_count()} CPU cores, {args.service_threads} torch thread(s) "
-          f"per service process; best of {args.repeats} "
-          f"runs, median of steps {args.warmup + 1}-{args.steps}")
+    print(
+        f"PPO step, {args.model_size} model, batch {args.batch_size}, {args.max_new_tokens} new tokens, "
+        f"{args.replicas} policy replica(s), {os.cpu_count()} CPU cores, {args.service_threads} torch thread(s) "
+        f"per service process; best of {args.repeats} "
+        f"runs, median of steps {args.warmup + 1}-{args.steps}"
+    )
     print(f"(bench took {time.perf_counter() - start:.0f}s; work dir {workdir})")
     print(f"{'phase':<18} {'one process':>12} {'services':>12} {'ratio':>7}")
     for phase in PHASES:
         ratio = split[phase] / single[phase] if single[phase] > 0 else float("nan")
         print(f"{phase:<18} {single[phase]:>11.3f}s {split[phase]:>11.3f}s {ratio:>6.2f}x")
-    print(f"{'fastest step':<18} {fastest['single']:>11.3f}s {fastest['split']:>11.3f}s "
-          f"{fastest['split'] / fastest['single']:>6.2f}x")
+    print(
+        f"{'fastest step':<18} {fastest['single']:>11.3f}s {fastest['split']:>11.3f}s "
+        f"{fastest['split'] / fastest['single']:>6.2f}x"
+    )
     ratio = split["time/step"] / single["time/step"]
     verdict = "within" if ratio <= TARGET else "over"
     print(f"services / one process per step: {ratio:.2f}x ({verdict} the {TARGET:.2f}x target)")

@@ -96,8 +96,11 @@ async def _clients(target: str, items, clients: int, seconds: float, trivial: bo
     phase = {"measuring": False, "stop": False}
 
     async def client(i: int) -> None:
-        call = (health_pb2_grpc.HealthStub(channels[i]).Check if trivial
-                else reward_pb2_grpc.RewardScoringStub(channels[i]).Score)
+        call = (
+            health_pb2_grpc.HealthStub(channels[i]).Check
+            if trivial
+            else reward_pb2_grpc.RewardScoringStub(channels[i]).Score
+        )
         n = i
         while not phase["stop"]:
             await call(requests[n % len(requests)], timeout=60)
@@ -138,14 +141,21 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-batch-size", type=int, default=None,
-                        help="the service's batch limit (default: the best in-process batch size)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="the service's batch limit (default: the best in-process batch size)",
+    )
     parser.add_argument("--instances", type=int, default=1, help="the service's model worker processes")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="the service's batching delay")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long each measurement runs")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads, here and in the server (default: torch's choice); 1 is steadier on a "
-                             "busy machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads, here and in the server (default: torch's choice); 1 is steadier on a busy machine",
+    )
     args = parser.parse_args()
 
     import torch
@@ -158,8 +168,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-reward-") as tmp:
         workdir = Path(tmp)
         model_dir = make_reward_model(workdir, args.layers, args.hidden, args.heads)
-        print(f"reward model: {args.layers} layers x {args.hidden} hidden, device {args.device}, "
-              f"{os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, synthetic items (~20 tokens)")
+        print(
+            f"reward model: {args.layers} layers x {args.hidden} hidden, device {args.device}, "
+            f"{os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, synthetic items (~20 tokens)"
+        )
         rates = in_process_items_per_s(model_dir, items, args.device, args.seconds / 2)
         for size, rate in rates.items():
             print(f"  in-process forward, batch {size:3d}:           {rate:9.0f} items/s")
@@ -168,31 +180,52 @@ def main() -> None:
         print(f"  in-process batched (best, batch {best_size}):     {baseline:9.0f} items/s")
 
         def serve(max_batch_size: int) -> list[str]:
-            return ["serve", "reward", "--model", str(model_dir), "--device", args.device,
-                    "--instances", str(args.instances), "--max-batch-size", str(max_batch_size),
-                    "--max-wait-ms", str(args.max_wait_ms)]
+            return [
+                "serve",
+                "reward",
+                "--model",
+                str(model_dir),
+                "--device",
+                args.device,
+                "--instances",
+                str(args.instances),
+                "--max-batch-size",
+                str(max_batch_size),
+                "--max-wait-ms",
+                str(args.max_wait_ms),
+            ]
 
         served, max_batch_size = {}, args.max_batch_size or best_size
-        print(f"  service: --max-batch-size {max_batch_size} --max-wait-ms {args.max_wait_ms} "
-              f"--instances {args.instances}")
+        print(
+            f"  service: --max-batch-size {max_batch_size} --max-wait-ms {args.max_wait_ms} "
+            f"--instances {args.instances}"
+        )
         with ServiceProcess(serve(max_batch_size), log_path=workdir / "reward.log", name="reward") as server:
             for clients in (1, 8, 64):
                 served[clients] = service_items_per_s(server.target, items, clients, args.seconds)
-                print(f"  service, {clients:2d} concurrent clients:         {served[clients]:9.0f} items/s  "
-                      f"({served[clients] / baseline:.2f}x in-process)")
+                print(
+                    f"  service, {clients:2d} concurrent clients:         {served[clients]:9.0f} items/s  "
+                    f"({served[clients] / baseline:.2f}x in-process)"
+                )
             rpc_ceiling = service_items_per_s(server.target, items, 64, args.seconds, trivial=True)
         with ServiceProcess(serve(1), log_path=workdir / "reward-unbatched.log", name="reward") as server:
             unbatched = service_items_per_s(server.target, items, 64, args.seconds)
-        print(f"  service, 64 clients, batching off:    {unbatched:9.0f} items/s  "
-              f"({unbatched / baseline:.2f}x in-process)")
+        print(
+            f"  service, 64 clients, batching off:    {unbatched:9.0f} items/s  "
+            f"({unbatched / baseline:.2f}x in-process)"
+        )
         # Clients, server and model share this machine's cores. If one call costs the CPU of a health
         # check and one item the CPU of an in-process item, no server can pass this fraction of it.
         ceiling = rpc_ceiling / (rpc_ceiling + baseline)
-        print(f"  64 clients, health Check (no model):  {rpc_ceiling:9.0f} calls/s  -> with the model's CPU per item, "
-              f"the most any server here can reach is {ceiling:.2f}x in-process; 64 clients reach "
-              f"{served[64] / baseline / ceiling:.2f} of that")
-        print(f"ratios: 64 clients / in-process batched = {served[64] / baseline:.2f} (target >= 0.90); "
-              f"64 clients / batching off = {served[64] / unbatched:.2f} (target >= 3.00)")
+        print(
+            f"  64 clients, health Check (no model):  {rpc_ceiling:9.0f} calls/s  -> with the model's CPU per item, "
+            f"the most any server here can reach is {ceiling:.2f}x in-process; 64 clients reach "
+            f"{served[64] / baseline / ceiling:.2f} of that"
+        )
+        print(
+            f"ratios: 64 clients / in-process batched = {served[64] / baseline:.2f} (target >= 0.90); "
+            f"64 clients / batching off = {served[64] / unbatched:.2f} (target >= 3.00)"
+        )
 
 
 if __name__ == "__main__":

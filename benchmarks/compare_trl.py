@@ -52,17 +52,34 @@ def run_trl(paths: dict, out: Path, steps: int, samples: int, seed: int) -> floa
 
     prompts = [json.loads(line) for line in (paths["data"] / "prompts.jsonl").read_text().splitlines()]
     config = GRPOConfig(
-        output_dir=str(out), use_cpu=True, report_to="none", save_strategy="no", logging_steps=max(1, steps // 10),
-        seed=seed, max_steps=2 * steps,  # TRL counts optimizer steps: 2 minibatches per generation batch
-        per_device_train_batch_size=samples // 2, steps_per_generation=2, num_generations=algos.GROUP,
-        num_iterations=1, max_completion_length=12, generation_kwargs={"min_new_tokens": 4},
-        learning_rate=LR, beta=BETA, epsilon=0.2, temperature=1.0, disable_dropout=True,
+        output_dir=str(out),
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=max(1, steps // 10),
+        seed=seed,
+        max_steps=2 * steps,  # TRL counts optimizer steps: 2 minibatches per generation batch
+        per_device_train_batch_size=samples // 2,
+        steps_per_generation=2,
+        num_generations=algos.GROUP,
+        num_iterations=1,
+        max_completion_length=12,
+        generation_kwargs={"min_new_tokens": 4},
+        learning_rate=LR,
+        beta=BETA,
+        epsilon=0.2,
+        temperature=1.0,
+        disable_dropout=True,
         use_bias_correction_kl=True,  # TRL's default, stated: ours is --kl-ratio-correction, also on
     )
     tokenizer = load_tokenizer(paths["sft"])
-    trainer = GRPOTrainer(model=str(paths["sft"]), reward_funcs=reward_model_score, args=config,
-                          train_dataset=datasets.Dataset.from_list([{"prompt": p["prompt"]} for p in prompts]),
-                          processing_class=tokenizer)
+    trainer = GRPOTrainer(
+        model=str(paths["sft"]),
+        reward_funcs=reward_model_score,
+        args=config,
+        train_dataset=datasets.Dataset.from_list([{"prompt": p["prompt"]} for p in prompts]),
+        processing_class=tokenizer,
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -77,8 +94,7 @@ def compare_one_seed(workdir: Path, steps: int, samples: int, seed: int) -> dict
     from rlhf.core.processes import ServiceProcess
 
     paths = algos.prepare(workdir, seed)
-    held_out = [json.loads(line)["prompt"] for line in (paths["data"] / "prompts_eval.jsonl").read_text()
-                .splitlines()]
+    held_out = [json.loads(line)["prompt"] for line in (paths["data"] / "prompts_eval.jsonl").read_text().splitlines()]
     before = algos.evaluate(paths["sft"], paths["rm"], held_out)
     trl_seconds = run_trl(paths, workdir / "runs" / "trl-grpo", steps, samples, seed)
     theirs = algos.evaluate(workdir / "runs" / "trl-grpo" / "policy", paths["rm"], held_out)
@@ -86,13 +102,21 @@ def compare_one_seed(workdir: Path, steps: int, samples: int, seed: int) -> dict
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         targets = {}
         for name, model in (("policy", paths["sft"]), ("reward", paths["rm"]), ("reference", paths["sft"])):
-            proc = ServiceProcess(["serve", name, "--model", str(model), "--device", "cpu"],
-                                  log_path=workdir / "logs" / f"{name}.log", name=name, env={"OMP_NUM_THREADS": "1"})
+            proc = ServiceProcess(
+                ["serve", name, "--model", str(model), "--device", "cpu"],
+                log_path=workdir / "logs" / f"{name}.log",
+                name=name,
+                env={"OMP_NUM_THREADS": "1"},
+            )
             targets[name] = stack.enter_context(proc).target
         run = algos.run_estimator("grpo", paths, targets, workdir / "runs" / "grpo", steps, samples, seed, ptx=False)
     ours = algos.evaluate(workdir / "runs" / "grpo" / "policy", paths["rm"], held_out)
-    return {"seed": seed, "before": before, "ours": ours | {"seconds": run["rl_seconds"]},
-            "trl": theirs | {"seconds": trl_seconds}}
+    return {
+        "seed": seed,
+        "before": before,
+        "ours": ours | {"seconds": run["rl_seconds"]},
+        "trl": theirs | {"seconds": trl_seconds},
+    }
 
 
 def mean_and_error(values: list[float]) -> tuple[float, float]:
@@ -109,8 +133,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--samples", type=int, default=32, help="samples per step (a multiple of 8)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of each side per seed")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep models and runs here, one subdir per seed (default: a temp dir)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep models and runs here, one subdir per seed (default: a temp dir)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     try:
@@ -118,39 +146,66 @@ def main() -> int:
     except ImportError:
         raise SystemExit("compare_trl.py needs TRL: .venv/bin/pip install -e '.[peers]'") from None
 
-    algos.RECIPES["grpo"] = ["--ppo-epochs", "1", "--num-minibatches", "2", "--lr", str(LR), "--kl-coef", str(BETA),
-                             "--kl-in", "loss", "--kl-estimator", "k3"]
+    algos.RECIPES["grpo"] = [
+        "--ppo-epochs",
+        "1",
+        "--num-minibatches",
+        "2",
+        "--lr",
+        str(LR),
+        "--kl-coef",
+        str(BETA),
+        "--kl-in",
+        "loss",
+        "--kl-estimator",
+        "k3",
+    ]
     with ExitStack() as stack:
         root = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="compare-trl-")))
         results = []
         for seed in args.seeds:
             results.append(compare_one_seed(root / f"seed-{seed}", args.steps, args.samples, seed))
             r = results[-1]
-            print(f"seed {seed}: SFT {r['before']['ground_truth']:+.3f}, ours {r['ours']['ground_truth']:+.3f} in "
-                  f"{r['ours']['seconds']:.1f} s, TRL {r['trl']['ground_truth']:+.3f} in {r['trl']['seconds']:.1f} s",
-                  flush=True)
+            print(
+                f"seed {seed}: SFT {r['before']['ground_truth']:+.3f}, ours {r['ours']['ground_truth']:+.3f} in "
+                f"{r['ours']['seconds']:.1f} s, TRL {r['trl']['ground_truth']:+.3f} in {r['trl']['seconds']:.1f} s",
+                flush=True,
+            )
 
     print(f"\n{args.steps} steps x {args.samples} samples (groups of {algos.GROUP}), TRL {trl.__version__}")
     print(f"{'seed':<6} {'SFT':>7} {'rlhf GRPO (services)':>22} {'TRL GRPOTrainer':>22} {'time, ours/TRL':>15}")
     for r in results:
-        print(f"{r['seed']:<6} {r['before']['ground_truth']:+7.3f} "
-              f"{r['ours']['ground_truth']:+9.3f} in {r['ours']['seconds']:6.1f} s "
-              f"{r['trl']['ground_truth']:+9.3f} in {r['trl']['seconds']:6.1f} s "
-              f"{r['ours']['seconds'] / r['trl']['seconds']:14.2f}x")
-    summary = {side: {key: mean_and_error([r[side][key] - (r["before"]["ground_truth"] if key == "ground_truth"
-                                                           else 0.0) for r in results])
-                      for key in ("ground_truth", "seconds")} for side in ("ours", "trl")}
+        print(
+            f"{r['seed']:<6} {r['before']['ground_truth']:+7.3f} "
+            f"{r['ours']['ground_truth']:+9.3f} in {r['ours']['seconds']:6.1f} s "
+            f"{r['trl']['ground_truth']:+9.3f} in {r['trl']['seconds']:6.1f} s "
+            f"{r['ours']['seconds'] / r['trl']['seconds']:14.2f}x"
+        )
+    summary = {
+        side: {
+            key: mean_and_error(
+                [r[side][key] - (r["before"]["ground_truth"] if key == "ground_truth" else 0.0) for r in results]
+            )
+            for key in ("ground_truth", "seconds")
+        }
+        for side in ("ours", "trl")
+    }
     for side, name in (("ours", "rlhf GRPO"), ("trl", "TRL GRPOTrainer")):
         gain, seconds = summary[side]["ground_truth"], summary[side]["seconds"]
-        print(f"{name:<16} mean ground-truth gain {gain[0]:+.3f} +- {gain[1]:.3f}, RL time {seconds[0]:.1f} "
-              f"+- {seconds[1]:.1f} s")
+        print(
+            f"{name:<16} mean ground-truth gain {gain[0]:+.3f} +- {gain[1]:.3f}, RL time {seconds[0]:.1f} "
+            f"+- {seconds[1]:.1f} s"
+        )
     time_ratio = summary["ours"]["seconds"][0] / summary["trl"]["seconds"][0]
     truth_ok = summary["ours"]["ground_truth"][0] >= summary["trl"]["ground_truth"][0]
-    print(f"target, on the means over {len(results)} seed(s): wall time <= TRL's ({time_ratio:.2f}x: "
-          f"{'met' if time_ratio <= 1 else 'missed'}), ground-truth gain >= TRL's ({'met' if truth_ok else 'missed'})")
+    print(
+        f"target, on the means over {len(results)} seed(s): wall time <= TRL's ({time_ratio:.2f}x: "
+        f"{'met' if time_ratio <= 1 else 'missed'}), ground-truth gain >= TRL's ({'met' if truth_ok else 'missed'})"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "summary": summary, "steps": args.steps,
-                                         "samples": args.samples}, indent=2))
+        args.json.write_text(
+            json.dumps({"results": results, "summary": summary, "steps": args.steps, "samples": args.samples}, indent=2)
+        )
     return 0 if time_ratio <= 1 and truth_ok else 1
 
 

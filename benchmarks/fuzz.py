@@ -36,8 +36,9 @@ def fuzz_method(channel, service, method, alive, examples: int, codes: Counter) 
 
     from tests import fuzzing
 
-    inputs = st.one_of(fuzzing.messages(method.input_type).map(lambda m: m.SerializeToString()),
-                       fuzzing.mutated(method.input_type))
+    inputs = st.one_of(
+        fuzzing.messages(method.input_type).map(lambda m: m.SerializeToString()), fuzzing.mutated(method.input_type)
+    )
 
     @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(payload=inputs)
@@ -51,8 +52,12 @@ def fuzz_method(channel, service, method, alive, examples: int, codes: Counter) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", type=int, default=10_000, help="inputs per service")
-    parser.add_argument("--only", nargs="+", choices=["policy", "reference", "reward", "learner"],
-                        default=["policy", "reference", "reward", "learner"])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["policy", "reference", "reward", "learner"],
+        default=["policy", "reference", "reward", "learner"],
+    )
     args = parser.parse_args()
 
     import grpc
@@ -64,21 +69,34 @@ def main() -> int:
     failures = 0
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
         model = Path(tmp) / "tiny"
-        subprocess.run([sys.executable, "-m", "rlhf", "tiny-model", "--out", str(model)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "rlhf", "tiny-model", "--out", str(model)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         limits = ["--max-items-per-request", "8", "--device", "cpu"]
-        commands = {"policy": ["serve", "policy", "--model", str(model), "--weights-stream-timeout", "5", *limits],
-                    "reference": ["serve", "reference", "--model", str(model), *limits],
-                    "reward": ["serve", "reward", "--function", "rlhf.core.synthetic:ground_truth_rewards",
-                               "--max-items-per-request", "8"]}
+        commands = {
+            "policy": ["serve", "policy", "--model", str(model), "--weights-stream-timeout", "5", *limits],
+            "reference": ["serve", "reference", "--model", str(model), *limits],
+            "reward": [
+                "serve",
+                "reward",
+                "--function",
+                "rlhf.core.synthetic:ground_truth_rewards",
+                "--max-items-per-request",
+                "8",
+            ],
+        }
         processes, targets = {}, {}
         for name in args.only:
             if name == "learner":
                 learner = make_services(model, Path(tmp) / "learner")["learner"]
                 targets[name] = f"127.0.0.1:{stack.enter_context(ServerThread(learner, ServerOptions(port=0)))}"
             else:
-                processes[name] = stack.enter_context(ServiceProcess(commands[name], log_path=Path(tmp) / name,
-                                                                     name=name))
+                processes[name] = stack.enter_context(
+                    ServiceProcess(commands[name], log_path=Path(tmp) / name, name=name)
+                )
                 targets[name] = processes[name].target
         for name in args.only:
             service = SERVICES[name]
@@ -97,8 +115,11 @@ def main() -> int:
             unknown = codes.get("UNKNOWN", 0)
             failures += unknown + int(exited)
             shown = ", ".join(f"{code} {count}" for code, count in codes.most_common())
-            print(f"{name:<9} {sum(codes.values()):>6} inputs in {time.perf_counter() - start:6.1f} s: {shown}; "
-                  f"UNKNOWN {unknown}; server exited: {'yes' if exited else 'no'}", flush=True)
+            print(
+                f"{name:<9} {sum(codes.values()):>6} inputs in {time.perf_counter() - start:6.1f} s: {shown}; "
+                f"UNKNOWN {unknown}; server exited: {'yes' if exited else 'no'}",
+                flush=True,
+            )
     return 1 if failures else 0
 
 

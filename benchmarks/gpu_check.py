@@ -33,10 +33,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 
 # ~0.9B parameters: 16 layers x 2048, MLP 5632, grouped-query attention (16 heads, 8 key/value heads)
-LARGE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
-             num_key_value_heads=8, max_position_embeddings=1024)
-SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256)
+LARGE = dict(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    max_position_embeddings=1024,
+)
+SMALL = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 
 
 def make_model(out: Path, shape: dict) -> int:
@@ -48,8 +60,13 @@ def make_model(out: Path, shape: dict) -> int:
 
     tokenizer = train_tokenizer(1024, n_positions=shape["max_position_embeddings"])
     eos = tokenizer.eos_token_id
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id or eos, eos_token_id=eos,
-                         pad_token_id=tokenizer.pad_token_id or eos, **shape)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id or eos,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id or eos,
+        **shape,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out)
@@ -88,11 +105,41 @@ def learner_step(paths: dict, targets: dict, out: Path, device: str, flags: list
     """Two PPO steps through the services; the second step's figures from the learner's metrics. With torchrun:
     the distributed learner at world size 1 (NCCL on a GPU: the process group, FSDP2, DCP checkpoints)."""
     launcher = [*TORCHRUN_1, "-m", "rlhf"] if torchrun else [sys.executable, "-m", "rlhf"]
-    command = [*launcher, "--log-level", "WARNING", "train", "ppo", "--model", str(paths["model"]),
-               "--value-model", str(paths["model"]), "--policy", targets["policy"], "--reward", targets["reward"],
-               "--reference", targets["reference"], "--prompts", str(paths["prompts"]), "--out", str(out),
-               "--overwrite", "--steps", "2", "--batch-size", "32", "--max-new-tokens", "64", "--device", device,
-               "--port", "0", "--save-every", "1000", *flags]
+    command = [
+        *launcher,
+        "--log-level",
+        "WARNING",
+        "train",
+        "ppo",
+        "--model",
+        str(paths["model"]),
+        "--value-model",
+        str(paths["model"]),
+        "--policy",
+        targets["policy"],
+        "--reward",
+        targets["reward"],
+        "--reference",
+        targets["reference"],
+        "--prompts",
+        str(paths["prompts"]),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--steps",
+        "2",
+        "--batch-size",
+        "32",
+        "--max-new-tokens",
+        "64",
+        "--device",
+        device,
+        "--port",
+        "0",
+        "--save-every",
+        "1000",
+        *flags,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
@@ -135,8 +182,10 @@ def main() -> int:
         if not torch.cuda.is_available():
             print("no CUDA device: nothing to check (use --device cpu --small for a smoke run)")
             return 1
-        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-              f"bf16 {torch.cuda.is_bf16_supported()}")
+        print(
+            f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"bf16 {torch.cuda.is_bf16_supported()}"
+        )
     from rlhf.core.processes import ServiceProcess
     from rlhf.core.synthetic import write_task
 
@@ -149,8 +198,11 @@ def main() -> int:
         dtype = ["--dtype", "bfloat16"] if args.device.startswith("cuda") else []
         targets = {}
         for name in ("policy", "reference", "reward"):
-            proc = ServiceProcess(["serve", name, "--model", str(paths["model"]), "--device", args.device, *dtype],
-                                  name=name, log_path=root / f"{name}.log")
+            proc = ServiceProcess(
+                ["serve", name, "--model", str(paths["model"]), "--device", args.device, *dtype],
+                name=name,
+                log_path=root / f"{name}.log",
+            )
             proc.start(timeout=600)  # a large model may take a while to load
             stack.callback(proc.terminate)
             targets[name] = proc.target
@@ -158,33 +210,49 @@ def main() -> int:
         def generation() -> None:
             for clients in (1, 32):
                 rate = generation_throughput(targets["policy"], clients, args.seconds, 64)
-                print(f"generation, bf16, 64 new tokens per sample: {clients:>2} client(s) {rate:9.0f} tokens/s",
-                      flush=True)
+                print(
+                    f"generation, bf16, 64 new tokens per sample: {clients:>2} client(s) {rate:9.0f} tokens/s",
+                    flush=True,
+                )
 
         def learner() -> None:
             lora = ["--precision", "bf16-true", "--lora-r", "16", "--lora-alpha", "32", "--gradient-checkpointing"]
             for label, flags, lora_r, torchrun in (
                 ("full, bf16-mixed", ["--precision", "bf16-mixed"], None, False),
                 ("LoRA r16, bf16-true", lora, 16, False),
-                ("full, bf16-mixed, torchrun world size 1 (FSDP2; NCCL on a GPU)", ["--precision", "bf16-mixed"], None,
-                 True),
+                (
+                    "full, bf16-mixed, torchrun world size 1 (FSDP2; NCCL on a GPU)",
+                    ["--precision", "bf16-mixed"],
+                    None,
+                    True,
+                ),
                 ("LoRA r16, bf16-true, torchrun world size 1 (FSDP2; NCCL on a GPU)", lora, 16, True),
             ):
                 out = root / "runs" / label.replace(" ", "_").replace(",", "")
                 m = learner_step(paths, targets, out, args.device, flags, torchrun)
                 sent = push_bytes(paths["model"], lora_r)
                 sync = m.get("time/weight_sync", float("nan"))
-                print(f"learner PPO step, {label}: step {m['time/step']:.1f} s, "
-                      f"update {m.get('time/update', 0):.1f} s; "
-                      f"weight push {sent / 1e9:.3f} GB in {sync:.2f} s = {sent / 1e9 / sync:.2f} GB/s; "
-                      f"peak GPU memory {m.get('memory/cuda_max_allocated_gb', float('nan')):.1f} GB "
-                      f"(peak RSS {m.get('memory/peak_rss_gb', float('nan')):.1f} GB)", flush=True)
+                print(
+                    f"learner PPO step, {label}: step {m['time/step']:.1f} s, "
+                    f"update {m.get('time/update', 0):.1f} s; "
+                    f"weight push {sent / 1e9:.3f} GB in {sync:.2f} s = {sent / 1e9 / sync:.2f} GB/s; "
+                    f"peak GPU memory {m.get('memory/cuda_max_allocated_gb', float('nan')):.1f} GB "
+                    f"(peak RSS {m.get('memory/peak_rss_gb', float('nan')):.1f} GB)",
+                    flush=True,
+                )
 
         def reward() -> None:
-            size = ["--layers", "2", "--hidden", "128", "--heads", "4"] if args.small else \
-                ["--layers", "12", "--hidden", "768", "--heads", "12"]
-            done = subprocess.run([sys.executable, str(HERE / "bench_reward.py"), "--device", args.device, *size,
-                                   "--seconds", "5"], capture_output=True, text=True, timeout=420)
+            size = (
+                ["--layers", "2", "--hidden", "128", "--heads", "4"]
+                if args.small
+                else ["--layers", "12", "--hidden", "768", "--heads", "12"]
+            )
+            done = subprocess.run(
+                [sys.executable, str(HERE / "bench_reward.py"), "--device", args.device, *size, "--seconds", "5"],
+                capture_output=True,
+                text=True,
+                timeout=420,
+            )
             print(done.stdout[-3000:] if done.returncode == 0 else f"bench_reward failed:\n{done.stderr[-2000:]}")
 
         part("generation", generation)

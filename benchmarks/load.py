@@ -39,8 +39,12 @@ def make_models(root: Path) -> tuple[Path, Path]:
     from rlhf.reward.model import load_sequence_classifier
 
     lm, rm = root / "tiny", root / "rm"
-    subprocess.run([sys.executable, "-m", "rlhf", "tiny-model", "--out", str(lm)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "rlhf", "tiny-model", "--out", str(lm)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tokenizer = load_tokenizer(lm)
     load_sequence_classifier(lm, tokenizer, torch.device("cpu"), torch.float32).save_pretrained(rm)
     tokenizer.save_pretrained(rm)
@@ -114,17 +118,29 @@ def main() -> int:
         lm, rm = make_models(Path(tmp))
         for service in args.only:
             model = rm if service == "reward" else lm
-            command = ["serve", service, "--model", str(model), "--device", "cpu", "--max-queue", str(MAX_QUEUE),
-                       "--max-items-per-request", "8"]
+            command = [
+                "serve",
+                service,
+                "--model",
+                str(model),
+                "--device",
+                "cpu",
+                "--max-queue",
+                str(MAX_QUEUE),
+                "--max-items-per-request",
+                "8",
+            ]
             with ExitStack() as stack:
                 server = stack.enter_context(ServiceProcess(command, log_path=Path(tmp) / f"{service}.log"))
                 codes, latencies = drive(server.target, service, CLIENTS, args.seconds, timeout=30)
                 normal_peak = peak_rss(server.proc.pid)
                 errors = sum(n for code, n in codes.items() if code != "OK")
-                print(f"{service}: {CLIENTS} clients for {args.seconds:g} s: {sum(codes.values())} calls, "
-                      f"{errors} errors ({dict(codes)}), p50 {1000 * percentile(latencies, 50):.0f} ms, "
-                      f"p99 {1000 * percentile(latencies, 99):.0f} ms; peak RSS {normal_peak / 2**20:.0f} MiB",
-                      flush=True)
+                print(
+                    f"{service}: {CLIENTS} clients for {args.seconds:g} s: {sum(codes.values())} calls, "
+                    f"{errors} errors ({dict(codes)}), p50 {1000 * percentile(latencies, 50):.0f} ms, "
+                    f"p99 {1000 * percentile(latencies, 99):.0f} ms; peak RSS {normal_peak / 2**20:.0f} MiB",
+                    flush=True,
+                )
                 clients = OVERLOAD * CLIENTS
                 codes, latencies = drive(server.target, service, clients, args.seconds, timeout=30)
                 overload_peak = peak_rss(server.proc.pid)
@@ -132,12 +148,14 @@ def main() -> int:
                 only_ok_or_refused = set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
                 flat = growth < 0.10
                 failed |= not (only_ok_or_refused and flat)
-                print(f"{service}: {clients} clients (8x) with --max-queue {MAX_QUEUE}: {dict(codes)}; p50 of the "
-                      f"served {1000 * percentile(latencies, 50):.0f} ms, "
-                      f"p99 {1000 * percentile(latencies, 99):.0f} ms; "
-                      f"peak RSS {overload_peak / 2**20:.0f} MiB ({growth:+.1%}); only OK or RESOURCE_EXHAUSTED: "
-                      f"{'yes' if only_ok_or_refused else 'NO'}; memory flat (< +10%): {'yes' if flat else 'NO'}",
-                      flush=True)
+                print(
+                    f"{service}: {clients} clients (8x) with --max-queue {MAX_QUEUE}: {dict(codes)}; p50 of the "
+                    f"served {1000 * percentile(latencies, 50):.0f} ms, "
+                    f"p99 {1000 * percentile(latencies, 99):.0f} ms; "
+                    f"peak RSS {overload_peak / 2**20:.0f} MiB ({growth:+.1%}); only OK or RESOURCE_EXHAUSTED: "
+                    f"{'yes' if only_ok_or_refused else 'NO'}; memory flat (< +10%): {'yes' if flat else 'NO'}",
+                    flush=True,
+                )
     return 1 if failed else 0
 
 

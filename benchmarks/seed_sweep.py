@@ -27,14 +27,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = {
-    "sft": ["tests/policy/test_sft.py::test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss",
-            "tests/policy/test_cli.py::test_train_serve_and_generate_through_the_cli"],
+    "sft": [
+        "tests/policy/test_sft.py::test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss",
+        "tests/policy/test_cli.py::test_train_serve_and_generate_through_the_cli",
+    ],
     "rm": ["tests/reward/test_train.py::test_held_out_accuracy_against_the_ground_truth_rule_clears_the_bound"],
     "ppo": ["tests/learner/test_learner_acceptance.py::test_ppo_raises_reward_and_ground_truth_within_kl_bound"],
-    "lora-ppo": ["tests/learner/test_learner_acceptance.py::"
-                 "test_lora_bf16_ppo_through_the_services_raises_the_ground_truth"],
-    "lora-sft": ["tests/reward/test_lora_stages.py::"
-                 "test_lora_sft_from_a_pretrained_base_reaches_full_sfts_held_out_loss"],
+    "lora-ppo": [
+        "tests/learner/test_learner_acceptance.py::test_lora_bf16_ppo_through_the_services_raises_the_ground_truth"
+    ],
+    "lora-sft": [
+        "tests/reward/test_lora_stages.py::test_lora_sft_from_a_pretrained_base_reaches_full_sfts_held_out_loss"
+    ],
     "dpo": ["tests/policy/test_dpo.py::test_dpo_through_the_cli_raises_the_ground_truth"],
     "critic-free": ["tests/learner/test_critic_free_acceptance.py::test_critic_free_estimators_raise_the_ground_truth"],
 }
@@ -42,8 +46,10 @@ TESTS = {
 DEMO_SIZES = {"reduced": ["--data-scale", "0.5", "--steps", "30", "--eval-prompts", "32"], "full": []}
 # What the demo must show on every seed (README, "make demo"): ground truth up, KL bounded at every step.
 DEMO_BOUNDS = {"ground_truth_gain": 0.3, "reward_model_gain": 0.3, "kl_per_step_max": 5.0}
-ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-           "native": {}}
+ISA_ENV = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "native": {},
+}
 
 
 def run_tests(seed: int, ids: list[str], env: dict) -> list[dict]:
@@ -52,8 +58,13 @@ def run_tests(seed: int, ids: list[str], env: dict) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "figures.jsonl"
         env = {**env, "RLHF_TEST_SEED": str(seed), "RLHF_SWEEP_RECORD": str(record)}
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *ids],
-                                cwd=ROOT, env=env, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *ids],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         rows = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
     passed = set(re.findall(r"^PASSED (\S+)", result.stdout, flags=re.M))
     for row in rows:
@@ -62,12 +73,19 @@ def run_tests(seed: int, ids: list[str], env: dict) -> list[dict]:
         print(f"seed {seed}: {test} recorded no figures:\n{result.stdout[-3000:]}", file=sys.stderr)
         rows.append({"test": test, "seed": seed, "figures": {}, "bounds": {}, "passed": False})
     return rows
+
+
 def run_demo(seed: int, size: str, env: dict) -> dict:
     """`rlhf demo --seed seed` at `size`; its figures against DEMO_BOUNDS."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "rlhf.cli", "demo", "--workdir", tmp, "--seed", str(seed),
-                                 *DEMO_SIZES[size]], cwd=ROOT, env=env, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "rlhf.cli", "demo", "--workdir", tmp, "--seed", str(seed), *DEMO_SIZES[size]],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - start
         if result.returncode != 0:
             print(f"demo seed {seed} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}", file=sys.stderr)
@@ -78,11 +96,18 @@ def run_demo(seed: int, size: str, env: dict) -> dict:
         "ground_truth_gain": report["ppo"]["ground_truth"] - report["sft"]["ground_truth"],
         "reward_model_gain": report["ppo"]["reward"] - report["sft"]["reward"],
         "kl_per_step_max": max(m["objective/kl"] for m in metrics),
-        "ground_truth_sft": report["sft"]["ground_truth"], "ground_truth_ppo": report["ppo"]["ground_truth"],
-        "reward_model_accuracy": report["reward_model_accuracy"], "seconds": seconds,
+        "ground_truth_sft": report["sft"]["ground_truth"],
+        "ground_truth_ppo": report["ppo"]["ground_truth"],
+        "reward_model_accuracy": report["reward_model_accuracy"],
+        "seconds": seconds,
     }
-    return {"test": f"rlhf demo ({size})", "seed": seed, "figures": figures, "bounds": DEMO_BOUNDS,
-            "passed": all(margin(figures, DEMO_BOUNDS, k) >= 0 for k in DEMO_BOUNDS)}
+    return {
+        "test": f"rlhf demo ({size})",
+        "seed": seed,
+        "figures": figures,
+        "bounds": DEMO_BOUNDS,
+        "passed": all(margin(figures, DEMO_BOUNDS, k) >= 0 for k in DEMO_BOUNDS),
+    }
 
 
 def margin(figures: dict, bounds: dict, name: str) -> float:
@@ -108,17 +133,28 @@ def print_table(rows: list[dict]) -> None:
             print(f"  {r['seed']:>4}  " + "  ".join(f"{r['figures'][n]:>22.4f}" for n in names) + f"  {r['passed']}")
         for name, bound in mine[0]["bounds"].items():
             worst = min(mine, key=lambda r: margin(r["figures"], r["bounds"], name))
-            print(f"  {name}: bound {bound:g}; worst seed {worst['seed']} at {worst['figures'][name]:.4f} "
-                  f"(margin {margin(worst['figures'], worst['bounds'], name):+.4f})")
+            print(
+                f"  {name}: bound {bound:g}; worst seed {worst['seed']} at {worst['figures'][name]:.4f} "
+                f"(margin {margin(worst['figures'], worst['bounds'], name):+.4f})"
+            )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0-4)")
-    parser.add_argument("--only", nargs="+", choices=[*TESTS, "demo"], default=[*TESTS, "demo"],
-                        help="which learning runs (default: all)")
-    parser.add_argument("--isa", choices=list(ISA_ENV), default="native",
-                        help="native, or avx2: torch/MKL/oneDNN kernels of a CPU without AVX-512 (default native)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=[*TESTS, "demo"],
+        default=[*TESTS, "demo"],
+        help="which learning runs (default: all)",
+    )
+    parser.add_argument(
+        "--isa",
+        choices=list(ISA_ENV),
+        default="native",
+        help="native, or avx2: torch/MKL/oneDNN kernels of a CPU without AVX-512 (default native)",
+    )
     parser.add_argument("--demo-size", choices=list(DEMO_SIZES), default="reduced", help="default reduced")
     parser.add_argument("--json", help="also write every row to this JSONL file")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """Regenerate the gRPC stubs in services/rlhf/v1 from protos/rlhf/v1.
 
-    python scripts/gen_protos.py            # write the stubs
-    python scripts/gen_protos.py --out DIR  # write them elsewhere (the drift test)
+python scripts/gen_protos.py            # write the stubs
+python scripts/gen_protos.py --out DIR  # write them elsewhere (the drift test)
 """
 
 from __future__ import annotations

@@ -22,12 +22,21 @@ TEXT = st.one_of(st.text(max_size=40), st.just("Human: Tell me about cats.\nAssi
 def scalar(field: pb.FieldDescriptor) -> st.SearchStrategy:
     t = pb.FieldDescriptor
     kinds = {
-        t.TYPE_INT32: INT32, t.TYPE_SINT32: INT32, t.TYPE_SFIXED32: INT32,
-        t.TYPE_INT64: INT64, t.TYPE_SINT64: INT64, t.TYPE_SFIXED64: INT64,
-        t.TYPE_UINT32: UINT32, t.TYPE_FIXED32: UINT32,
-        t.TYPE_UINT64: st.integers(0, 2**64 - 1), t.TYPE_FIXED64: st.integers(0, 2**64 - 1),
-        t.TYPE_FLOAT: FLOATS, t.TYPE_DOUBLE: st.floats(allow_nan=True, allow_infinity=True),
-        t.TYPE_BOOL: st.booleans(), t.TYPE_STRING: TEXT, t.TYPE_BYTES: st.binary(max_size=64),
+        t.TYPE_INT32: INT32,
+        t.TYPE_SINT32: INT32,
+        t.TYPE_SFIXED32: INT32,
+        t.TYPE_INT64: INT64,
+        t.TYPE_SINT64: INT64,
+        t.TYPE_SFIXED64: INT64,
+        t.TYPE_UINT32: UINT32,
+        t.TYPE_FIXED32: UINT32,
+        t.TYPE_UINT64: st.integers(0, 2**64 - 1),
+        t.TYPE_FIXED64: st.integers(0, 2**64 - 1),
+        t.TYPE_FLOAT: FLOATS,
+        t.TYPE_DOUBLE: st.floats(allow_nan=True, allow_infinity=True),
+        t.TYPE_BOOL: st.booleans(),
+        t.TYPE_STRING: TEXT,
+        t.TYPE_BYTES: st.binary(max_size=64),
     }
     if field.type == t.TYPE_ENUM:
         return st.sampled_from([v.number for v in field.enum_type.values])
@@ -86,18 +95,32 @@ def mutated(draw, descriptor: pb.Descriptor) -> bytes:
     return bytes(data)
 
 
-def call(channel: grpc.Channel, service: pb.ServiceDescriptor, method: pb.MethodDescriptor, payload: bytes,
-         timeout: float = 60) -> grpc.StatusCode:
+def call(
+    channel: grpc.Channel,
+    service: pb.ServiceDescriptor,
+    method: pb.MethodDescriptor,
+    payload: bytes,
+    timeout: float = 60,
+) -> grpc.StatusCode:
     """The status code of `answer`."""
     return answer(channel, service, method, payload, timeout)[0]
 
 
-def answer(channel: grpc.Channel, service: pb.ServiceDescriptor, method: pb.MethodDescriptor, payload: bytes,
-           timeout: float = 60) -> tuple[grpc.StatusCode, str]:
+def answer(
+    channel: grpc.Channel,
+    service: pb.ServiceDescriptor,
+    method: pb.MethodDescriptor,
+    payload: bytes,
+    timeout: float = 60,
+) -> tuple[grpc.StatusCode, str]:
     """Send the request bytes with the method's own cardinality (one message for a streamed request);
     (status code, details) of the answer."""
-    kinds = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
-             (True, False): channel.stream_unary, (True, True): channel.stream_stream}
+    kinds = {
+        (False, False): channel.unary_unary,
+        (False, True): channel.unary_stream,
+        (True, False): channel.stream_unary,
+        (True, True): channel.stream_stream,
+    }
     rpc = kinds[(method.client_streaming, method.server_streaming)](f"/{service.full_name}/{method.name}")
     try:
         reply = rpc(iter([payload]) if method.client_streaming else payload, timeout=timeout)

@@ -40,7 +40,7 @@ def test_every_option_with_a_default_shows_it_in_help():
 def readme_cli_rows() -> list[tuple[list[str], set[str]]]:
     """(command words, flags) for each row of the README's CLI reference table."""
     text = README.read_text(encoding="utf-8")
-    table = text[text.index("| command | what it does |"):]
+    table = text[text.index("| command | what it does |") :]
     table = table[: table.index("\n\n")]
     rows = []
     for line in table.splitlines()[2:]:

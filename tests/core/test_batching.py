@@ -204,8 +204,9 @@ def test_exclusive_work_never_overlaps_batches_or_itself():
         batcher = DynamicBatcher(process, name="t", max_batch_size=8, max_wait_ms=20, concurrency=2)
         waiting = asyncio.ensure_future(batcher.submit([1]))  # the loop sits in its 20 ms wait
         await asyncio.sleep(0.005)
-        await asyncio.gather(batcher.run_exclusive(lambda: track("exclusive")),
-                             batcher.run_exclusive(lambda: track("exclusive")))
+        await asyncio.gather(
+            batcher.run_exclusive(lambda: track("exclusive")), batcher.run_exclusive(lambda: track("exclusive"))
+        )
         result = await waiting
         await batcher.close()
         return result

@@ -43,12 +43,19 @@ def make_services(model_dir, out_dir) -> dict:
     control.publish_weights(0, {"w": torch.zeros(4)})
     control.finish()  # a finished run: Stop and SaveCheckpoint answer at once, watchers end
     return {
-        "policy": PolicyService(PolicyServiceConfig(model=str(model_dir), device="cpu", max_wait_ms=1,
-                                                    max_items_per_request=8, weights_stream_timeout=5)),
-        "reference": ReferenceService(ReferenceServiceConfig(model=str(model_dir), device="cpu", max_wait_ms=1,
-                                                             max_items_per_request=8)),
-        "reward": RewardService(RewardServiceConfig(function="rlhf.core.synthetic:ground_truth_rewards",
-                                                    max_wait_ms=0, max_items_per_request=8)),
+        "policy": PolicyService(
+            PolicyServiceConfig(
+                model=str(model_dir), device="cpu", max_wait_ms=1, max_items_per_request=8, weights_stream_timeout=5
+            )
+        ),
+        "reference": ReferenceService(
+            ReferenceServiceConfig(model=str(model_dir), device="cpu", max_wait_ms=1, max_items_per_request=8)
+        ),
+        "reward": RewardService(
+            RewardServiceConfig(
+                function="rlhf.core.synthetic:ground_truth_rewards", max_wait_ms=0, max_items_per_request=8
+            )
+        ),
         "learner": LearnerService(control),
     }
 
@@ -65,8 +72,9 @@ def running(tiny_model_dir, tmp_path_factory):
     services = make_services(tiny_model_dir, tmp_path_factory.mktemp("learner"))
     with ExitStack() as stack:
         ports = {name: stack.enter_context(ServerThread(s, ServerOptions(port=0))) for name, s in services.items()}
-        channels = {name: stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}"))
-                    for name, port in ports.items()}
+        channels = {
+            name: stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}")) for name, port in ports.items()
+        }
         yield services, channels
 
 

@@ -38,8 +38,9 @@ def _health(channel, service=""):
 
 def _list_services(channel, metadata=()):
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                        metadata=metadata, timeout=5)
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=metadata, timeout=5
+    )
     return {s.name for r in replies for s in r.list_services_response.service}
 
 
@@ -65,8 +66,10 @@ def test_bearer_token_guards_everything_but_health(port, tmp_path):
     token_file.write_text("s3cret\n")
     service = SlowLoadingService()
     service.release.set()
-    with ServerThread(service, ServerOptions(port=port, auth_token_file=str(token_file))), \
-            grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with (
+        ServerThread(service, ServerOptions(port=port, auth_token_file=str(token_file))),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
         assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as info:
             _list_services(channel)
@@ -82,8 +85,11 @@ def test_the_health_port_answers_health_in_plaintext_and_nothing_else(port, tls_
 
     service = SlowLoadingService()
     health_port = free_port()
-    tls = {"tls_cert": str(tls_dir / "server.crt"), "tls_key": str(tls_dir / "server.key"),
-           "tls_client_ca": str(tls_dir / "ca.crt")}
+    tls = {
+        "tls_cert": str(tls_dir / "server.crt"),
+        "tls_key": str(tls_dir / "server.key"),
+        "tls_client_ca": str(tls_dir / "ca.crt"),
+    }
     server = ServerThread(service, ServerOptions(port=port, health_port=health_port, **tls))
     starter = threading.Thread(target=server.start)
     starter.start()
@@ -129,8 +135,12 @@ def test_serve_on_a_taken_port_says_so_in_one_line_with_exit_2(port, tiny_model_
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", port))
         taken.listen()
-        result = subprocess.run([*RLHF, "serve", "reference", "--model", str(tiny_model_dir), "--port", str(port),
-                                 "--device", "cpu"], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [*RLHF, "serve", "reference", "--model", str(tiny_model_dir), "--port", str(port), "--device", "cpu"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"rlhf: error: port {port} is in use"]
 
 
@@ -152,9 +162,11 @@ def test_resolve_replicas_gives_one_target_per_address(monkeypatch):
 
     # A headless Service answers with every pod's address (DNS stands in for the cluster here).
     pods = ["10.0.0.7", "10.0.0.5", "10.0.0.7"]
-    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, **kw: [
-        (socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in pods
-    ])
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, port, **kw: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in pods],
+    )
     assert resolve_replicas("policy:50052") == ["10.0.0.5:50052", "10.0.0.7:50052"]
     pods = ["10.0.0.5"]  # scaled down to one pod: still its address, not the name
     assert resolve_replicas("policy:50052") == ["10.0.0.5:50052"]
@@ -166,9 +178,11 @@ def test_resolve_replicas_counts_a_dual_stack_address_once(monkeypatch):
     from rlhf.core.client import resolve_replicas
 
     answers = [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "fd00::7")]
-    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, **kw: [
-        (family, socket.SOCK_STREAM, 6, "", (ip, port)) for family, ip in answers
-    ])
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, port, **kw: [(family, socket.SOCK_STREAM, 6, "", (ip, port)) for family, ip in answers],
+    )
     assert resolve_replicas("localhost:50052") == ["127.0.0.1:50052"]
     answers = [(socket.AF_INET6, "fd00::7"), (socket.AF_INET6, "fd00::5")]  # an IPv6-only cluster
     assert resolve_replicas("policy:50052") == ["[fd00::5]:50052", "[fd00::7]:50052"]

@@ -26,8 +26,16 @@ IDS = torch.tensor([[5, 9, 13, 2, 7, 11], [3, 3, 8, 21, 4, 6]])
 
 def tiny_llama() -> torch.nn.Module:
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
 
 
 def tiny_gpt2() -> torch.nn.Module:
@@ -42,10 +50,13 @@ def adapted(model) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
-@pytest.mark.parametrize("make, expected", [
-    (tiny_gpt2, {"c_attn", "c_proj", "c_fc"}),  # Conv1D, GPT-2's own layer type
-    (tiny_llama, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
-])
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (tiny_gpt2, {"c_attn", "c_proj", "c_fc"}),  # Conv1D, GPT-2's own layer type
+        (tiny_llama, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    ],
+)
 def test_default_targets_are_every_attention_and_mlp_projection_found_by_type(make, expected):
     model = prepare_model(make(), LORA, "causal-lm")
     assert adapted(model) == expected  # and not the output head
@@ -137,8 +148,11 @@ def test_bf16_mixed_loss_and_gradient_match_fp32_on_a_fixed_batch(tiny_model_dir
 
 
 def test_bf16_true_casts_weights_and_gradient_checkpointing_turns_on(tiny_model_dir):
-    model = prepare_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                          TrainingOptions(precision="bf16-true", gradient_checkpointing=True), "causal-lm")
+    model = prepare_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        TrainingOptions(precision="bf16-true", gradient_checkpointing=True),
+        "causal-lm",
+    )
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.is_activation_checkpointing
 

@@ -27,7 +27,12 @@ def _demo(workdir, *extra, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RLHF_LOG_FORMAT": "text"}
     return subprocess.Popen(
         [sys.executable, "-m", "rlhf.cli", "demo", "--workdir", str(workdir), *SMALL, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_interruptible, **kwargs,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        preexec_fn=_interruptible,
+        **kwargs,
     )
 
 

@@ -18,8 +18,15 @@ def test_ema_is_debiased_and_keeps_gaps():
 
 
 def test_legends_sit_outside_the_data_and_raw_curves_are_faint():
-    rows = [{"step": s, "objective/reward": s / 10, "objective/ground_truth": s / 20,
-             "objective/kl": 10.0 if s == 2 else 0.5} for s in range(1, 31)]  # a late high reward, a step-2 spike
+    rows = [
+        {
+            "step": s,
+            "objective/reward": s / 10,
+            "objective/ground_truth": s / 20,
+            "objective/kl": 10.0 if s == 2 else 0.5,
+        }
+        for s in range(1, 31)
+    ]  # a late high reward, a step-2 spike
     fig = draw_training(rows)
     fig.canvas.draw()
     for ax in fig.axes:

@@ -164,10 +164,24 @@ def test_scores_through_a_port_forward(deployed):
 
 
 def test_a_short_ppo_job_of_two_learner_pods_runs_to_completion_with_logs_and_a_checkpoint(
-        deployed, kubeconfig, kubectl):
+    deployed, kubeconfig, kubectl
+):
     out = "/data/runs/e2e-short"
-    rlhf_k8s(kubeconfig, "submit", "ppo", "--overlay", "kind", "--name", "ppo-short", "--out", out,
-             "--steps", "4", "--save-every", "2")
+    rlhf_k8s(
+        kubeconfig,
+        "submit",
+        "ppo",
+        "--overlay",
+        "kind",
+        "--name",
+        "ppo-short",
+        "--out",
+        out,
+        "--steps",
+        "4",
+        "--save-every",
+        "2",
+    )
     job = deployed.batch.read_namespaced_job(name="ppo-short", namespace=NAMESPACE)
     assert job.spec.completion_mode == "Indexed" and job.spec.completions == 2  # the kind overlay's two pods
     assert wait_for_job(deployed, "ppo-short", timeout=900) == "Complete"
@@ -184,8 +198,20 @@ def test_a_short_ppo_job_of_two_learner_pods_runs_to_completion_with_logs_and_a_
 def test_deleting_the_job_checkpoints_and_creating_it_again_resumes(deployed, kubeconfig, kubectl):
     out, steps = "/data/runs/e2e-resume", 30
     # No periodic checkpoints: the only one can come from the SIGTERM that deleting the Job sends.
-    submit = ("submit", "ppo", "--overlay", "kind", "--name", "ppo-resume", "--out", out,
-              "--steps", str(steps), "--save-every", "1000")
+    submit = (
+        "submit",
+        "ppo",
+        "--overlay",
+        "kind",
+        "--name",
+        "ppo-resume",
+        "--out",
+        out,
+        "--steps",
+        str(steps),
+        "--save-every",
+        "1000",
+    )
     rlhf_k8s(kubeconfig, *submit)
     deadline = time.monotonic() + 900
     while learner_step(deployed) < 3:

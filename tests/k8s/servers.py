@@ -20,8 +20,14 @@ from rlhf.v1 import learner_pb2, learner_pb2_grpc
 
 
 def status_body(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason,
-            "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def matches(selector: str, item: dict) -> bool:
@@ -45,8 +51,14 @@ class FakeApiServer:
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                outer.requests.append({"method": self.command, "path": url.path, "query": parse_qs(url.query),
-                                       "body": json.loads(raw) if raw else None})
+                outer.requests.append(
+                    {
+                        "method": self.command,
+                        "path": url.path,
+                        "query": parse_qs(url.query),
+                        "body": json.loads(raw) if raw else None,
+                    }
+                )
                 status, body = outer.routes.get(
                     (self.command, url.path), (404, status_body(404, "NotFound", f"{url.path} not found"))
                 )
@@ -79,12 +91,18 @@ class FakeApiServer:
 
 def write_kubeconfig(directory: Path, server: str) -> Path:
     path = directory / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": server}}],
-        "users": [{"name": "test", "user": {"token": "kube-token"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": server}}],
+                "users": [{"name": "test", "user": {"token": "kube-token"}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            }
+        )
+    )
     return path
 
 

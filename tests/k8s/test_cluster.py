@@ -55,12 +55,21 @@ def job(name: str, stage: str, labels: dict | None = None, **status) -> dict:
 
 def pod(name: str, phase: str, labels: dict, ready: bool = True, restarts: int = 0) -> dict:
     return {
-        "metadata": {"name": name, "namespace": "rlhf", "labels": labels,
-                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "metadata": {"name": name, "namespace": "rlhf", "labels": labels, "creationTimestamp": "2026-01-01T00:00:00Z"},
         "spec": {"containers": [{"name": "main", "image": "rlhf:dev"}]},
-        "status": {"phase": phase, "containerStatuses": [
-            {"name": "main", "image": "rlhf:dev", "imageID": "", "ready": ready, "restartCount": restarts,
-             "state": {"running": {}} if phase == "Running" else {"waiting": {"reason": "ContainerCreating"}}}]},
+        "status": {
+            "phase": phase,
+            "containerStatuses": [
+                {
+                    "name": "main",
+                    "image": "rlhf:dev",
+                    "imageID": "",
+                    "ready": ready,
+                    "restartCount": restarts,
+                    "state": {"running": {}} if phase == "Running" else {"waiting": {"reason": "ContainerCreating"}},
+                }
+            ],
+        },
     }
 
 
@@ -97,8 +106,10 @@ def test_a_forbidden_call_is_one_line_and_says_what_was_refused(api, rlhf_k8s):
 
 @needs_kubectl
 def test_submit_posts_the_built_job(api, rlhf_k8s):
-    api.routes[("POST", JOBS)] = (201, {"apiVersion": "batch/v1", "kind": "Job",
-                                        "metadata": {"name": "ppo-x", "namespace": "rlhf"}})
+    api.routes[("POST", JOBS)] = (
+        201,
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "ppo-x", "namespace": "rlhf"}},
+    )
     code, out, _ = rlhf_k8s("submit", "ppo", "--steps", "9", "--name", "ppo-x")
     assert code == 0 and "job/ppo-x created in namespace rlhf" in out
     posted = [r for r in api.requests if r["method"] == "POST"]
@@ -137,20 +148,40 @@ def test_deleting_a_missing_job_is_one_line(api, rlhf_k8s):
 
 
 def test_status_shows_jobs_pods_and_the_learner_step(api, rlhf_k8s):
-    api.routes[("GET", JOBS)] = (200, {"kind": "JobList", "apiVersion": "batch/v1", "items": [
-        job("sft", "sft", succeeded=1, conditions=[{"type": "Complete", "status": "True"}]),
-        job("ppo", "ppo", active=1),
-        job("other", "ppo", active=1, labels={}),
-    ]})
-    api.routes[("GET", f"{NS}/pods")] = (200, {"kind": "PodList", "apiVersion": "v1", "items": [
-        pod("policy-1", "Running", {**PART_OF, "app.kubernetes.io/name": "policy"}, restarts=2),
-        pod("ppo-abc", "Pending", {**PART_OF, "app.kubernetes.io/name": "learner"}, ready=False),
-        pod("elsewhere", "Running", {"app.kubernetes.io/name": "learner"}),  # not ours: not listed
-    ]})
+    api.routes[("GET", JOBS)] = (
+        200,
+        {
+            "kind": "JobList",
+            "apiVersion": "batch/v1",
+            "items": [
+                job("sft", "sft", succeeded=1, conditions=[{"type": "Complete", "status": "True"}]),
+                job("ppo", "ppo", active=1),
+                job("other", "ppo", active=1, labels={}),
+            ],
+        },
+    )
+    api.routes[("GET", f"{NS}/pods")] = (
+        200,
+        {
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "items": [
+                pod("policy-1", "Running", {**PART_OF, "app.kubernetes.io/name": "policy"}, restarts=2),
+                pod("ppo-abc", "Pending", {**PART_OF, "app.kubernetes.io/name": "learner"}, ready=False),
+                pod("elsewhere", "Running", {"app.kubernetes.io/name": "learner"}),  # not ours: not listed
+            ],
+        },
+    )
     token = "s3cret"
-    api.routes[("GET", f"{NS}/secrets/rlhf-auth")] = (200, {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rlhf-auth"},
-        "data": {"token": base64.b64encode(token.encode()).decode()}})
+    api.routes[("GET", f"{NS}/secrets/rlhf-auth")] = (
+        200,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "rlhf-auth"},
+            "data": {"token": base64.b64encode(token.encode()).decode()},
+        },
+    )
 
     code, out, _ = rlhf_k8s("status")
     assert code == 0
@@ -178,12 +209,26 @@ def test_status_shows_jobs_pods_and_the_learner_step(api, rlhf_k8s):
 
 def test_logs_prints_the_newest_pod_of_the_job_and_follows(api, rlhf_k8s):
     OF_PPO = {"batch.kubernetes.io/job-name": "ppo"}
-    api.routes[("GET", f"{NS}/pods")] = (200, {"kind": "PodList", "apiVersion": "v1", "items": [
-        {**pod("ppo-new", "Running", {}), "metadata": {"name": "ppo-new", "namespace": "rlhf", "labels": OF_PPO,
-                                                       "creationTimestamp": "2026-01-02T00:00:00Z"}},
-        pod("ppo-old", "Failed", OF_PPO),
-        pod("sft-newer", "Running", {"batch.kubernetes.io/job-name": "sft"}),
-    ]})
+    api.routes[("GET", f"{NS}/pods")] = (
+        200,
+        {
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "items": [
+                {
+                    **pod("ppo-new", "Running", {}),
+                    "metadata": {
+                        "name": "ppo-new",
+                        "namespace": "rlhf",
+                        "labels": OF_PPO,
+                        "creationTimestamp": "2026-01-02T00:00:00Z",
+                    },
+                },
+                pod("ppo-old", "Failed", OF_PPO),
+                pod("sft-newer", "Running", {"batch.kubernetes.io/job-name": "sft"}),
+            ],
+        },
+    )
     api.routes[("GET", f"{NS}/pods/ppo-new/log")] = (200, '{"msg": "step 1"}\n{"msg": "step 2"}\n')
     code, out, _ = rlhf_k8s("logs", "ppo", "--tail", "5")
     assert code == 0 and out.splitlines() == ['{"msg": "step 1"}', '{"msg": "step 2"}']
@@ -196,12 +241,19 @@ def test_logs_prints_the_newest_pod_of_the_job_and_follows(api, rlhf_k8s):
 
 def test_logs_of_a_learner_of_several_pods_are_rank_0s(api, rlhf_k8s):
     """Pod 0 holds rank 0, which logs the run; the other pods may be newer."""
+
     def learner_pod(name: str, index: str) -> dict:
         labels = {"batch.kubernetes.io/job-name": "ppo", "batch.kubernetes.io/job-completion-index": index}
         return pod(name, "Running", labels)
 
-    api.routes[("GET", f"{NS}/pods")] = (200, {"kind": "PodList", "apiVersion": "v1", "items": [
-        learner_pod("ppo-0-abc", "0"), learner_pod("ppo-1-def", "1")]})
+    api.routes[("GET", f"{NS}/pods")] = (
+        200,
+        {
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "items": [learner_pod("ppo-0-abc", "0"), learner_pod("ppo-1-def", "1")],
+        },
+    )
     api.routes[("GET", f"{NS}/pods/ppo-0-abc/log")] = (200, '{"msg": "step 1"}\n')
     code, out, _ = rlhf_k8s("logs", "ppo")
     assert code == 0 and out.splitlines() == ['{"msg": "step 1"}']

@@ -28,8 +28,9 @@ MULTI_POD = {  # name: how it is made
     "kind overlay (2 x 1)": lambda: of_kind(rendered("kind/jobs"), "Job")["ppo"],
     "gpu, 2 x 4": lambda: submitted(["ppo", "--overlay", "gpu", "--nodes", "2", "--gpus-per-node", "4"]),
     "kind, 3 x 2, renamed": lambda: submitted(["ppo", "--nodes", "3", "--gpus-per-node", "2", "--name", "ppo-b"]),
-    "gpu with mtls, 2 x 8": lambda: submitted(["ppo", "--overlay", "gpu", "--component", "mtls", "--nodes", "2",
-                                               "--gpus-per-node", "8"]),
+    "gpu with mtls, 2 x 8": lambda: submitted(
+        ["ppo", "--overlay", "gpu", "--component", "mtls", "--nodes", "2", "--gpus-per-node", "8"]
+    ),
 }
 
 

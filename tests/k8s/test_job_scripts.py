@@ -71,7 +71,10 @@ def run_container(container: dict, fake_bin: Path, **env: str) -> subprocess.Com
     return subprocess.run(
         container["command"] + container.get("args", []),
         env={"PATH": f"{fake_bin}:{os.environ['PATH']}", **env},
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 
@@ -113,8 +116,12 @@ def test_each_learner_pod_waits_for_the_rendezvous_host_to_resolve(fake_bin, tmp
     assert never.stdout == ""  # the learner never started
 
     lookups.unlink()
-    one_pod = dict(container, args=merge_args(container["args"], dict.fromkeys(
-        ["nnodes", "nproc-per-node", "rdzv-endpoint", "rdzv-id"], False)))
+    one_pod = dict(
+        container,
+        args=merge_args(
+            container["args"], dict.fromkeys(["nnodes", "nproc-per-node", "rdzv-endpoint", "rdzv-id"], False)
+        ),
+    )
     assert run_container(one_pod, fake_bin, LOOKUPS=str(lookups)).returncode == 0
     assert not lookups.exists()  # the plain learner looks nothing up
 
@@ -135,7 +142,10 @@ def test_the_setup_job_publishes_whole_dirs_and_a_retry_skips_what_is_done(fake_
     assert (data / "models" / "sft" / "config.json").exists()
     assert not (data / "models" / "rm").exists()  # nothing half-made where a server would look
     assert [line.split(" --out ")[0].split()[:3] for line in calls.read_text().splitlines()] == [
-        ["data", "synth"], ["tiny-model"], ["train", "sft", "--model"], ["train", "rm", "--model"],
+        ["data", "synth"],
+        ["tiny-model"],
+        ["train", "sft", "--model"],
+        ["train", "rm", "--model"],
     ]
 
     calls.unlink()

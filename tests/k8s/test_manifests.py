@@ -163,8 +163,10 @@ def test_config_and_secrets_referenced_by_pods_exist():
         wanted = set()
         for workload in workloads(docs):
             for volume in pod_spec(workload).get("volumes", []):
-                wanted |= {volume.get("secret", {}).get("secretName"),
-                           volume.get("persistentVolumeClaim", {}).get("claimName")}
+                wanted |= {
+                    volume.get("secret", {}).get("secretName"),
+                    volume.get("persistentVolumeClaim", {}).get("claimName"),
+                }
             for container in all_containers(workload):
                 wanted |= {e["configMapRef"]["name"] for e in container.get("envFrom", [])}
         wanted.discard(None)
@@ -217,10 +219,14 @@ def test_every_grpc_hop_uses_the_token_from_the_auth_secret(overlay):
     deployments, jobs = of_kind(docs, "Deployment"), of_kind(docs, "Job")
     # (workload, flag): servers check the token; the learner checks it and sends it; policy sends it to the learner
     hops = [(deployments[n], "--auth-token-file") for n in SERVERS] + [
-        (jobs["ppo"], "--auth-token-file"), (deployments["policy"], "--learner-auth-token-file")]
+        (jobs["ppo"], "--auth-token-file"),
+        (deployments["policy"], "--learner-auth-token-file"),
+    ]
     for workload, flag in hops:
         path = next(a.split("=", 1)[1] for a in main_container(workload)["args"] if a.startswith(f"{flag}="))
         mounts = {m["name"]: m["mountPath"] for m in main_container(workload)["volumeMounts"]}
         secrets = {v["name"]: v["secret"]["secretName"] for v in pod_spec(workload)["volumes"] if "secret" in v}
         assert any(secrets.get(name) == "rlhf-auth" and path == f"{mount}/token" for name, mount in mounts.items()), (
-            workload["metadata"]["name"], flag)
+            workload["metadata"]["name"],
+            flag,
+        )

@@ -18,9 +18,13 @@ MOUNT = "/var/run/secrets/rlhf-tls"
 SERVERS = {"policy": 50052, "reward": 50051, "reference": 50053}
 # what each process reads (rlhf.core.server / rlhf.core.client / the learner's --service-tls-*)
 TLS_ENV = {
-    "RLHF_TLS_CERT": f"{MOUNT}/tls.crt", "RLHF_TLS_KEY": f"{MOUNT}/tls.key", "RLHF_TLS_CLIENT_CA": f"{MOUNT}/ca.crt",
-    "RLHF_TLS_CA": f"{MOUNT}/ca.crt", "RLHF_TLS_CLIENT_CERT": f"{MOUNT}/tls.crt",
-    "RLHF_TLS_CLIENT_KEY": f"{MOUNT}/tls.key", "RLHF_HEALTH_PORT": str(HEALTH_PORT),
+    "RLHF_TLS_CERT": f"{MOUNT}/tls.crt",
+    "RLHF_TLS_KEY": f"{MOUNT}/tls.key",
+    "RLHF_TLS_CLIENT_CA": f"{MOUNT}/ca.crt",
+    "RLHF_TLS_CA": f"{MOUNT}/ca.crt",
+    "RLHF_TLS_CLIENT_CERT": f"{MOUNT}/tls.crt",
+    "RLHF_TLS_CLIENT_KEY": f"{MOUNT}/tls.key",
+    "RLHF_HEALTH_PORT": str(HEALTH_PORT),
 }
 
 
@@ -31,8 +35,11 @@ def workloads(overlay: str) -> dict[str, dict]:
 
 
 def certificates(overlay: str) -> dict[str, dict]:
-    return {d["spec"]["secretName"]: d for d in rendered(overlay, WITH_CERT_MANAGER)
-            if d["apiVersion"] == "cert-manager.io/v1" and d["kind"] == "Certificate"}
+    return {
+        d["spec"]["secretName"]: d
+        for d in rendered(overlay, WITH_CERT_MANAGER)
+        if d["apiVersion"] == "cert-manager.io/v1" and d["kind"] == "Certificate"
+    }
 
 
 @pytest.mark.parametrize("overlay", ["kind", "gpu"])
@@ -81,8 +88,7 @@ def test_each_certificate_names_the_service_its_clients_dial(overlay):
     certs = certificates(overlay)
     docs = rendered(overlay, WITH_CERT_MANAGER)
     learner_args = main_container(workloads(overlay)["learner"])["args"]
-    dialed = {name: next(a.split("=", 1)[1] for a in learner_args if a.startswith(f"--{name}="))
-              for name in SERVERS}
+    dialed = {name: next(a.split("=", 1)[1] for a in learner_args if a.startswith(f"--{name}=")) for name in SERVERS}
     dialed["learner"] = next(iter(of_kind(docs, "ConfigMap").values()))["data"]["LEARNER_ADDRESS"]  # policy -> learner
     for name, target in dialed.items():
         host = target.rsplit(":", 1)[0]
@@ -109,7 +115,9 @@ def test_the_network_policies_still_allow_exactly_the_designed_links_and_no_pod_
     pods = cluster_pods(overlay)
     got = {
         (s, t, port)
-        for s in pods for t in pods for port in [*PORTS, HEALTH_PORT]
+        for s in pods
+        for t in pods
+        for port in [*PORTS, HEALTH_PORT]
         if s != t and not (s in OUTSIDE and t in OUTSIDE) and allowed(policies, pods[s], pods[t], port)
     }
     assert got == EXPECTED

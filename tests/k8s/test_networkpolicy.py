@@ -51,7 +51,8 @@ def port_matches(rule: dict, port: int, protocol: str) -> bool:
 def allowed_one_way(policies, subject: Pod, peer: Pod, port: int, protocol: str, direction: str) -> bool:
     """Whether `subject`'s policies let traffic in from (Ingress) or out to (Egress) `peer`."""
     applying = [
-        p for p in policies
+        p
+        for p in policies
         if p["metadata"]["namespace"] == subject.namespace
         and selects(p["spec"]["podSelector"], labels_of(subject))
         and direction in p["spec"]["policyTypes"]
@@ -81,8 +82,9 @@ def cluster_pods(overlay: str) -> dict[str, Pod]:
     for doc in list(rendered(overlay)) + list(rendered(f"{overlay}/jobs")):
         if doc["kind"] in ("Deployment", "Job"):
             labels = doc["spec"]["template"]["metadata"]["labels"]
-            pods[doc["metadata"]["name"]] = Pod(doc["metadata"]["name"], doc["metadata"]["namespace"],
-                                                tuple(sorted(labels.items())))
+            pods[doc["metadata"]["name"]] = Pod(
+                doc["metadata"]["name"], doc["metadata"]["namespace"], tuple(sorted(labels.items()))
+            )
     outside = {
         "kube-dns": ("kube-system", {"k8s-app": "kube-dns"}),
         "prometheus": ("monitoring", {"app": "prometheus"}),
@@ -96,10 +98,14 @@ def cluster_pods(overlay: str) -> dict[str, Pod]:
 
 
 EXPECTED = {
-    ("ppo", "policy", 50052), ("ppo", "reward", 50051), ("ppo", "reference", 50053),
+    ("ppo", "policy", 50052),
+    ("ppo", "reward", 50051),
+    ("ppo", "reference", 50053),
     ("policy", "ppo", 50054),  # replicas pull the current weights at start
     ("evaluator", "reward", 50051),
-    ("prometheus", "policy", 9090), ("prometheus", "reward", 9090), ("prometheus", "reference", 9090),
+    ("prometheus", "policy", 9090),
+    ("prometheus", "reward", 9090),
+    ("prometheus", "reference", 9090),
 }
 PORTS = [50051, 50052, 50053, 50054, 9090]
 OUTSIDE = {"kube-dns", "prometheus", "evaluator", "stranger"}
@@ -112,7 +118,9 @@ def test_only_the_designed_connections_are_allowed(overlay):
     assert {"policy", "reward", "reference", "ppo", "sft", "rm"} <= set(pods)
     got = {
         (s, t, port)
-        for s in pods for t in pods for port in PORTS
+        for s in pods
+        for t in pods
+        for port in PORTS
         if s != t and not (s in OUTSIDE and t in OUTSIDE) and allowed(policies, pods[s], pods[t], port)
     }
     assert got == EXPECTED
@@ -134,15 +142,25 @@ def test_the_evaluator_checks_what_it_claims():
     """Known answers on hand-made policies, so the test above can fail."""
     a, b = Pod("a", "ns", (("app", "a"),)), Pod("b", "ns", (("app", "b"),))
     deny = {"metadata": {"namespace": "ns"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
-    open_b = {"metadata": {"namespace": "ns"}, "spec": {
-        "podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"],
-        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"port": 80}]}]}}
+    open_b = {
+        "metadata": {"namespace": "ns"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "b"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"port": 80}]}],
+        },
+    }
     assert allowed([], a, b, 80)
     assert not allowed([deny], a, b, 80)
     assert allowed([deny, open_b], a, b, 80)
     assert not allowed([deny, open_b], a, b, 81)
     assert not allowed([deny, open_b], b, a, 80)
-    any_port = {"metadata": {"namespace": "ns"}, "spec": {
-        "podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"],
-        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"protocol": "TCP"}]}]}}
+    any_port = {
+        "metadata": {"namespace": "ns"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "b"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"protocol": "TCP"}]}],
+        },
+    }
     assert allowed([deny, any_port], a, b, 81) and not allowed([deny, any_port], a, b, 81, "UDP")

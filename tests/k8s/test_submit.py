@@ -20,8 +20,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     """Parse with only the k8s commands registered, as `rlhf` would."""
     parser = argparse.ArgumentParser(prog="rlhf")
     top = parser.add_subparsers(dest="command", required=True)
-    k8s_cli.register(Commands(top=top, train=top.add_parser("train").add_subparsers(),
-                              serve=top.add_parser("serve").add_subparsers()))
+    k8s_cli.register(
+        Commands(
+            top=top, train=top.add_parser("train").add_subparsers(), serve=top.add_parser("serve").add_subparsers()
+        )
+    )
     return parser.parse_args(argv)
 
 
@@ -52,17 +55,35 @@ def test_submitted_jobs_validate_strictly_and_equal_the_overlay_job_without_flag
 
 
 def test_flags_become_the_job_args_and_name_namespace_image_are_set():
-    job = submitted(["ppo", "--overlay", "gpu", "--steps", "7", "--kl-coef", "0.2", "--out", "/data/runs/b",
-                     "--name", "ppo-b", "--namespace", "team", "--image", "reg.example/rlhf:cuda-1",
-                     "--", "--max-staleness", "1"])
+    job = submitted(
+        [
+            "ppo",
+            "--overlay",
+            "gpu",
+            "--steps",
+            "7",
+            "--kl-coef",
+            "0.2",
+            "--out",
+            "/data/runs/b",
+            "--name",
+            "ppo-b",
+            "--namespace",
+            "team",
+            "--image",
+            "reg.example/rlhf:cuda-1",
+            "--",
+            "--max-staleness",
+            "1",
+        ]
+    )
     validate_strict(job)
     container = main_container(job)
     template_args = main_container(of_kind(rendered("gpu/jobs"), "Job")["ppo"])["args"]
     replaced = {"--out=/data/runs/ppo": "--out=/data/runs/b", "--steps=1000": "--steps=7"}
     assert set(replaced) <= set(template_args)
     # replaced in place, new flags after the overlay's, unparsed extras last
-    assert container["args"] == [replaced.get(a, a) for a in template_args] + [
-        "--kl-coef=0.2", "--max-staleness", "1"]
+    assert container["args"] == [replaced.get(a, a) for a in template_args] + ["--kl-coef=0.2", "--max-staleness", "1"]
     assert container["image"] == "reg.example/rlhf:cuda-1"
     assert job["metadata"]["name"] == "ppo-b" and job["metadata"]["namespace"] == "team"
     # the resume wrapper and the GPU settings come along unchanged
@@ -103,7 +124,8 @@ def test_a_component_reaches_the_submitted_job_and_the_rendered_overlay(capsys, 
     template = of_kind(rendered(f"{overlay}/jobs", ("mtls",)), "Job")["ppo"]
     assert main_container(job)["env"] == main_container(template)["env"]
     assert {"RLHF_TLS_CERT", "RLHF_TLS_CLIENT_CA", "RLHF_TLS_CA", "RLHF_HEALTH_PORT"} <= {
-        e["name"] for e in main_container(job)["env"]}
+        e["name"] for e in main_container(job)["env"]
+    }
     assert "--steps=7" in main_container(job)["args"]
     assert main(["k8s", "render", "--overlay", overlay, "--component", "mtls", "--component", "mtls/cert-manager"]) == 0
     kinds = {d["kind"] for d in manifests.load_documents(capsys.readouterr().out)}

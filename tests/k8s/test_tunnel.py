@@ -16,8 +16,9 @@ from rlhf.k8s.cluster import connect
 from rlhf.v1 import learner_pb2
 from tests.k8s.servers import FakeApiServer, FakeLearner, start_learner
 
-STATUS = learner_pb2.LearnerStatus(step=12, total_steps=20, phase="generate", weights_version=12,
-                                   metrics={"env/reward_mean": 0.5})
+STATUS = learner_pb2.LearnerStatus(
+    step=12, total_steps=20, phase="generate", weights_version=12, metrics={"env/reward_mean": 0.5}
+)
 
 
 @pytest.fixture
@@ -59,11 +60,25 @@ def test_status_reaches_the_running_learner_pod_through_a_port_forward(learner, 
     open_stream, _ = learner
     api = FakeApiServer()
     labels = {"app.kubernetes.io/part-of": "rlhf", "app.kubernetes.io/name": "learner"}
-    api.routes[("GET", "/api/v1/namespaces/rlhf/pods")] = (200, {"kind": "PodList", "apiVersion": "v1", "items": [
-        {"metadata": {"name": name, "namespace": "rlhf",
-                      "labels": {**labels, "batch.kubernetes.io/job-completion-index": index}},
-         "spec": {"containers": [{"name": "learner"}]}, "status": {"phase": "Running"}}
-        for name, index in (("ppo-0-xyz", "0"), ("ppo-1-abc", "1"))]})
+    api.routes[("GET", "/api/v1/namespaces/rlhf/pods")] = (
+        200,
+        {
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "items": [
+                {
+                    "metadata": {
+                        "name": name,
+                        "namespace": "rlhf",
+                        "labels": {**labels, "batch.kubernetes.io/job-completion-index": index},
+                    },
+                    "spec": {"containers": [{"name": "learner"}]},
+                    "status": {"phase": "Running"},
+                }
+                for name, index in (("ppo-0-xyz", "0"), ("ppo-1-abc", "1"))
+            ],
+        },
+    )
     forwarded = []
 
     def fake_opener(core_api, pod, namespace, port):

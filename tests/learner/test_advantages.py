@@ -108,8 +108,9 @@ def test_loss_aggregations():
     assert ppo.aggregate_loss(per_token, mask, "seq-mean-token-sum").item() == pytest.approx(7.5)
     # an empty response (all padding) is not a sequence to average over
     padded = torch.cat([mask, torch.zeros(1, 3)])
-    assert ppo.aggregate_loss(torch.cat([per_token, torch.ones(1, 3)]), padded, "seq-mean-token-mean").item() \
-        == pytest.approx(2.75)
+    assert ppo.aggregate_loss(
+        torch.cat([per_token, torch.ones(1, 3)]), padded, "seq-mean-token-mean"
+    ).item() == pytest.approx(2.75)
     with pytest.raises(ValueError, match="unknown loss aggregation"):
         ppo.aggregate_loss(per_token, mask, "sum")
 

@@ -19,8 +19,22 @@ pytestmark = pytest.mark.slow
 # to +0.89 and the largest per-step KL 8.7 nats (REINFORCE++, KL in the reward); the bounds sit well inside.
 TRUTH_GAIN, KL_BOUND = 0.2, 15.0
 STEPS, SAMPLES, GROUP = 30, 32, 8
-RECIPE = ["--ppo-epochs", "1", "--num-minibatches", "2", "--lr", "1e-3", "--kl-coef", "0.3", "--min-new-tokens", "4",
-          "--max-new-tokens", "12", "--save-every", "10"]
+RECIPE = [
+    "--ppo-epochs",
+    "1",
+    "--num-minibatches",
+    "2",
+    "--lr",
+    "1e-3",
+    "--kl-coef",
+    "0.3",
+    "--min-new-tokens",
+    "4",
+    "--max-new-tokens",
+    "12",
+    "--save-every",
+    "10",
+]
 KL_IN_LOSS = ["--kl-in", "loss", "--kl-estimator", "k3"]
 
 
@@ -30,15 +44,27 @@ def held_out_prompts(synth_dir) -> list[str]:
 
 def run_critic_free(run: Run, estimator: str, seed: int, *extra: str) -> None:
     group = GROUP if estimator != "reinforce++" else 1
-    run.start_learner("--advantage-estimator", estimator, "--samples-per-prompt", str(group),
-                      "--batch-size", str(SAMPLES // group), "--steps", str(STEPS), "--seed", str(seed),
-                      *RECIPE, *extra)
+    run.start_learner(
+        "--advantage-estimator",
+        estimator,
+        "--samples-per-prompt",
+        str(group),
+        "--batch-size",
+        str(SAMPLES // group),
+        "--steps",
+        str(STEPS),
+        "--seed",
+        str(seed),
+        *RECIPE,
+        *extra,
+    )
     run.wait_learner()
 
 
 @pytest.mark.parametrize(("estimator", "extra"), [("grpo", KL_IN_LOSS), ("rloo", []), ("reinforce++", [])])
-def test_critic_free_estimators_raise_the_ground_truth(trained, synth_dir, tmp_path, seed, record_figures,
-                                                       estimator, extra):
+def test_critic_free_estimators_raise_the_ground_truth(
+    trained, synth_dir, tmp_path, seed, record_figures, estimator, extra
+):
     held_out = held_out_prompts(synth_dir)
     with ExitStack() as stack:
         run = Run(stack, trained, tmp_path / "run", replicas=2)
@@ -62,8 +88,9 @@ def test_grpo_on_a_reward_function_served_in_place_of_a_model(trained, synth_dir
     """The verifiable reward: the synthetic task's hidden rule itself, as `--function`."""
     held_out = held_out_prompts(synth_dir)
     with ExitStack() as stack:
-        run = Run(stack, trained, tmp_path / "run", replicas=1,
-                  reward_function="rlhf.core.synthetic:ground_truth_rewards")
+        run = Run(
+            stack, trained, tmp_path / "run", replicas=1, reward_function="rlhf.core.synthetic:ground_truth_rewards"
+        )
         policy = stack.enter_context(PolicyClient(run.policies[0].target))
         reward = stack.enter_context(RewardClient(run.reward.target))
         assert reward.model_info().model_name == "function:rlhf.core.synthetic:ground_truth_rewards"

@@ -38,8 +38,9 @@ def replicas(tiny_model_dir):
 
 @pytest.fixture
 def services(replicas, tiny_model_dir):
-    return Services(replicas, CallableReward(ground_truth_score), LocalReference(tiny_model_dir, device="cpu"),
-                    timeout=5.0)
+    return Services(
+        replicas, CallableReward(ground_truth_score), LocalReference(tiny_model_dir, device="cpu"), timeout=5.0
+    )
 
 
 def read_jsonl(path):
@@ -47,13 +48,21 @@ def read_jsonl(path):
 
 
 def critic_free(tiny_model_dir, synth_dir, out, estimator="grpo", **overrides):
-    settings = dict(advantage_estimator=estimator, samples_per_prompt=4, batch_size=4, num_minibatches=2,
-                    steps=2, ptx_data=None, anneal_lr=False)
+    settings = dict(
+        advantage_estimator=estimator,
+        samples_per_prompt=4,
+        batch_size=4,
+        num_minibatches=2,
+        steps=2,
+        ptx_data=None,
+        anneal_lr=False,
+    )
     return make_config(tiny_model_dir, synth_dir, out, **{**settings, **overrides})
 
 
-def test_grpo_samples_groups_on_one_replica_and_builds_no_value_model(tiny_model_dir, synth_dir, tmp_path,
-                                                                     services, replicas):
+def test_grpo_samples_groups_on_one_replica_and_builds_no_value_model(
+    tiny_model_dir, synth_dir, tmp_path, services, replicas
+):
     out = tmp_path / "grpo"
     state = train(critic_free(tiny_model_dir, synth_dir, out), services)
     assert state.value is None
@@ -77,8 +86,9 @@ def test_grpo_samples_groups_on_one_replica_and_builds_no_value_model(tiny_model
         assert not set(shares[0][0]) & set(shares[1][0])
 
 
-def test_same_seed_same_groups_and_resume_needs_the_same_kind_of_estimator(tiny_model_dir, synth_dir, tmp_path,
-                                                                             services):
+def test_same_seed_same_groups_and_resume_needs_the_same_kind_of_estimator(
+    tiny_model_dir, synth_dir, tmp_path, services
+):
     first, second = tmp_path / "a", tmp_path / "b"
     train(critic_free(tiny_model_dir, synth_dir, first, "rloo"), services)
     train(critic_free(tiny_model_dir, synth_dir, second, "rloo", steps=1), services)
@@ -94,9 +104,18 @@ def test_same_seed_same_groups_and_resume_needs_the_same_kind_of_estimator(tiny_
 
 @pytest.mark.parametrize("estimator", ["rloo", "reinforce++", "reinforce++-baseline"])
 def test_every_estimator_runs_a_step_with_the_kl_in_the_loss(tiny_model_dir, synth_dir, tmp_path, services, estimator):
-    config = critic_free(tiny_model_dir, synth_dir, tmp_path / "run", estimator, steps=1, kl_in="loss",
-                         kl_estimator="k3", loss_aggregation="seq-mean-token-mean", lr=1e-3,
-                         ptx_data=str(synth_dir / "pretrain.jsonl"))
+    config = critic_free(
+        tiny_model_dir,
+        synth_dir,
+        tmp_path / "run",
+        estimator,
+        steps=1,
+        kl_in="loss",
+        kl_estimator="k3",
+        loss_aggregation="seq-mean-token-mean",
+        lr=1e-3,
+        ptx_data=str(synth_dir / "pretrain.jsonl"),
+    )
     train(config, services)
     (m,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert m["loss/kl"] >= 0 and "loss/ptx" in m and "loss/value" not in m
@@ -110,5 +129,6 @@ def test_group_estimators_need_two_samples_per_prompt(tiny_model_dir, synth_dir,
     with pytest.raises(UserError, match="--kl-in loss needs --kl-estimator k3"):
         validate(critic_free(tiny_model_dir, synth_dir, tmp_path, kl_in="loss"))
     with pytest.raises(UserError, match="--num-minibatches"):
-        validate(critic_free(tiny_model_dir, synth_dir, tmp_path, samples_per_prompt=2, batch_size=1,
-                             num_minibatches=4))
+        validate(
+            critic_free(tiny_model_dir, synth_dir, tmp_path, samples_per_prompt=2, batch_size=1, num_minibatches=4)
+        )

@@ -21,8 +21,21 @@ from tests.learner.test_learner_acceptance import Run, evaluate, read_jsonl
 pytestmark = pytest.mark.slow
 
 TWO_RANKS = ["--nproc-per-node", "2", "--dist-timeout", "60"]
-SHORT = ["--batch-size", "8", "--max-new-tokens", "8", "--ppo-epochs", "2", "--num-minibatches", "2", "--lr", "1e-4",
-         "--seed", "0", "--no-anneal-lr"]
+SHORT = [
+    "--batch-size",
+    "8",
+    "--max-new-tokens",
+    "8",
+    "--ppo-epochs",
+    "2",
+    "--num-minibatches",
+    "2",
+    "--lr",
+    "1e-4",
+    "--seed",
+    "0",
+    "--no-anneal-lr",
+]
 # One update over two ranks is the one-process update up to float summation order (gloo sums the gradient
 # shards): the first 3 steps' losses, KL and approx KL agreed within 1e-7 here (AVX-512); the bound leaves 100x.
 # (Clip fractions are counts of values past a threshold: one value moving by 1e-7 can flip one.)
@@ -130,13 +143,33 @@ def test_two_ranks_raise_the_ground_truth(trained, synth_dir, tmp_path, seed, re
         policy = stack.enter_context(PolicyClient(run.policies[0].target))
         reward = stack.enter_context(RewardClient(run.reward.target))
         before = evaluate(policy, reward, held_out)
-        run.start_learner("--steps", "12", "--batch-size", "32", "--max-new-tokens", "12", "--min-new-tokens", "4",
-                          "--lr", "3e-4", "--early-stop-kl", "0.05", "--kl-coef", "0.3", "--seed", str(seed),
-                          "--save-every", "100", *TWO_RANKS)
+        run.start_learner(
+            "--steps",
+            "12",
+            "--batch-size",
+            "32",
+            "--max-new-tokens",
+            "12",
+            "--min-new-tokens",
+            "4",
+            "--lr",
+            "3e-4",
+            "--early-stop-kl",
+            "0.05",
+            "--kl-coef",
+            "0.3",
+            "--seed",
+            str(seed),
+            "--save-every",
+            "100",
+            *TWO_RANKS,
+        )
         run.wait_learner()
         after = evaluate(policy, reward, held_out)
-    figures = {"two_rank_ground_truth_gain": after[1] - before[1],
-               "kl_per_step_max": max(m["objective/kl"] for m in run.metrics())}
+    figures = {
+        "two_rank_ground_truth_gain": after[1] - before[1],
+        "kl_per_step_max": max(m["objective/kl"] for m in run.metrics()),
+    }
     record_figures(figures, {"two_rank_ground_truth_gain": TRUTH_GAIN, "kl_per_step_max": 10.0})
     assert figures["two_rank_ground_truth_gain"] > TRUTH_GAIN
     assert figures["kl_per_step_max"] < 10.0
@@ -145,9 +178,26 @@ def test_two_ranks_raise_the_ground_truth(trained, synth_dir, tmp_path, seed, re
 def test_lora_bf16_grpo_on_two_ranks_checkpoints_adapters_and_resumes_on_one(untrained, tmp_path):
     # 5 prompts x 2 samples in 2 minibatches of 5, 3 micro-batches each (2, 2, 1): the ranks split 3 + 2 prompts,
     # and a 1-sample micro-batch leaves rank 1 without a row, which then runs one at weight 0
-    flags = ["--advantage-estimator", "grpo", "--samples-per-prompt", "2", "--lora-r", "4", "--lora-alpha", "8",
-             "--precision", "bf16-true", "--gradient-checkpointing", "--save-every", "2", *SHORT,
-             "--batch-size", "5", "--gradient-accumulation-steps", "3"]
+    flags = [
+        "--advantage-estimator",
+        "grpo",
+        "--samples-per-prompt",
+        "2",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--precision",
+        "bf16-true",
+        "--gradient-checkpointing",
+        "--save-every",
+        "2",
+        *SHORT,
+        "--batch-size",
+        "5",
+        "--gradient-accumulation-steps",
+        "3",
+    ]
     with ExitStack() as stack:
         run = Run(stack, untrained, tmp_path / "ppo", replicas=2)
         run.start_learner("--steps", "2", *flags, *TWO_RANKS)
@@ -167,8 +217,18 @@ def test_two_machines_meet_at_a_c10d_rendezvous_as_the_ppo_job_pods_do(untrained
     # What each pod of the ppo Job runs (rlhf k8s submit ppo --nodes 2): here both "machines" are this one.
     from rlhf.core.processes import free_port
 
-    rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-                  "--rdzv-id", "ppo", "--dist-timeout", "60"]
+    rendezvous = [
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+        "--rdzv-id",
+        "ppo",
+        "--dist-timeout",
+        "60",
+    ]
     with ExitStack() as stack:
         run = Run(stack, untrained, tmp_path / "ppo", replicas=2)
         pods = [run.start_learner("--steps", "2", "--save-every", "2", *SHORT, *rendezvous) for _ in range(2)]

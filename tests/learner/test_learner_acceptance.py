@@ -34,8 +34,9 @@ RM_GAIN, TRUTH_GAIN, KL_BOUND = 0.3, 0.2, 10.0
 
 
 def rlhf(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run([*RLHF_COMMAND, "--log-level", "WARNING", *args], capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [*RLHF_COMMAND, "--log-level", "WARNING", *args], capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -43,17 +44,33 @@ def rlhf(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 class Run:
     """Three services (n policy replicas) as processes, and `rlhf train ppo` against them."""
 
-    def __init__(self, stack: ExitStack, models: SimpleNamespace, out: Path, replicas: int = 1,
-                 reward_function: str | None = None):
+    def __init__(
+        self,
+        stack: ExitStack,
+        models: SimpleNamespace,
+        out: Path,
+        replicas: int = 1,
+        reward_function: str | None = None,
+    ):
         self.models, self.out, self.logs = models, out, out.parent / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.learner_port = free_port()
-        self.policies = [self._service(stack, "policy", models.sft, i, "--learner", f"127.0.0.1:{self.learner_port}")
-                         for i in range(replicas)]
+        self.policies = [
+            self._service(stack, "policy", models.sft, i, "--learner", f"127.0.0.1:{self.learner_port}")
+            for i in range(replicas)
+        ]
         # the reward model, or a Python function served in its place (rlhf serve reward --function)
-        self.reward = (self._service(stack, "reward", models.rm) if reward_function is None else
-                       stack.enter_context(ServiceProcess(["serve", "reward", "--function", reward_function],
-                                                          log_path=self.logs / "reward0.log", name="reward0")))
+        self.reward = (
+            self._service(stack, "reward", models.rm)
+            if reward_function is None
+            else stack.enter_context(
+                ServiceProcess(
+                    ["serve", "reward", "--function", reward_function],
+                    log_path=self.logs / "reward0.log",
+                    name="reward0",
+                )
+            )
+        )
         self.reference = self._service(stack, "reference", models.sft)
         self.learner: subprocess.Popen | None = None
         stack.callback(self.kill_learner)
@@ -61,18 +78,43 @@ class Run:
     def _service(self, stack, name, model, index=0, *extra) -> ServiceProcess:
         # One torch thread per service: four processes sharing two cores with the learner would
         # otherwise spin against each other (on separate machines each would take them all).
-        proc = ServiceProcess(["serve", name, "--model", str(model), "--device", "cpu", *extra],
-                              log_path=self.logs / f"{name}{index}.log", name=f"{name}{index}",
-                              env={"OMP_NUM_THREADS": "1"})
+        proc = ServiceProcess(
+            ["serve", name, "--model", str(model), "--device", "cpu", *extra],
+            log_path=self.logs / f"{name}{index}.log",
+            name=f"{name}{index}",
+            env={"OMP_NUM_THREADS": "1"},
+        )
         return stack.enter_context(proc)
 
     def start_learner(self, *flags: str) -> subprocess.Popen:
         command = [
-            *RLHF_COMMAND, "train", "ppo", "--model", str(self.models.sft), "--value-model", str(self.models.rm),
-            "--policy", ",".join(p.target for p in self.policies), "--reward", self.reward.target,
-            "--reference", self.reference.target, "--prompts", str(self.models.prompts), "--out", str(self.out),
-            "--host", "127.0.0.1", "--port", str(self.learner_port), "--device", "cpu", "--log-rollouts",
-            "--service-timeout", "60", *flags,
+            *RLHF_COMMAND,
+            "train",
+            "ppo",
+            "--model",
+            str(self.models.sft),
+            "--value-model",
+            str(self.models.rm),
+            "--policy",
+            ",".join(p.target for p in self.policies),
+            "--reward",
+            self.reward.target,
+            "--reference",
+            self.reference.target,
+            "--prompts",
+            str(self.models.prompts),
+            "--out",
+            str(self.out),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.learner_port),
+            "--device",
+            "cpu",
+            "--log-rollouts",
+            "--service-timeout",
+            "60",
+            *flags,
         ]
         log = (self.logs / "learner.log").open("ab")
         self.learner = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -130,11 +172,32 @@ def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, 
         policy = stack.enter_context(PolicyClient(run.policies[1].target))
         reward = stack.enter_context(RewardClient(run.reward.target))
         before = evaluate(policy, reward, held_out)  # the replica still serves the SFT weights
-        run.start_learner("--steps", str(steps), "--batch-size", str(batch), "--max-new-tokens", "12",
-                          "--lr", "3e-4", "--early-stop-kl", "0.05", "--kl-coef", "0.3", "--min-new-tokens", "4",
-                          "--seed", str(seed),
-                          "--ptx-data", str(trained.pretrain),
-                          "--ptx-coef", "0.05", "--ptx-batch-size", "4", "--save-every", "6")
+        run.start_learner(
+            "--steps",
+            str(steps),
+            "--batch-size",
+            str(batch),
+            "--max-new-tokens",
+            "12",
+            "--lr",
+            "3e-4",
+            "--early-stop-kl",
+            "0.05",
+            "--kl-coef",
+            "0.3",
+            "--min-new-tokens",
+            "4",
+            "--seed",
+            str(seed),
+            "--ptx-data",
+            str(trained.pretrain),
+            "--ptx-coef",
+            "0.05",
+            "--ptx-batch-size",
+            "4",
+            "--save-every",
+            "6",
+        )
         run.wait_for_step(2)
         with LearnerClient(f"127.0.0.1:{run.learner_port}", timeout=60) as learner:
             reported = learner.status()  # in-process: a CLI's start-up could outlast a fast run
@@ -150,12 +213,18 @@ def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, 
     # every step trained on samples of that step's weights, from both replicas
     assert all(r["weights_version"] == r["step"] - 1 for r in rollouts)
     assert final_version == steps
-    print(f"held-out reward {before[0]:.3f} -> {after[0]:.3f}, ground truth {before[1]:.3f} -> {after[1]:.3f}, "
-          f"KL per response: max {max(m['objective/kl'] for m in metrics):.2f}")
-    figures = {"reward_model_gain": after[0] - before[0], "ground_truth_gain": after[1] - before[1],
-               "kl_per_step_max": max(m["objective/kl"] for m in metrics)}
-    record_figures(figures, {"reward_model_gain": RM_GAIN, "ground_truth_gain": TRUTH_GAIN,
-                             "kl_per_step_max": KL_BOUND})
+    print(
+        f"held-out reward {before[0]:.3f} -> {after[0]:.3f}, ground truth {before[1]:.3f} -> {after[1]:.3f}, "
+        f"KL per response: max {max(m['objective/kl'] for m in metrics):.2f}"
+    )
+    figures = {
+        "reward_model_gain": after[0] - before[0],
+        "ground_truth_gain": after[1] - before[1],
+        "kl_per_step_max": max(m["objective/kl"] for m in metrics),
+    }
+    record_figures(
+        figures, {"reward_model_gain": RM_GAIN, "ground_truth_gain": TRUTH_GAIN, "kl_per_step_max": KL_BOUND}
+    )
     assert figures["reward_model_gain"] > RM_GAIN  # the reward model's score
     assert figures["ground_truth_gain"] > TRUTH_GAIN  # the hidden rule it was trained to imitate
     assert figures["kl_per_step_max"] < KL_BOUND
@@ -170,17 +239,39 @@ LORA_BF16 = ["--lora-r", "8", "--precision", "bf16-mixed", "--gradient-checkpoin
 LORA_TRUTH_GAIN = 0.08
 
 
-def test_lora_bf16_ppo_through_the_services_raises_the_ground_truth(trained, synth_dir, tmp_path, seed,
-                                                                     record_figures):
+def test_lora_bf16_ppo_through_the_services_raises_the_ground_truth(trained, synth_dir, tmp_path, seed, record_figures):
     held_out = [json.loads(line)["prompt"] for line in (synth_dir / "prompts_eval.jsonl").read_text().splitlines()]
     with ExitStack() as stack:
         run = Run(stack, trained, tmp_path / "ppo")
         policy = stack.enter_context(PolicyClient(run.policies[0].target))
         reward = stack.enter_context(RewardClient(run.reward.target))
         before = evaluate(policy, reward, held_out)
-        run.start_learner("--steps", "30", "--batch-size", "32", "--max-new-tokens", "12", "--min-new-tokens", "4",
-                          "--lr", "1e-3", "--early-stop-kl", "0.05", "--kl-coef", "0.3", "--seed", str(seed),
-                          "--save-every", "1000", "--lora-r", "8", "--lora-alpha", "16", "--precision", "bf16-mixed")
+        run.start_learner(
+            "--steps",
+            "30",
+            "--batch-size",
+            "32",
+            "--max-new-tokens",
+            "12",
+            "--min-new-tokens",
+            "4",
+            "--lr",
+            "1e-3",
+            "--early-stop-kl",
+            "0.05",
+            "--kl-coef",
+            "0.3",
+            "--seed",
+            str(seed),
+            "--save-every",
+            "1000",
+            "--lora-r",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--precision",
+            "bf16-mixed",
+        )
         run.wait_learner()
         after = evaluate(policy, reward, held_out)  # the replica merged the pushed adapter into its base
     figures = {"lora_ground_truth_gain": after[1] - before[1]}
@@ -195,8 +286,23 @@ def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path
     # (a few seconds of imports, during which the learner keeps stepping).
     steps, save_every = 30, 4
     # --signal-exit-code 143 (the ppo Job's): a stop by signal before the last step exits 143, any other exit 0
-    flags = ["--batch-size", "8", "--max-new-tokens", "8", "--ppo-epochs", "2", "--lr", "1e-4",
-             "--save-every", str(save_every), "--steps", str(steps), "--signal-exit-code", "143", *memory]
+    flags = [
+        "--batch-size",
+        "8",
+        "--max-new-tokens",
+        "8",
+        "--ppo-epochs",
+        "2",
+        "--lr",
+        "1e-4",
+        "--save-every",
+        str(save_every),
+        "--steps",
+        str(steps),
+        "--signal-exit-code",
+        "143",
+        *memory,
+    ]
     with ExitStack() as stack:
         run = Run(stack, untrained, tmp_path / "ppo")
         latest = run.out / "checkpoints" / "latest"
@@ -204,13 +310,21 @@ def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path
         # `rlhf learner status`, then `rlhf learner stop`: checkpoint at the end of the step, exit 0
         run.start_learner(*flags)
         run.wait_for_step(2)
-        status = subprocess.run([*RLHF_COMMAND, "learner", "status", "--target", f"127.0.0.1:{run.learner_port}",
-                                 "--json"], capture_output=True, text=True, timeout=60)
+        status = subprocess.run(
+            [*RLHF_COMMAND, "learner", "status", "--target", f"127.0.0.1:{run.learner_port}", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert status.returncode == 0, status.stderr
         reported = json.loads(status.stdout)
         assert reported["total_steps"] == steps and reported["step"] >= 2 and "objective/kl" in reported["metrics"]
-        stop = subprocess.run([*RLHF_COMMAND, "learner", "stop", "--target", f"127.0.0.1:{run.learner_port}",
-                               "--timeout", "300"], capture_output=True, text=True, timeout=300)
+        stop = subprocess.run(
+            [*RLHF_COMMAND, "learner", "stop", "--target", f"127.0.0.1:{run.learner_port}", "--timeout", "300"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         run.wait_learner()
         stopped_at = max(m["step"] for m in run.metrics())
         assert stop.returncode == 0 and f"stopped at step {stopped_at}" in stop.stdout, stop.stderr
@@ -255,10 +369,25 @@ def test_policy_killed_and_restarted_gets_the_weights_back(untrained, tmp_path):
     steps = 30  # enough that the run outlasts the `learner watch` CLI's start-up on a fast machine
     with ExitStack() as stack:
         run = Run(stack, untrained, tmp_path / "ppo")
-        run.start_learner("--steps", str(steps), "--batch-size", "8", "--max-new-tokens", "8", "--ppo-epochs", "2",
-                          "--lr", "1e-4", "--save-every", "100")
-        watch = subprocess.Popen([*RLHF_COMMAND, "learner", "watch", "--json", "--target",
-                                  f"127.0.0.1:{run.learner_port}"], stdout=subprocess.PIPE, text=True)
+        run.start_learner(
+            "--steps",
+            str(steps),
+            "--batch-size",
+            "8",
+            "--max-new-tokens",
+            "8",
+            "--ppo-epochs",
+            "2",
+            "--lr",
+            "1e-4",
+            "--save-every",
+            "100",
+        )
+        watch = subprocess.Popen(
+            [*RLHF_COMMAND, "learner", "watch", "--json", "--target", f"127.0.0.1:{run.learner_port}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         watched = [json.loads(watch.stdout.readline()) for _ in range(2)]  # one line per finished step
         run.wait_for_step(3)
         policy = run.policies[0]

@@ -16,8 +16,22 @@ from rlhf.learner.cli import describe_progress
 def train_ppo(tmp_path, *flags: str) -> subprocess.CompletedProcess:
     # Nothing listens at these addresses and no model is there: each refusal below must come first.
     nowhere = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    command = [*RLHF_COMMAND, "train", "ppo", "--model", str(tmp_path / "no-model"), "--policy", nowhere[0],
-               "--reward", nowhere[1], "--reference", nowhere[2], "--port", "0", *flags]
+    command = [
+        *RLHF_COMMAND,
+        "train",
+        "ppo",
+        "--model",
+        str(tmp_path / "no-model"),
+        "--policy",
+        nowhere[0],
+        "--reward",
+        nowhere[1],
+        "--reference",
+        nowhere[2],
+        "--port",
+        "0",
+        *flags,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -28,16 +42,27 @@ def prompts(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("case", ["earlier run", "resume without checkpoint", "resume and overwrite",
-                                  "missing prompts", "empty prompts", "prompts without the field"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "earlier run",
+        "resume without checkpoint",
+        "resume and overwrite",
+        "missing prompts",
+        "empty prompts",
+        "prompts without the field",
+    ],
+)
 def test_bad_runs_are_refused_in_one_line_before_anything_loads(tmp_path, prompts, case):
     out = tmp_path / "run"
     flags = ["--prompts", str(prompts), "--out", str(out)]
     if case == "earlier run":
         out.mkdir()
         (out / "metrics.jsonl").write_text('{"step": 1}\n')
-        expected = (f"rlhf: error: --out {out} holds an earlier run: continue it with --resume, choose a new --out, "
-                    "or start over with --overwrite")
+        expected = (
+            f"rlhf: error: --out {out} holds an earlier run: continue it with --resume, choose a new --out, "
+            "or start over with --overwrite"
+        )
     elif case == "resume without checkpoint":
         flags.append("--resume")
         expected = f"rlhf: error: --resume: no checkpoint under {out / 'checkpoints'}"
@@ -73,8 +98,17 @@ def test_status_says_which_step_is_done_and_which_is_under_way():
 def test_training_data_is_read_before_the_model_loads(tmp_path, stage):
     data = tmp_path / "data.jsonl"
     data.write_text("\n")
-    command = [*RLHF_COMMAND, "train", stage, "--model", str(tmp_path / "no-model"), "--data", str(data),
-               "--out", str(tmp_path / "out")]
+    command = [
+        *RLHF_COMMAND,
+        "train",
+        stage,
+        "--model",
+        str(tmp_path / "no-model"),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and str(data) in lines[0] and "no-model" not in lines[0], lines
@@ -83,10 +117,20 @@ def test_training_data_is_read_before_the_model_loads(tmp_path, stage):
 def test_an_uncached_hub_name_is_one_line(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text('{"prompt": "a", "response": " b"}\n')
-    command = [*RLHF_COMMAND, "train", "sft", "--model", "someorg/not-cached-here", "--data", str(data),
-               "--out", str(tmp_path / "out")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    command = [
+        *RLHF_COMMAND,
+        "train",
+        "sft",
+        "--model",
+        "someorg/not-cached-here",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr  # no Hugging Face warning before it
     assert lines[0].startswith("rlhf: error: cannot load tokenizer from someorg/not-cached-here")

@@ -32,18 +32,43 @@ from rlhf.reference.local import LocalReference
 from tests.learner.inprocess import CallableReward, RestartingReplica
 
 REQUIRED_METRICS = [
-    "objective/reward", "objective/kl", "objective/entropy", "policy/clipfrac", "policy/approxkl", "loss/policy",
-    "loss/value", "loss/ptx", "val/explained_variance", "time/generate", "time/score", "time/reference",
-    "time/update", "time/weight_sync",
+    "objective/reward",
+    "objective/kl",
+    "objective/entropy",
+    "policy/clipfrac",
+    "policy/approxkl",
+    "loss/policy",
+    "loss/value",
+    "loss/ptx",
+    "val/explained_variance",
+    "time/generate",
+    "time/score",
+    "time/reference",
+    "time/update",
+    "time/weight_sync",
 ]
 
 
 def make_config(tiny_model_dir, synth_dir, out, **overrides) -> PPOConfig:
     settings = dict(
-        model=str(tiny_model_dir), policy="in-process", reward="in-process", reference="in-process",
-        prompts=str(synth_dir / "prompts.jsonl"), out=str(out), steps=3, batch_size=4, max_new_tokens=6,
-        ppo_epochs=1, num_minibatches=2, ptx_data=str(synth_dir / "pretrain.jsonl"), ptx_batch_size=2,
-        save_every=2, log_rollouts=True, lr=1e-4, max_length=64, device="cpu",
+        model=str(tiny_model_dir),
+        policy="in-process",
+        reward="in-process",
+        reference="in-process",
+        prompts=str(synth_dir / "prompts.jsonl"),
+        out=str(out),
+        steps=3,
+        batch_size=4,
+        max_new_tokens=6,
+        ppo_epochs=1,
+        num_minibatches=2,
+        ptx_data=str(synth_dir / "pretrain.jsonl"),
+        ptx_batch_size=2,
+        save_every=2,
+        log_rollouts=True,
+        lr=1e-4,
+        max_length=64,
+        device="cpu",
     )
     return PPOConfig(**{**settings, **overrides})
 
@@ -51,8 +76,9 @@ def make_config(tiny_model_dir, synth_dir, out, **overrides) -> PPOConfig:
 @pytest.fixture
 def services(tiny_model_dir):
     replicas = [LocalPolicy(tiny_model_dir, device="cpu"), LocalPolicy(tiny_model_dir, device="cpu")]
-    return Services(replicas, CallableReward(ground_truth_score), LocalReference(tiny_model_dir, device="cpu"),
-                    timeout=5.0)
+    return Services(
+        replicas, CallableReward(ground_truth_score), LocalReference(tiny_model_dir, device="cpu"), timeout=5.0
+    )
 
 
 def read_jsonl(path):
@@ -65,9 +91,27 @@ def test_every_field_has_help_and_flags_parse():
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, PPOConfig)
     assert "beta: weight of the per-token KL penalty" in parser.format_help()
-    args = parser.parse_args(["--model", "m", "--policy", "a:1,b:2", "--reward", "r:1", "--reference", "f:1",
-                              "--prompts", "p", "--out", "o", "--kl-coef", "0.2", "--no-whiten-advantages",
-                              "--target-kl", "6"])
+    args = parser.parse_args(
+        [
+            "--model",
+            "m",
+            "--policy",
+            "a:1,b:2",
+            "--reward",
+            "r:1",
+            "--reference",
+            "f:1",
+            "--prompts",
+            "p",
+            "--out",
+            "o",
+            "--kl-coef",
+            "0.2",
+            "--no-whiten-advantages",
+            "--target-kl",
+            "6",
+        ]
+    )
     config = config_from_args(args, PPOConfig)
     assert config.policy_targets == ["a:1", "b:2"]
     assert (config.kl_coef, config.whiten_advantages, config.target_kl, config.ptx_data) == (0.2, False, 6.0, None)
@@ -105,8 +149,7 @@ def test_loop_logs_syncs_and_checkpoints(tiny_model_dir, synth_dir, tmp_path, se
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
 
 
-def test_early_stop_kl_ends_the_epochs_once_a_minibatch_drifts_too_far(tiny_model_dir, synth_dir, tmp_path,
-                                                                         services):
+def test_early_stop_kl_ends_the_epochs_once_a_minibatch_drifts_too_far(tiny_model_dir, synth_dir, tmp_path, services):
     # 2 epochs x 2 minibatches = 4 planned updates a step. The first minibatch of a step always trains
     # (pi_theta = pi_old there); at lr 1e-2 every later one sits beyond KL 1e-6 and is skipped.
     settings = dict(steps=2, ppo_epochs=2, num_minibatches=2, lr=1e-2, ptx_data=None, anneal_lr=False)
@@ -119,8 +162,9 @@ def test_early_stop_kl_ends_the_epochs_once_a_minibatch_drifts_too_far(tiny_mode
 
 def test_replicas_serving_bfloat16_get_the_float32_weights_cast(tiny_model_dir, synth_dir, tmp_path):
     replicas = [LocalPolicy(tiny_model_dir, device="cpu", dtype="bfloat16"), LocalPolicy(tiny_model_dir, device="cpu")]
-    services = Services(replicas, CallableReward(ground_truth_score), LocalReference(tiny_model_dir, device="cpu"),
-                        timeout=5.0)
+    services = Services(
+        replicas, CallableReward(ground_truth_score), LocalReference(tiny_model_dir, device="cpu"), timeout=5.0
+    )
     state = train(make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=2, ptx_data=None), services)
     learner_weights = state.policy.state_dict()
     assert all(t.dtype == torch.float32 for t in learner_weights.values() if t.is_floating_point())
@@ -148,8 +192,9 @@ def test_resume_after_kill_repeats_nothing_and_matches(tiny_model_dir, synth_dir
     for key in ("objective/reward", "objective/kl", "loss/policy", "loss/value", "loss/ptx"):
         assert resumed[2][key] == pytest.approx(original[2][key], rel=1e-5, abs=1e-7), key
     rollouts = read_jsonl(out / "rollouts.jsonl")
-    assert [r["prompt"] for r in rollouts if r["step"] == 3] == [r["prompt"] for r in original_rollouts
-                                                                   if r["step"] == 3]
+    assert [r["prompt"] for r in rollouts if r["step"] == 3] == [
+        r["prompt"] for r in original_rollouts if r["step"] == 3
+    ]
     assert sorted({r["step"] for r in rollouts}) == [1, 2, 3, 4]
     assert len(rollouts) == 4 * 4
 
@@ -168,8 +213,11 @@ def test_tokenizer_mismatch_is_refused(tiny_model_dir, synth_dir, tmp_path, serv
     other_tokenizer = tmp_path / "other"
     make_tiny_model(other_tokenizer, TinyModelConfig(vocab_size=800))
     services.reference = LocalReference(other_tokenizer, device="cpu")
-    with pytest.raises(UserError, match=r"tokenizer mismatch: reference LocalReference has fingerprint [0-9a-f]{12}, "
-                                        r"but learner --model has [0-9a-f]{12}"):
+    with pytest.raises(
+        UserError,
+        match=r"tokenizer mismatch: reference LocalReference has fingerprint [0-9a-f]{12}, "
+        r"but learner --model has [0-9a-f]{12}",
+    ):
         train(make_config(tiny_model_dir, synth_dir, tmp_path / "run"), services)
 
 
@@ -194,9 +242,14 @@ def test_replicas_found_mid_run_are_used_and_vanished_ones_dropped(tiny_model_di
         connected.append(NamedReplica(target, models[target]))
         return connected[-1]
 
-    services = Services([connect("a:1")], CallableReward(ground_truth_score),
-                        LocalReference(tiny_model_dir, device="cpu"), timeout=5.0,
-                        discover=lambda: next(answers), connect=connect)
+    services = Services(
+        [connect("a:1")],
+        CallableReward(ground_truth_score),
+        LocalReference(tiny_model_dir, device="cpu"),
+        timeout=5.0,
+        discover=lambda: next(answers),
+        connect=connect,
+    )
     with caplog.at_level("INFO", logger="rlhf.learner"):
         state = train(make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=4, ptx_data=None), services)
 
@@ -254,8 +307,10 @@ def test_control_api_status_watch_weights_and_stop(tiny_model_dir, synth_dir, tm
             assert version >= 1 and set(weights) == set(services.policies[0].policy.model.state_dict())
             _, halves = client.get_weights(dtype="bfloat16")  # what a bfloat16 replica pulls
             assert set(halves) == set(weights)
-            assert all(t.dtype == (torch.bfloat16 if weights[n].is_floating_point() else weights[n].dtype)
-                       for n, t in halves.items())
+            assert all(
+                t.dtype == (torch.bfloat16 if weights[n].is_floating_point() else weights[n].dtype)
+                for n, t in halves.items()
+            )
             for bad in ("float8", "int8"):
                 with pytest.raises(grpc.RpcError) as refused:
                     client.get_weights(dtype=bad)
@@ -327,8 +382,7 @@ def test_a_stop_request_ends_retrying_at_once():
     assert len(calls) == 2 and time.monotonic() - start < 5  # not the 300 s --service-timeout
 
 
-def test_policy_names_are_followed_through_scaling_and_dns_failures(tiny_model_dir, synth_dir, tmp_path,
-                                                                    monkeypatch):
+def test_policy_names_are_followed_through_scaling_and_dns_failures(tiny_model_dir, synth_dir, tmp_path, monkeypatch):
     import socket
 
     from rlhf.learner.cli import connect_services
@@ -341,8 +395,14 @@ def test_policy_names_are_followed_through_scaling_and_dns_failures(tiny_model_d
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answers[-1]]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    config = make_config(tiny_model_dir, synth_dir, tmp_path / "run", policy="policy.rlhf.svc:50052",
-                         reward="reward:50051", reference="reference:50053")
+    config = make_config(
+        tiny_model_dir,
+        synth_dir,
+        tmp_path / "run",
+        policy="policy.rlhf.svc:50052",
+        reward="reward:50051",
+        reference="reference:50053",
+    )
     services = connect_services(config, argparse.Namespace(auth_token_file=None, service_tls_ca=None))
     try:
         assert [name_of(p) for p in services.policies] == ["10.0.0.5:50052", "10.0.0.7:50052"]

@@ -42,8 +42,12 @@ def test_step_0_pushes_exactly_the_sft_weights_and_only_adapters_and_heads_train
     assert total < 0.2 * everything
 
 
-def test_lora_run_resumes_after_a_kill_with_nothing_repeated_and_step_3_recomputed(tiny_model_dir, synth_dir,
-                                                                                   tmp_path, services):  # noqa: F811
+def test_lora_run_resumes_after_a_kill_with_nothing_repeated_and_step_3_recomputed(
+    tiny_model_dir,
+    synth_dir,
+    tmp_path,
+    services,  # noqa: F811
+):
     out = tmp_path / "run"
     train(make_config(tiny_model_dir, synth_dir, out, anneal_lr=False, lr=1e-3, **LORA_RUN), services)
     original = read_jsonl(out / "metrics.jsonl")
@@ -56,8 +60,10 @@ def test_lora_run_resumes_after_a_kill_with_nothing_repeated_and_step_3_recomput
     shutil.rmtree(out / "checkpoints" / "step-000003")  # as if SIGKILL struck before step 3's checkpoint
     (out / "checkpoints" / "latest").write_text("step-000002")
 
-    train(make_config(tiny_model_dir, synth_dir, out, steps=4, resume=True, anneal_lr=False, lr=1e-3, **LORA_RUN),
-          services)
+    train(
+        make_config(tiny_model_dir, synth_dir, out, steps=4, resume=True, anneal_lr=False, lr=1e-3, **LORA_RUN),
+        services,
+    )
     resumed = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
     for key in ("objective/reward", "objective/kl", "loss/policy", "loss/value", "loss/ptx"):
@@ -65,12 +71,13 @@ def test_lora_run_resumes_after_a_kill_with_nothing_repeated_and_step_3_recomput
     assert original[-1]["objective/kl"] != 0  # the adapter did move the policy
     for other in (0, 16):  # a checkpoint of adapters resumes only with the same rank
         with pytest.raises(UserError, match="was trained with --lora-r 8; resume it with the same --lora-r"):
-            train(make_config(tiny_model_dir, synth_dir, out, steps=5, resume=True, **{**LORA_RUN, "lora_r": other}),
-                  services)
+            train(
+                make_config(tiny_model_dir, synth_dir, out, steps=5, resume=True, **{**LORA_RUN, "lora_r": other}),
+                services,
+            )
 
 
-def test_a_bf16_true_lora_run_resumes_with_float32_optimizer_moments(tiny_model_dir, synth_dir, tmp_path,
-                                                                      services):  # noqa: F811
+def test_a_bf16_true_lora_run_resumes_with_float32_optimizer_moments(tiny_model_dir, synth_dir, tmp_path, services):  # noqa: F811
     out = tmp_path / "run"
     bf16_true = {**LORA_RUN, "precision": "bf16-true"}
     train(make_config(tiny_model_dir, synth_dir, out, steps=2, lr=1e-3, **bf16_true), services)
@@ -80,8 +87,12 @@ def test_a_bf16_true_lora_run_resumes_with_float32_optimizer_moments(tiny_model_
     assert moments == {torch.float32}
 
 
-def test_the_final_policy_is_an_adapter_and_a_merged_dir_that_equals_what_replicas_serve(tiny_model_dir, synth_dir,
-                                                                                         tmp_path, services):  # noqa: F811
+def test_the_final_policy_is_an_adapter_and_a_merged_dir_that_equals_what_replicas_serve(
+    tiny_model_dir,
+    synth_dir,
+    tmp_path,
+    services,  # noqa: F811
+):
     out = tmp_path / "run"
     state = train(make_config(tiny_model_dir, synth_dir, out, lr=1e-3, **LORA_RUN), services)
     # the merge wrote the adapter into the base the value model shared: the state no longer offers that model
@@ -107,9 +118,18 @@ def test_the_value_head_reads_every_position_under_lora_for_llama_and_gpt2(tiny_
     from rlhf.learner.models import value_forward
 
     torch.manual_seed(0)
-    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                                                       num_hidden_layers=2, num_attention_heads=4,
-                                                       num_key_value_heads=2, num_labels=1, pad_token_id=0))
+    llama = LlamaForSequenceClassification(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_labels=1,
+            pad_token_id=0,
+        )
+    )
     gpt2 = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     for plain in (llama.eval(), gpt2.eval()):
         adapted = prepare_model(copy.deepcopy(plain), TrainingOptions(lora_r=4), "score").eval()
@@ -158,12 +178,16 @@ def test_the_ppo_loss_under_bf16_mixed_matches_fp32_on_a_fixed_batch(tiny_model_
 def frozen_backbone(model) -> dict[str, torch.nn.Parameter]:
     from rlhf.core.training import base_model
 
-    return {name.replace(".base_layer.", "."): p for name, p in base_model(model).base_model.named_parameters()
-            if not p.requires_grad}
+    return {
+        name.replace(".base_layer.", "."): p
+        for name, p in base_model(model).base_model.named_parameters()
+        if not p.requires_grad
+    }
 
 
 def test_the_value_model_shares_the_policys_frozen_base_only_where_it_holds_the_same_weights(
-        tiny_model_dir, synth_dir, tmp_path):
+    tiny_model_dir, synth_dir, tmp_path
+):
     from transformers import AutoTokenizer
 
     state = build_state(make_config(tiny_model_dir, synth_dir, tmp_path / "run", **LORA_RUN))

@@ -45,8 +45,15 @@ def tls_env(pki: Path, role: str) -> dict[str, str]:
     """What the mTLS component puts in each pod: serve with the role's certificate and demand one from
     clients (the cluster CA), and present the same certificate when calling other services."""
     cert, key, ca = str(pki / f"{role}.crt"), str(pki / f"{role}.key"), str(pki / "ca.crt")
-    return {"RLHF_TLS_CERT": cert, "RLHF_TLS_KEY": key, "RLHF_TLS_CLIENT_CA": ca,
-            "RLHF_TLS_CA": ca, "RLHF_TLS_CLIENT_CERT": cert, "RLHF_TLS_CLIENT_KEY": key, "OMP_NUM_THREADS": "1"}
+    return {
+        "RLHF_TLS_CERT": cert,
+        "RLHF_TLS_KEY": key,
+        "RLHF_TLS_CLIENT_CA": ca,
+        "RLHF_TLS_CA": ca,
+        "RLHF_TLS_CLIENT_CERT": cert,
+        "RLHF_TLS_CLIENT_KEY": key,
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def health(target: str, options: ClientOptions | None) -> int | grpc.StatusCode:
@@ -79,23 +86,65 @@ def test_ppo_through_all_four_services_on_mtls(untrained, pki, tmp_path):
     learner_target = f"127.0.0.1:{learner_port}"
 
     def service(stack: ExitStack, role: str, name: str, *args: str) -> ServiceProcess:
-        return stack.enter_context(ServiceProcess(
-            ["serve", role, "--model", str(untrained.sft), "--device", "cpu", *args], log_path=logs / f"{name}.log",
-            name=name, env=tls_env(pki, role), health_port=True))
+        return stack.enter_context(
+            ServiceProcess(
+                ["serve", role, "--model", str(untrained.sft), "--device", "cpu", *args],
+                log_path=logs / f"{name}.log",
+                name=name,
+                env=tls_env(pki, role),
+                health_port=True,
+            )
+        )
 
     with ExitStack() as stack:
         policy = service(stack, "policy", "policy0", "--learner", learner_target)
         reward, reference = service(stack, "reward", "reward"), service(stack, "reference", "reference")
         out = tmp_path / "ppo"
         with (logs / "learner.log").open("ab") as log:
-            learner = subprocess.Popen([
-                *RLHF_COMMAND, "train", "ppo", "--model", str(untrained.sft), "--value-model", str(untrained.rm),
-                "--policy", policy.target, "--reward", reward.target, "--reference", reference.target,
-                "--prompts", str(untrained.prompts), "--out", str(out), "--host", "127.0.0.1",
-                "--port", str(learner_port), "--health-port", str(learner_health), "--device", "cpu",
-                "--steps", "500", "--batch-size", "4", "--max-new-tokens", "6", "--ppo-epochs", "1",
-                "--save-every", "1000", "--service-timeout", "60",
-            ], stdout=log, stderr=subprocess.STDOUT, env={**_base_env(), **tls_env(pki, "learner")})
+            learner = subprocess.Popen(
+                [
+                    *RLHF_COMMAND,
+                    "train",
+                    "ppo",
+                    "--model",
+                    str(untrained.sft),
+                    "--value-model",
+                    str(untrained.rm),
+                    "--policy",
+                    policy.target,
+                    "--reward",
+                    reward.target,
+                    "--reference",
+                    reference.target,
+                    "--prompts",
+                    str(untrained.prompts),
+                    "--out",
+                    str(out),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(learner_port),
+                    "--health-port",
+                    str(learner_health),
+                    "--device",
+                    "cpu",
+                    "--steps",
+                    "500",
+                    "--batch-size",
+                    "4",
+                    "--max-new-tokens",
+                    "6",
+                    "--ppo-epochs",
+                    "1",
+                    "--save-every",
+                    "1000",
+                    "--service-timeout",
+                    "60",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**_base_env(), **tls_env(pki, "learner")},
+            )
         stack.callback(lambda: learner.poll() is None and learner.kill())
         with LearnerClient(learner_target, as_role(pki, "operator")) as control:
             control.wait_until_serving(timeout=120)
@@ -108,9 +157,13 @@ def test_ppo_through_all_four_services_on_mtls(untrained, pki, tmp_path):
             with PolicyClient(joined.target, as_role(pki, "operator")) as replica:
                 assert replica.model_info().weights_version >= 1
             assert "pulled weights from the learner" in joined.logs(20000)
-        stop = subprocess.run([*RLHF_COMMAND, "learner", "stop", "--target", learner_target],
-                              env={**_base_env(), **tls_env(pki, "operator")}, capture_output=True, text=True,
-                              timeout=120)
+        stop = subprocess.run(
+            [*RLHF_COMMAND, "learner", "stop", "--target", learner_target],
+            env={**_base_env(), **tls_env(pki, "operator")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert stop.returncode == 0, stop.stderr
         assert learner.wait(120) == 0, (logs / "learner.log").read_text()[-4000:]
 

@@ -68,9 +68,28 @@ def learner(tmp_path, policy: str, reward: str, reference: str, *flags: str) -> 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Human: Describe cats.\\nAssistant:"}\n')
     # --model names no dir: if a model were loaded before the services are checked, that would fail first
-    command = [*RLHF_COMMAND, "train", "ppo", "--model", str(tmp_path / "no-model-here"), "--policy", policy,
-               "--reward", reward, "--reference", reference, "--prompts", str(prompts), "--out", str(tmp_path / "out"),
-               "--port", "0", "--device", "cpu", *flags]
+    command = [
+        *RLHF_COMMAND,
+        "train",
+        "ppo",
+        "--model",
+        str(tmp_path / "no-model-here"),
+        "--policy",
+        policy,
+        "--reward",
+        reward,
+        "--reference",
+        reference,
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "out"),
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        *flags,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -87,16 +106,19 @@ def test_a_wrong_address_fails_within_seconds_naming_the_flag(tmp_path):
         code, stderr = finish(learner(tmp_path, nothing, reward, reference), timeout=60)
         elapsed = time.monotonic() - start
     assert code == 2 and elapsed < 15, (code, elapsed, stderr)
-    assert stderr.splitlines() == [f"rlhf: error: --policy {nothing}: nothing answers there "
-                                   "(no connection within 5s, --connect-timeout)"]
+    assert stderr.splitlines() == [
+        f"rlhf: error: --policy {nothing}: nothing answers there (no connection within 5s, --connect-timeout)"
+    ]
 
 
 @pytest.mark.parametrize("wrong", ["--reward", "--reference"])
 def test_each_flag_is_checked(tmp_path, wrong):
     with ExitStack() as stack:
-        targets = {"--policy": serve(stack, "rlhf.v1.PolicyInference"),
-                   "--reward": serve(stack, "rlhf.v1.RewardScoring"),
-                   "--reference": serve(stack, "rlhf.v1.ReferencePolicy")}
+        targets = {
+            "--policy": serve(stack, "rlhf.v1.PolicyInference"),
+            "--reward": serve(stack, "rlhf.v1.RewardScoring"),
+            "--reference": serve(stack, "rlhf.v1.ReferencePolicy"),
+        }
         targets[wrong] = f"127.0.0.1:{free_port()}"
         code, stderr = finish(learner(tmp_path, targets["--policy"], targets["--reward"], targets["--reference"]), 60)
     assert code == 2 and stderr.splitlines()[-1].startswith(f"rlhf: error: {wrong} {targets[wrong]}: nothing answers")
@@ -107,8 +129,9 @@ def test_another_kind_of_service_is_named(tmp_path):
         reward, reference = serve(stack, "rlhf.v1.RewardScoring"), serve(stack, "rlhf.v1.ReferencePolicy")
         code, stderr = finish(learner(tmp_path, reward, reward, reference), timeout=60)
     assert code == 2
-    assert stderr.splitlines() == [f"rlhf: error: --policy: {reward} serves rlhf.v1.RewardScoring, "
-                                   "not rlhf.v1.PolicyInference"]
+    assert stderr.splitlines() == [
+        f"rlhf: error: --policy: {reward} serves rlhf.v1.RewardScoring, not rlhf.v1.PolicyInference"
+    ]
 
 
 def test_ctrl_c_while_waiting_for_a_loading_service_exits_within_2s(tmp_path):
@@ -158,15 +181,23 @@ def test_client_commands_name_the_target_and_the_wrong_kind_of_service():
         reward = serve(stack, "rlhf.v1.RewardScoring")
         nothing = f"127.0.0.1:{free_port()}"
         commands = {
-            "generate at a reward service": (["generate", "--target", reward, "--prompt", "hi"],
-                                             f"rlhf: error: {reward} (generate): UNIMPLEMENTED: {reward} serves "
-                                             "rlhf.v1.RewardScoring, not rlhf.v1.PolicyInference"),
-            "learner status at nothing": (["learner", "status", "--target", nothing, "--timeout", "3"],
-                                          f"rlhf: error: {nothing} (status): "),
-            "learner watch at nothing": (["learner", "watch", "--target", nothing],
-                                         f"rlhf: error: {nothing} (watch): "),
-            "generate at nothing": (["generate", "--target", nothing, "--prompt", "hi", "--timeout", "3"],
-                                    f"rlhf: error: {nothing} (generate): "),
+            "generate at a reward service": (
+                ["generate", "--target", reward, "--prompt", "hi"],
+                f"rlhf: error: {reward} (generate): UNIMPLEMENTED: {reward} serves "
+                "rlhf.v1.RewardScoring, not rlhf.v1.PolicyInference",
+            ),
+            "learner status at nothing": (
+                ["learner", "status", "--target", nothing, "--timeout", "3"],
+                f"rlhf: error: {nothing} (status): ",
+            ),
+            "learner watch at nothing": (
+                ["learner", "watch", "--target", nothing],
+                f"rlhf: error: {nothing} (watch): ",
+            ),
+            "generate at nothing": (
+                ["generate", "--target", nothing, "--prompt", "hi", "--timeout", "3"],
+                f"rlhf: error: {nothing} (generate): ",
+            ),
         }
         for what, (args, start) in commands.items():
             result = subprocess.run([*RLHF_COMMAND, *args], capture_output=True, text=True, timeout=120)
@@ -186,39 +217,52 @@ def test_python_clients_raise_one_exception_type_with_target_method_and_status()
     err = info.value
     assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.UNIMPLEMENTED
     assert (err.target, err.method) == (reward, "generate")
-    assert str(err) == f"{reward} (generate): UNIMPLEMENTED: {reward} serves rlhf.v1.RewardScoring, not " \
-                       "rlhf.v1.PolicyInference"
+    assert (
+        str(err) == f"{reward} (generate): UNIMPLEMENTED: {reward} serves rlhf.v1.RewardScoring, not "
+        "rlhf.v1.PolicyInference"
+    )
 
 
 @pytest.mark.parametrize("client_cert", [True, False])
 def test_mtls_to_the_services_with_a_client_certificate(tmp_path, tls_dir, client_cert):
-    tls = {"tls_cert": str(tls_dir / "server.crt"), "tls_key": str(tls_dir / "server.key"),
-           "tls_client_ca": str(tls_dir / "ca.crt")}
+    tls = {
+        "tls_cert": str(tls_dir / "server.crt"),
+        "tls_key": str(tls_dir / "server.key"),
+        "tls_client_ca": str(tls_dir / "ca.crt"),
+    }
     flags = ["--service-tls-ca", str(tls_dir / "ca.crt")]
     if client_cert:
         flags += ["--service-tls-cert", str(tls_dir / "client.crt"), "--service-tls-key", str(tls_dir / "client.key")]
     with ExitStack() as stack:
-        policy, reward, reference = (serve(stack, name, **tls) for name in
-                                     ("rlhf.v1.PolicyInference", "rlhf.v1.RewardScoring", "rlhf.v1.ReferencePolicy"))
+        policy, reward, reference = (
+            serve(stack, name, **tls)
+            for name in ("rlhf.v1.PolicyInference", "rlhf.v1.RewardScoring", "rlhf.v1.ReferencePolicy")
+        )
         code, stderr = finish(learner(tmp_path, policy, reward, reference, *flags), timeout=60)
     assert code == 2
     if client_cert:  # every service checked out; what fails next is the (absent) model
         assert "--policy" not in stderr and "no-model-here" in stderr.splitlines()[-1], stderr
     else:  # the servers require a client certificate: the handshake fails
         replica = policy.replace("localhost", "127.0.0.1")  # a replica is an address the name resolved to
-        assert stderr.splitlines()[-1] == (f"rlhf: error: --policy {replica}: nothing answers there or its TLS "
-                                           "handshake fails (check --service-tls-*) (no connection within 5s, "
-                                           "--connect-timeout)")
+        assert stderr.splitlines()[-1] == (
+            f"rlhf: error: --policy {replica}: nothing answers there or its TLS "
+            "handshake fails (check --service-tls-*) (no connection within 5s, "
+            "--connect-timeout)"
+        )
 
 
 def test_a_wrong_token_is_named_before_any_model_loads(tmp_path):
     (tmp_path / "server-token").write_text("right\n")
     (tmp_path / "client-token").write_text("wrong\n")
     with ExitStack() as stack:
-        policy, reward, reference = (serve(stack, name, auth_token_file=str(tmp_path / "server-token")) for name in
-                                     ("rlhf.v1.PolicyInference", "rlhf.v1.RewardScoring", "rlhf.v1.ReferencePolicy"))
+        policy, reward, reference = (
+            serve(stack, name, auth_token_file=str(tmp_path / "server-token"))
+            for name in ("rlhf.v1.PolicyInference", "rlhf.v1.RewardScoring", "rlhf.v1.ReferencePolicy")
+        )
         policy = policy.replace("localhost", "127.0.0.1")
-        code, stderr = finish(learner(tmp_path, policy, reward, reference, "--auth-token-file",
-                                      str(tmp_path / "client-token")), timeout=60)
+        code, stderr = finish(
+            learner(tmp_path, policy, reward, reference, "--auth-token-file", str(tmp_path / "client-token")),
+            timeout=60,
+        )
     assert code == 2 and stderr.splitlines()[-1].startswith(f"rlhf: error: --policy {policy}: UNAUTHENTICATED"), stderr
     assert "--auth-token-file" in stderr.splitlines()[-1]

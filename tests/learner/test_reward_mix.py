@@ -22,9 +22,13 @@ def length(prompt: str, response: str) -> float:
 
 
 def test_weighted_rewards_are_summed_and_each_is_logged(tiny_model_dir, synth_dir, tmp_path):
-    services = Services([LocalPolicy(tiny_model_dir, device="cpu")],
-                        [CallableReward(ground_truth_score), CallableReward(length)],
-                        LocalReference(tiny_model_dir, device="cpu"), timeout=5.0, reward_weights=[2.0, -0.5])
+    services = Services(
+        [LocalPolicy(tiny_model_dir, device="cpu")],
+        [CallableReward(ground_truth_score), CallableReward(length)],
+        LocalReference(tiny_model_dir, device="cpu"),
+        timeout=5.0,
+        reward_weights=[2.0, -0.5],
+    )
     train(make_config(tiny_model_dir, synth_dir, tmp_path / "run", steps=1, ptx_data=None), services)
     rows = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
     for row in rows:
@@ -43,5 +47,6 @@ def test_reward_weights_must_match_the_services(tiny_model_dir, synth_dir, tmp_p
         validate(config)
     with pytest.raises(UserError, match="expected numbers"):
         validate(make_config(tiny_model_dir, synth_dir, tmp_path, reward="a:1", reward_weights="heavy"))
-    assert validate(make_config(tiny_model_dir, synth_dir, tmp_path, reward="a:1,b:2",
-                                reward_weights="1,0.5")).reward_weight_values == [1.0, 0.5]
+    assert validate(
+        make_config(tiny_model_dir, synth_dir, tmp_path, reward="a:1,b:2", reward_weights="1,0.5")
+    ).reward_weight_values == [1.0, 0.5]

@@ -41,10 +41,19 @@ class HangsOnce(reward_pb2_grpc.RewardScoringServicer):
 def test_a_hung_call_is_cut_at_the_rpc_timeout_and_retried_within_the_budget():
     service = HangsOnce()
     with ServerThread(service, ServerOptions(port=0)) as port:
-        config = PPOConfig(model="m", policy="127.0.0.1:1", reward=f"127.0.0.1:{port}", reference="127.0.0.1:1",
-                           prompts="p", out="o", rpc_timeout=1.0, service_timeout=30.0)
-        args = argparse.Namespace(auth_token_file=None, service_tls_ca=None, service_tls_cert=None,
-                                  service_tls_key=None)
+        config = PPOConfig(
+            model="m",
+            policy="127.0.0.1:1",
+            reward=f"127.0.0.1:{port}",
+            reference="127.0.0.1:1",
+            prompts="p",
+            out="o",
+            rpc_timeout=1.0,
+            service_timeout=30.0,
+        )
+        args = argparse.Namespace(
+            auth_token_file=None, service_tls_ca=None, service_tls_cert=None, service_tls_key=None
+        )
         services = connect_services(config, args)
         try:
             start = time.monotonic()
@@ -70,8 +79,13 @@ class FakeError(grpc.RpcError):
 def test_only_admission_control_refusals_of_resource_exhausted_are_retried():
     from rlhf.learner.rollout import retryable
 
-    assert retryable(FakeError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               "reward is overloaded: 8 items queued, limit of 8 (--max-queue); retry with backoff"))
+    assert retryable(
+        FakeError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "reward is overloaded: 8 items queued, limit of 8 (--max-queue); retry with backoff",
+        )
+    )
     assert not retryable(FakeError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max"))
     assert retryable(FakeError(grpc.StatusCode.UNAVAILABLE, "")) and not retryable(
-        FakeError(grpc.StatusCode.INVALID_ARGUMENT, ""))
+        FakeError(grpc.StatusCode.INVALID_ARGUMENT, "")
+    )

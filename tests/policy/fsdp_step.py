@@ -58,8 +58,12 @@ def rm_step(model_dir: str, data: str, prompts: int) -> dict:
 
 def every_step(model_dir: str, sft_data: str, rm_data: str) -> dict:
     """Batches that split unevenly over two ranks, and ones that leave a rank without rows (weight 0)."""
-    return {"sft-5": sft_step(model_dir, sft_data, 5), "sft-1": sft_step(model_dir, sft_data, 1),
-            "rm-5": rm_step(model_dir, rm_data, 5), "rm-1": rm_step(model_dir, rm_data, 1)}
+    return {
+        "sft-5": sft_step(model_dir, sft_data, 5),
+        "sft-1": sft_step(model_dir, sft_data, 1),
+        "rm-5": rm_step(model_dir, rm_data, 5),
+        "rm-1": rm_step(model_dir, rm_data, 1),
+    }
 
 
 if __name__ == "__main__":

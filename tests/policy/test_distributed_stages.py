@@ -36,14 +36,36 @@ GRAD_RTOL, LOSS_RTOL, STEP_ATOL = 1e-5, 1e-6, 1e-4
 # 5.4e-4 (as far as one process on 1 and on 2 threads lands from itself: 2e-4 and 3.2e-4). The bounds leave >= 9x.
 SFT_LOSS_RTOL, SFT_WEIGHTS_ATOL, RM_MEAN_ATOL, RM_WEIGHTS_ATOL = 1e-5, 1e-4, 5e-3, 5e-3
 SFT_FLAGS = ["--batch-size", "16", "--lr", "2e-3", "--eval-fraction", "0.2", "--device", "cpu", "--seed", "0"]
-RM_FLAGS = ["--batch-size", "8", "--lr", "3e-3", "--epochs", "2", "--eval-fraction", "0.2", "--device", "cpu",
-            "--seed", "0", "--adam-beta2", "0.95"]
+RM_FLAGS = [
+    "--batch-size",
+    "8",
+    "--lr",
+    "3e-3",
+    "--epochs",
+    "2",
+    "--eval-fraction",
+    "0.2",
+    "--device",
+    "cpu",
+    "--seed",
+    "0",
+    "--adam-beta2",
+    "0.95",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_LOG_FORMAT": "json"}
 
 
 def torchrun(*args: str, ranks: int = 2) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port",
-               str(free_port()), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(ranks),
+        "--master-port",
+        str(free_port()),
+        *args,
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
     assert run.returncode == 0, run.stderr[-3000:]
     return run
@@ -80,8 +102,7 @@ def work(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("distributed")
     model = make_tiny_model(root / "tiny", TinyModelConfig(n_embd=64))
     config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
-                                                   "attn_pdrop": 0.0}))
+    (model / "config.json").write_text(json.dumps({**config, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}))
     data = write_task(root / "data", seed=0, scale=0.1)
     return {"root": root, "model": model, "sft": data["sft"], "preferences": data["preferences"]}
 
@@ -123,8 +144,10 @@ def assert_same_dirs(one: Path, two: Path, kind: str, atol: float) -> None:
     if lora:
         adapters = load_file(one / "adapter_model.safetensors"), load_file(two / "adapter_model.safetensors")
         assert max_difference(*adapters) < atol
-    assert max_difference(weights(one / "merged" if lora else one, kind),
-                          weights(two / "merged" if lora else two, kind)) < atol
+    assert (
+        max_difference(weights(one / "merged" if lora else one, kind), weights(two / "merged" if lora else two, kind))
+        < atol
+    )
 
 
 @pytest.mark.parametrize("lora", [[], ["--lora-r", "4"]], ids=["full", "lora"])
@@ -143,7 +166,8 @@ def test_rm_on_two_ranks_matches_one_process_and_saves_its_mean_0_normalization(
     flags = ["--model", str(work["model"]), "--data", str(work["preferences"]), *RM_FLAGS, *lora]
     runs = train("rm", tmp_path / "one", *flags, ranks=1), train("rm", tmp_path / "two", *flags, ranks=2)
     (accuracy_1, count_1), (accuracy_2, count_2) = (
-        re.search(r"held-out pairwise accuracy: ([0-9.]+) \((\d+)", run.stdout).groups() for run in runs)
+        re.search(r"held-out pairwise accuracy: ([0-9.]+) \((\d+)", run.stdout).groups() for run in runs
+    )
     assert count_1 == count_2  # the same held-out comparisons, a near-tie at most ordered the other way
     assert float(accuracy_2) == pytest.approx(float(accuracy_1), abs=1.5 / int(count_1))
     (one,), (two,) = (logged(run, "normalized") for run in runs)

@@ -76,7 +76,8 @@ def mean_ground_truth(model_dir, prompts: list[str]) -> float:
     from rlhf.policy.local import LocalPolicy
 
     samples = LocalPolicy(str(model_dir), device="cpu").generate(
-        prompts, GenerationParams(max_new_tokens=12, n=4, seed=1234))
+        prompts, GenerationParams(max_new_tokens=12, n=4, seed=1234)
+    )
     return sum(ground_truth_score(prompts[s.prompt_index], s.response_text) for s in samples) / len(samples)
 
 
@@ -89,13 +90,47 @@ def test_dpo_through_the_cli_raises_the_ground_truth(tiny_model_dir, synth_dir, 
 
     sft, dpo = tmp_path / "sft", tmp_path / "dpo"
     preferences = write_task(tmp_path / "data", preference_scale=3)["preferences"]
-    rlhf("train", "sft", "--model", str(tiny_model_dir), "--data", str(synth_dir / "sft.jsonl"), "--out", str(sft),
-         "--lr", "3e-3", "--batch-size", "32", "--device", "cpu", "--seed", str(seed))
-    with CliServer(["serve", "reference", "--model", str(sft), "--device", "cpu"],
-                   log_path=tmp_path / "reference.log") as reference:
-        out = rlhf("train", "dpo", "--model", str(sft), "--data", str(preferences), "--out", str(dpo),
-                   "--reference", reference.target, "--lr", "3e-5", "--beta", "0.5", "--device", "cpu",
-                   "--seed", str(seed))
+    rlhf(
+        "train",
+        "sft",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(synth_dir / "sft.jsonl"),
+        "--out",
+        str(sft),
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--seed",
+        str(seed),
+    )
+    with CliServer(
+        ["serve", "reference", "--model", str(sft), "--device", "cpu"], log_path=tmp_path / "reference.log"
+    ) as reference:
+        out = rlhf(
+            "train",
+            "dpo",
+            "--model",
+            str(sft),
+            "--data",
+            str(preferences),
+            "--out",
+            str(dpo),
+            "--reference",
+            reference.target,
+            "--lr",
+            "3e-5",
+            "--beta",
+            "0.5",
+            "--device",
+            "cpu",
+            "--seed",
+            str(seed),
+        )
     assert "held-out preference accuracy" in out and f"wrote {dpo}" in out
     held_out = [json.loads(line)["prompt"] for line in (synth_dir / "prompts_eval.jsonl").read_text().splitlines()]
     before, after = mean_ground_truth(sft, held_out), mean_ground_truth(dpo, held_out)

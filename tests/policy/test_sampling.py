@@ -10,8 +10,9 @@ from rlhf.policy.sampling import SamplingSettings, choose_tokens, decode, pad_le
 
 
 def settings(**overrides) -> SamplingSettings:
-    return SamplingSettings(**{"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
-                               "stop_at_eos": True, **overrides})
+    return SamplingSettings(
+        **{"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "stop_at_eos": True, **overrides}
+    )
 
 
 # p = [0.5, 0.3, 0.2] over three tokens
@@ -75,8 +76,14 @@ def test_decoded_logprobs_are_the_raw_model_distribution(model):
 
 def test_a_row_samples_the_same_whatever_shares_its_batch(model):
     alone = decode(model, [[11, 12, 13]], [row_generator(5, 0)], settings(), eos_id=None, pad_id=1)[0]
-    together = decode(model, [[1, 2, 3, 4, 5, 6, 7], [11, 12, 13]], [row_generator(9, 0), row_generator(5, 0)],
-                      settings(), eos_id=None, pad_id=1)[1]
+    together = decode(
+        model,
+        [[1, 2, 3, 4, 5, 6, 7], [11, 12, 13]],
+        [row_generator(9, 0), row_generator(5, 0)],
+        settings(),
+        eos_id=None,
+        pad_id=1,
+    )[1]
     assert alone.token_ids == together.token_ids
     assert alone.logprobs == pytest.approx(together.logprobs, abs=1e-5)
 
@@ -90,10 +97,12 @@ def test_eos_stops_a_row_and_is_kept(model):
         model.transformer.ln_f.bias.copy_(1000 * model.transformer.wte.weight[eos])
     try:
         stopped = decode(model, [[5, 6]], [row_generator(0, 0)], settings(temperature=0), eos_id=eos, pad_id=1)[0]
-        ignored = decode(model, [[5, 6]], [row_generator(0, 0)], settings(temperature=0, stop_at_eos=False),
-                         eos_id=eos, pad_id=1)[0]
-        held = decode(model, [[5, 6]], [row_generator(0, 0)], settings(temperature=0, min_new_tokens=3),
-                      eos_id=eos, pad_id=1)[0]
+        ignored = decode(
+            model, [[5, 6]], [row_generator(0, 0)], settings(temperature=0, stop_at_eos=False), eos_id=eos, pad_id=1
+        )[0]
+        held = decode(
+            model, [[5, 6]], [row_generator(0, 0)], settings(temperature=0, min_new_tokens=3), eos_id=eos, pad_id=1
+        )[0]
         sampled = decode(model, [[5, 6]], [row_generator(0, 0)], settings(min_new_tokens=3), eos_id=eos, pad_id=1)[0]
     finally:
         with torch.no_grad():

@@ -39,8 +39,9 @@ def test_generate_logprobs_equal_an_in_process_recomputation(policy, tiny_model_
         for s in samples:
             ids = s.prompt_token_ids + s.response_token_ids
             logits = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
-            expected = [logits[len(s.prompt_token_ids) - 1 + t, tok].item() for t, tok in
-                        enumerate(s.response_token_ids)]
+            expected = [
+                logits[len(s.prompt_token_ids) - 1 + t, tok].item() for t, tok in enumerate(s.response_token_ids)
+            ]
             assert s.logprobs == pytest.approx(expected, abs=1e-5)
             assert s.weights_version == 0
             assert s.response_text == tokenizer.decode(s.response_token_ids, skip_special_tokens=True)

@@ -29,8 +29,9 @@ def test_loss_is_the_response_tokens_negative_log_likelihood(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
         loss, count = response_loss_sum(model, collate(EXAMPLES, pad_id=1))
-        logprobs, mask = response_logprobs(model, [e.prompt_ids for e in EXAMPLES],
-                                           [e.response_ids for e in EXAMPLES], pad_id=1)
+        logprobs, mask = response_logprobs(
+            model, [e.prompt_ids for e in EXAMPLES], [e.response_ids for e in EXAMPLES], pad_id=1
+        )
     assert count == 5
     assert loss.item() == pytest.approx(-(logprobs * mask).sum().item(), abs=1e-4)
 
@@ -71,13 +72,25 @@ def test_a_text_line_is_plain_text_trained_on_every_token_after_the_first(tmp_pa
 
 
 @pytest.mark.slow
-def test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss(tiny_model_dir, synth_dir, tmp_path, seed,
-                                                                    record_figures):
+def test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss(
+    tiny_model_dir, synth_dir, tmp_path, seed, record_figures
+):
     rows = (synth_dir / "sft.jsonl").read_text().splitlines()[:320]
     data = tmp_path / "sft.jsonl"
     data.write_text("\n".join(rows) + "\n")
-    result = train_sft(SFTConfig(model=str(tiny_model_dir), data=str(data), out=str(tmp_path / "sft"), lr=2e-3,
-                                 batch_size=16, eval_fraction=0.2, device="cpu", seed=seed), progress=False)
+    result = train_sft(
+        SFTConfig(
+            model=str(tiny_model_dir),
+            data=str(data),
+            out=str(tmp_path / "sft"),
+            lr=2e-3,
+            batch_size=16,
+            eval_fraction=0.2,
+            device="cpu",
+            seed=seed,
+        ),
+        progress=False,
+    )
     assert (result.train_examples, result.eval_examples) == (256, 64)
     # The held-out loss falls to at most 0.65 of its start: well above the worst of benchmarks/seed_sweep.py's
     # 5 seeds x 2 CPU kinds (README, "Seed sweep"), which all land between 0.52 and 0.54.

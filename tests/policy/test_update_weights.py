@@ -109,11 +109,14 @@ def test_corrupt_chunk_fails_its_crc(policy, original):
     assert generated(policy) == before
 
 
-@pytest.mark.parametrize(("tensors", "message"), [
-    ({"transformer.ln_f.bias": torch.zeros(64)}, "shape [64] does not match the model's [128]"),
-    ({"transformer.ln_f.bias": torch.zeros(128, dtype=torch.float64)}, "dtype float64 does not match"),
-    ({"transformer.h.9.ln_1.bias": torch.zeros(128)}, "unknown tensor name 'transformer.h.9.ln_1.bias'"),
-])
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ({"transformer.ln_f.bias": torch.zeros(64)}, "shape [64] does not match the model's [128]"),
+        ({"transformer.ln_f.bias": torch.zeros(128, dtype=torch.float64)}, "dtype float64 does not match"),
+        ({"transformer.h.9.ln_1.bias": torch.zeros(128)}, "unknown tensor name 'transformer.h.9.ln_1.bias'"),
+    ],
+)
 def test_mismatched_tensor_is_refused_before_anything_changes(policy, original, tensors, message):
     before = generated(policy)
     # a valid tensor first, so a partial apply would show
@@ -143,8 +146,10 @@ def test_a_stalled_stream_is_cut_by_the_stream_timeout_and_changes_nothing(tiny_
     import time
 
     config = PolicyServiceConfig(model=str(tiny_model_dir), device="cpu", max_wait_ms=1, weights_stream_timeout=0.5)
-    with ServerThread(PolicyService(config), ServerOptions(port=0)) as port, \
-            PolicyClient(f"127.0.0.1:{port}") as policy:
+    with (
+        ServerThread(PolicyService(config), ServerOptions(port=0)) as port,
+        PolicyClient(f"127.0.0.1:{port}") as policy,
+    ):
         before = generated(policy)
         chunks = list(weight_chunks(eos_weights(original), version=9))
 
@@ -221,17 +226,22 @@ def test_replica_started_mid_run_pulls_the_learners_weights(tiny_model_dir, orig
     learner = WeightsOnlyLearner({**original, **eos_weights(original)}, version=12)
     with ServerThread(learner, ServerOptions(port=0)) as learner_port:
         config = PolicyServiceConfig(model=str(tiny_model_dir), device="cpu", learner=f"127.0.0.1:{learner_port}")
-        with ServerThread(PolicyService(config), ServerOptions(port=0)) as port, \
-                PolicyClient(f"127.0.0.1:{port}") as policy:
+        with (
+            ServerThread(PolicyService(config), ServerOptions(port=0)) as port,
+            PolicyClient(f"127.0.0.1:{port}") as policy,
+        ):
             assert policy.model_info().weights_version == 12
             assert generated(policy) == ([EOS], 12)
 
 
 def test_unreachable_learner_leaves_the_model_dir_weights_as_version_0(tiny_model_dir, port):
-    config = PolicyServiceConfig(model=str(tiny_model_dir), device="cpu", learner=f"127.0.0.1:{port}",
-                                 learner_timeout=2)
-    with ServerThread(PolicyService(config), ServerOptions(port=0)) as policy_port, \
-            PolicyClient(f"127.0.0.1:{policy_port}") as policy:
+    config = PolicyServiceConfig(
+        model=str(tiny_model_dir), device="cpu", learner=f"127.0.0.1:{port}", learner_timeout=2
+    )
+    with (
+        ServerThread(PolicyService(config), ServerOptions(port=0)) as policy_port,
+        PolicyClient(f"127.0.0.1:{policy_port}") as policy,
+    ):
         assert generated(policy)[1] == 0
 
 
@@ -240,11 +250,18 @@ def test_a_stalled_weight_pull_is_cut_and_the_replica_serves_its_model_dir(tiny_
 
     learner = WeightsOnlyLearner({**original, **eos_weights(original)}, version=5, stall_after=1)
     with ServerThread(learner, ServerOptions(port=0)) as learner_port:
-        config = PolicyServiceConfig(model=str(tiny_model_dir), device="cpu", learner=f"127.0.0.1:{learner_port}",
-                                     learner_timeout=300, weights_stream_timeout=1)
+        config = PolicyServiceConfig(
+            model=str(tiny_model_dir),
+            device="cpu",
+            learner=f"127.0.0.1:{learner_port}",
+            learner_timeout=300,
+            weights_stream_timeout=1,
+        )
         start = time.monotonic()
-        with ServerThread(PolicyService(config), ServerOptions(port=0)) as port, \
-                PolicyClient(f"127.0.0.1:{port}") as policy:
+        with (
+            ServerThread(PolicyService(config), ServerOptions(port=0)) as port,
+            PolicyClient(f"127.0.0.1:{port}") as policy,
+        ):
             assert time.monotonic() - start < 30  # the stall timeout ended the pull, not the 300 s overall one
             assert policy.model_info().weights_version == 0 and generated(policy)[1] == 0
 
@@ -262,8 +279,10 @@ def test_replica_still_loading_answers_unavailable_then_serves(tiny_model_dir, o
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = policy_pb2_grpc.PolicyInferenceStub(channel)
                 request = policy_pb2.GenerateRequest(prompts=[policy_pb2.Prompt(text="Hi")])
-                for call in (lambda: stub.Generate(request, timeout=30, wait_for_ready=True),
-                             lambda: stub.GetModelInfo(GetModelInfoRequest(), timeout=30)):
+                for call in (
+                    lambda: stub.Generate(request, timeout=30, wait_for_ready=True),
+                    lambda: stub.GetModelInfo(GetModelInfoRequest(), timeout=30),
+                ):
                     with pytest.raises(grpc.RpcError) as info:
                         call()
                     assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "loading" in info.value.details()

@@ -30,8 +30,10 @@ def reference(tiny_model_dir):
 def test_logprobs_equal_the_policys_for_the_same_model(reference, tiny_model_dir):
     service = PolicyService(PolicyServiceConfig(model=str(tiny_model_dir), device="cpu"))
     with ServerThread(service, ServerOptions(port=0)) as port, PolicyClient(f"127.0.0.1:{port}") as policy:
-        samples = policy.generate(["Human: Describe cats.\nAssistant:", [5, 6, 7, 8]],
-                                  GenerationParams(max_new_tokens=16, temperature=0.9, seed=1, n=3))
+        samples = policy.generate(
+            ["Human: Describe cats.\nAssistant:", [5, 6, 7, 8]],
+            GenerationParams(max_new_tokens=16, temperature=0.9, seed=1, n=3),
+        )
         assert policy.model_info().tokenizer_fingerprint == reference.model_info().tokenizer_fingerprint
     got = reference.logprobs([(s.prompt_token_ids, s.response_token_ids) for s in samples])
     for sample, logprobs in zip(samples, got, strict=True):
@@ -45,8 +47,9 @@ def test_concurrent_clients_share_batches_and_get_their_own_answers(reference, t
     count = lambda: REGISTRY.get_sample_value("rlhf_batch_size_count", {"service": "reference"}) or 0  # noqa: E731
     before = count()
     results = {}
-    threads = [threading.Thread(target=lambda i=i: results.update({i: reference.logprobs(requests[i])}))
-               for i in range(6)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.update({i: reference.logprobs(requests[i])})) for i in range(6)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -56,15 +59,18 @@ def test_concurrent_clients_share_batches_and_get_their_own_answers(reference, t
         assert results[i][0] == pytest.approx(local.logprobs(items)[0], abs=1e-5)
 
 
-@pytest.mark.parametrize(("items", "message"), [
-    ([], "empty batch"),
-    ([([5, 6], [1024])], "item 0: response_token_ids: token id 1024 is outside the vocabulary"),
-    ([([5, 6], [7]), ([-2], [7])], "item 1: prompt_token_ids: token id -2 is outside the vocabulary"),
-    ([([], [7])], "item 0: prompt_token_ids is empty"),
-    ([([5], [])], "item 0: response_token_ids is empty"),
-    ([([5] * 200, [6] * 57)], "257 tokens, beyond the model context of 256"),
-    ([([5], [6])] * 1025, "over the limit of 1024"),
-])
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([], "empty batch"),
+        ([([5, 6], [1024])], "item 0: response_token_ids: token id 1024 is outside the vocabulary"),
+        ([([5, 6], [7]), ([-2], [7])], "item 1: prompt_token_ids: token id -2 is outside the vocabulary"),
+        ([([], [7])], "item 0: prompt_token_ids is empty"),
+        ([([5], [])], "item 0: response_token_ids is empty"),
+        ([([5] * 200, [6] * 57)], "257 tokens, beyond the model context of 256"),
+        ([([5], [6])] * 1025, "over the limit of 1024"),
+    ],
+)
 def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(reference, items, message):
     with pytest.raises(grpc.RpcError) as info:
         reference.logprobs(items)
@@ -77,11 +83,23 @@ def test_cli_serves_and_answers_logprobs(tiny_model_dir, tmp_path):
     tokenizer = load_tokenizer(tiny_model_dir)
     prompt, response = "Human: Describe cats.\nAssistant:", " cats are kind."
     expected = LocalReference(tiny_model_dir, device="cpu").logprobs(
-        [(encode_prompt(tokenizer, prompt), encode_response(tokenizer, response))])[0]
-    with CliServer(["serve", "reference", "--model", str(tiny_model_dir), "--device", "cpu"],
-                   log_path=tmp_path / "reference.log") as server:
-        command = [*RLHF, "logprobs", "--target", server.target, "--tokenizer", str(tiny_model_dir),
-                   "--prompt", prompt, "--response", response]
+        [(encode_prompt(tokenizer, prompt), encode_response(tokenizer, response))]
+    )[0]
+    with CliServer(
+        ["serve", "reference", "--model", str(tiny_model_dir), "--device", "cpu"], log_path=tmp_path / "reference.log"
+    ) as server:
+        command = [
+            *RLHF,
+            "logprobs",
+            "--target",
+            server.target,
+            "--tokenizer",
+            str(tiny_model_dir),
+            "--prompt",
+            prompt,
+            "--response",
+            response,
+        ]
         out = json.loads(subprocess.run([*command, "--json"], capture_output=True, text=True, check=True).stdout)
         table = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert out["prompt_token_ids"] == encode_prompt(tokenizer, prompt)

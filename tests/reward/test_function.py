@@ -25,8 +25,9 @@ def length_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def misbehaving_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "reward-bad.log"
-    with CliServer(["serve", "reward", "--function", f"{FUNCTIONS}:misbehaving", "--max-wait-ms", "0"],
-                   log_path=log) as process:
+    with CliServer(
+        ["serve", "reward", "--function", f"{FUNCTIONS}:misbehaving", "--max-wait-ms", "0"], log_path=log
+    ) as process:
         yield process
 
 
@@ -35,22 +36,30 @@ def test_a_function_scores_through_the_client_and_the_cli(length_server):
         assert client.score([("p", "abc"), ("q", "hello world")]) == [3.0, 11.0]
         info = client.model_info()
     assert info.model_name == f"function:{FUNCTIONS}:length_reward" and len(info.model_version) == 16
-    out = subprocess.run([*RLHF, "score", "--target", length_server.target, "--prompt", "x", "--response", "four"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*RLHF, "score", "--target", length_server.target, "--prompt", "x", "--response", "four"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) == 4.0
 
 
-@pytest.mark.parametrize(("how", "code", "message"), [
-    ("raise", grpc.StatusCode.INTERNAL, "the reward function raised ValueError: no reward for you"),
-    ("nan", grpc.StatusCode.FAILED_PRECONDITION, "nan at index 0; scores must be finite"),
-    ("exit", grpc.StatusCode.INTERNAL, "the reward function raised SystemExit"),
-    ("text", grpc.StatusCode.FAILED_PRECONDITION, "a str ('high') at index 0, not a number"),
-    ("short", grpc.StatusCode.FAILED_PRECONDITION, "1 scores for 2 items"),
-    ("dict", grpc.StatusCode.FAILED_PRECONDITION, "a dict, not a list of 2 numbers"),
-])
-def test_a_misbehaving_function_gets_a_clear_status_and_the_server_keeps_serving(misbehaving_server, how, code,
-                                                                                 message):
+@pytest.mark.parametrize(
+    ("how", "code", "message"),
+    [
+        ("raise", grpc.StatusCode.INTERNAL, "the reward function raised ValueError: no reward for you"),
+        ("nan", grpc.StatusCode.FAILED_PRECONDITION, "nan at index 0; scores must be finite"),
+        ("exit", grpc.StatusCode.INTERNAL, "the reward function raised SystemExit"),
+        ("text", grpc.StatusCode.FAILED_PRECONDITION, "a str ('high') at index 0, not a number"),
+        ("short", grpc.StatusCode.FAILED_PRECONDITION, "1 scores for 2 items"),
+        ("dict", grpc.StatusCode.FAILED_PRECONDITION, "a dict, not a list of 2 numbers"),
+    ],
+)
+def test_a_misbehaving_function_gets_a_clear_status_and_the_server_keeps_serving(
+    misbehaving_server, how, code, message
+):
     with RewardClient(misbehaving_server.target, timeout=30) as client:
         with pytest.raises(grpc.RpcError) as caught:
             client.score([("p", how), ("p", "second")])
@@ -100,8 +109,20 @@ def test_admission_control_answers_resource_exhausted_at_once_and_clients_retry(
 
     from rlhf.v1 import reward_pb2, reward_pb2_grpc
 
-    args = ["serve", "reward", "--function", f"{FUNCTIONS}:slow_length", "--max-queue", "8", "--max-batch-size", "4",
-            "--max-items-per-request", "4", "--max-wait-ms", "0"]
+    args = [
+        "serve",
+        "reward",
+        "--function",
+        f"{FUNCTIONS}:slow_length",
+        "--max-queue",
+        "8",
+        "--max-batch-size",
+        "4",
+        "--max-items-per-request",
+        "4",
+        "--max-wait-ms",
+        "0",
+    ]
     with CliServer(args, log_path=tmp_path / "reward.log") as server:
         request = reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(prompt="p", response="abc")] * 4)
 

@@ -60,8 +60,20 @@ def wait_for_log(server: CliServer, *lines: str, timeout: float = 60) -> None:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
 def test_two_instances_score_like_one_and_a_killed_worker_is_replaced(reward_model_dir, tmp_path):
     expected = LocalReward(str(reward_model_dir), device="cpu").score(ITEMS)
-    args = ["serve", "reward", "--model", str(reward_model_dir), "--device", "cpu", "--instances", "2",
-            "--max-batch-size", "4", "--max-wait-ms", "5"]
+    args = [
+        "serve",
+        "reward",
+        "--model",
+        str(reward_model_dir),
+        "--device",
+        "cpu",
+        "--instances",
+        "2",
+        "--max-batch-size",
+        "4",
+        "--max-wait-ms",
+        "5",
+    ]
     with CliServer(args, log_path=tmp_path / "reward.log") as server, RewardClient(server.target) as client:
         workers = wait_for_workers(server.proc.pid, 2, exclude=set())
         with ThreadPoolExecutor(8) as pool:  # concurrent single-item requests: batches on both workers

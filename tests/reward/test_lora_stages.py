@@ -30,20 +30,88 @@ def stages(tiny_model_dir, synth_dir, tmp_path_factory):
     from rlhf.core.synthetic import write_task
 
     root = tmp_path_factory.mktemp("lora-stages")
-    rlhf("train", "sft", "--model", str(tiny_model_dir), "--data", str(synth_dir / "sft.jsonl"), "--out",
-         str(root / "sft"), "--lr", "3e-3", "--batch-size", "32", "--device", "cpu")
-    rlhf("train", "sft", "--model", str(tiny_model_dir), "--data", str(synth_dir / "sft.jsonl"), "--out",
-         str(root / "sft-lora"), "--lr", "3e-3", "--batch-size", "32", "--device", "cpu", "--lora-r", "8")
+    rlhf(
+        "train",
+        "sft",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(synth_dir / "sft.jsonl"),
+        "--out",
+        str(root / "sft"),
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+    )
+    rlhf(
+        "train",
+        "sft",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(synth_dir / "sft.jsonl"),
+        "--out",
+        str(root / "sft-lora"),
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--lora-r",
+        "8",
+    )
     preferences = write_task(root / "rm-data", preference_scale=3)["preferences"]
     accuracy = {}
     for name, extra in (("rm", []), ("rm-lora", ["--lora-r", "8", "--lr", "3e-3"])):
-        out = rlhf("train", "rm", "--model", str(root / "sft"), "--data", str(preferences), "--out", str(root / name),
-                   "--epochs", "1", "--batch-size", "16", "--lr", "1e-3", "--adam-beta2", "0.95", "--max-length", "48",
-                   "--device", "cpu", *extra).stdout
+        out = rlhf(
+            "train",
+            "rm",
+            "--model",
+            str(root / "sft"),
+            "--data",
+            str(preferences),
+            "--out",
+            str(root / name),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--adam-beta2",
+            "0.95",
+            "--max-length",
+            "48",
+            "--device",
+            "cpu",
+            *extra,
+        ).stdout
         accuracy[name] = float(re.search(r"held-out pairwise accuracy: ([0-9.]+)", out).group(1))
     # a LoRA reward model on the LoRA SFT model: an adapter whose base is an adapter
-    rlhf("train", "rm", "--model", str(root / "sft-lora"), "--data", str(preferences), "--out", str(root / "rm-chain"),
-         "--epochs", "1", "--batch-size", "64", "--max-length", "48", "--device", "cpu", "--lora-r", "4")
+    rlhf(
+        "train",
+        "rm",
+        "--model",
+        str(root / "sft-lora"),
+        "--data",
+        str(preferences),
+        "--out",
+        str(root / "rm-chain"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--max-length",
+        "48",
+        "--device",
+        "cpu",
+        "--lora-r",
+        "4",
+    )
     return root, preferences, accuracy
 
 
@@ -60,8 +128,9 @@ def test_lora_sft_writes_an_adapter_and_a_merged_dir_that_agree(stages, tiny_mod
     with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
-        torch.testing.assert_close(plain(input_ids=IDS).logits, with_adapter(input_ids=IDS).logits,
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            plain(input_ids=IDS).logits, with_adapter(input_ids=IDS).logits, rtol=1e-4, atol=1e-4
+        )
         assert not torch.allclose(plain(input_ids=IDS).logits, base(input_ids=IDS).logits)  # it did train
 
 
@@ -70,16 +139,34 @@ def test_the_policy_service_serves_the_adapter_dir_as_it_serves_the_merged_dir(s
     greedy = GenerationParams(max_new_tokens=8, temperature=0)
     samples = {}
     for name in ("sft-lora", "sft-lora/merged"):
-        with ServiceProcess(["serve", "policy", "--model", str(root / name), "--device", "cpu"], name=name) as proc, \
-                PolicyClient(proc.target) as policy:
-            samples[name] = [s.response_token_ids for s in policy.generate(["Human: Describe cats.\nAssistant:"] * 2,
-                                                                           greedy)]
+        with (
+            ServiceProcess(["serve", "policy", "--model", str(root / name), "--device", "cpu"], name=name) as proc,
+            PolicyClient(proc.target) as policy,
+        ):
+            samples[name] = [
+                s.response_token_ids for s in policy.generate(["Human: Describe cats.\nAssistant:"] * 2, greedy)
+            ]
     assert samples["sft-lora"] == samples["sft-lora/merged"]
 
 
 def test_no_merge_writes_the_adapter_only(tiny_model_dir, synth_dir, tmp_path):
-    rlhf("train", "sft", "--model", str(tiny_model_dir), "--data", str(synth_dir / "sft.jsonl"), "--out",
-         str(tmp_path / "a"), "--batch-size", "64", "--device", "cpu", "--lora-r", "4", "--no-merge")
+    rlhf(
+        "train",
+        "sft",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(synth_dir / "sft.jsonl"),
+        "--out",
+        str(tmp_path / "a"),
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--lora-r",
+        "4",
+        "--no-merge",
+    )
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file() and not (tmp_path / "a" / "merged").exists()
 
 
@@ -88,8 +175,9 @@ def test_a_lora_reward_model_matches_full_training_and_both_outputs_score_mean_0
     assert accuracy["rm-lora"] >= accuracy["rm"] - ACCURACY_GAP, accuracy
     items = completions(load_rankings(preferences))[:300]
     scores = {name: RewardScorer.load(root / name, device="cpu").score(items) for name in ("rm-lora", "rm-lora/merged")}
-    torch.testing.assert_close(torch.tensor(scores["rm-lora"]), torch.tensor(scores["rm-lora/merged"]),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(scores["rm-lora"]), torch.tensor(scores["rm-lora/merged"]), rtol=1e-4, atol=1e-4
+    )
     train, _ = split_rankings(load_rankings(preferences), 0.1, 0)  # the split `train rm` made (its defaults)
     reference = completions(train)
     for name in ("rm-lora", "rm-lora/merged"):  # the adapter carries the offset (in its final-norm copy)
@@ -106,11 +194,28 @@ def test_an_adapter_on_an_adapter_loads_as_its_merged_dir(stages, tiny_model_dir
     config = json.loads((root / "rm-chain" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str((root / "sft-lora").resolve())
     items = completions(load_rankings(preferences))[:100]
-    chained, merged = (RewardScorer.load(root / name, device="cpu").score(items) for name in ("rm-chain",
-                                                                                              "rm-chain/merged"))
+    chained, merged = (
+        RewardScorer.load(root / name, device="cpu").score(items) for name in ("rm-chain", "rm-chain/merged")
+    )
     torch.testing.assert_close(torch.tensor(chained), torch.tensor(merged), rtol=1e-4, atol=1e-4)
-    rlhf("train", "sft", "--model", str(root / "sft-lora"), "--data", str(synth_dir / "sft.jsonl"), "--out",
-         str(root / "sft-chain"), "--batch-size", "64", "--device", "cpu", "--lora-r", "4", "--lr", "1e-2")
+    rlhf(
+        "train",
+        "sft",
+        "--model",
+        str(root / "sft-lora"),
+        "--data",
+        str(synth_dir / "sft.jsonl"),
+        "--out",
+        str(root / "sft-chain"),
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--lora-r",
+        "4",
+        "--lr",
+        "1e-2",
+    )
     with torch.no_grad():
         got = load_causal_lm(root / "sft-chain", torch.device("cpu"), torch.float32)(input_ids=IDS).logits
         want = AutoModelForCausalLM.from_pretrained(root / "sft-chain" / "merged")(input_ids=IDS).logits
@@ -128,14 +233,40 @@ def test_a_lora_reward_model_on_an_rmsnorm_model_carries_its_offset_in_the_adapt
     _, preferences, _ = stages
     tokenizer = train_tokenizer(1024)
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                 bos_token_id=tokenizer.eos_token_id)).save_pretrained(tmp_path / "llama")
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        )
+    ).save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
-    out = rlhf("train", "rm", "--model", str(tmp_path / "llama"), "--data", str(preferences), "--out",
-               str(tmp_path / "rm"), "--epochs", "1", "--batch-size", "64", "--max-length", "48", "--device", "cpu",
-               "--lora-r", "4").stdout
+    out = rlhf(
+        "train",
+        "rm",
+        "--model",
+        str(tmp_path / "llama"),
+        "--data",
+        str(preferences),
+        "--out",
+        str(tmp_path / "rm"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--max-length",
+        "48",
+        "--device",
+        "cpu",
+        "--lora-r",
+        "4",
+    ).stdout
     assert "folded into config.json reward_offset" in out
     assert "reward_offset" in json.loads((tmp_path / "rm" / CONFIG_OVERRIDES).read_text())
     train, _ = split_rankings(load_rankings(preferences), 0.1, 0)
@@ -153,21 +284,47 @@ def test_a_lora_reward_model_on_an_rmsnorm_model_carries_its_offset_in_the_adapt
 LORA_SFT_GAP = 0.05
 
 
-def test_lora_sft_from_a_pretrained_base_reaches_full_sfts_held_out_loss(tiny_model_dir, synth_dir, tmp_path, seed,
-                                                                        record_figures):
+def test_lora_sft_from_a_pretrained_base_reaches_full_sfts_held_out_loss(
+    tiny_model_dir, synth_dir, tmp_path, seed, record_figures
+):
     from rlhf.core.synthetic import write_base_text
 
     world = write_base_text(tmp_path / "base-text.jsonl", seed)
     common = ["--batch-size", "32", "--seed", str(seed), "--device", "cpu"]
-    rlhf("train", "sft", "--model", str(tiny_model_dir), "--data", str(world), "--out", str(tmp_path / "base"),
-         "--lr", "3e-3", "--epochs", "2", *common)
+    rlhf(
+        "train",
+        "sft",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(world),
+        "--out",
+        str(tmp_path / "base"),
+        "--lr",
+        "3e-3",
+        "--epochs",
+        "2",
+        *common,
+    )
     losses = {}
     for name, extra in (("full", ["--lr", "3e-3"]), ("lora", ["--lora-r", "8", "--lr", "1e-2"])):
-        out = rlhf("train", "sft", "--model", str(tmp_path / "base"), "--data", str(synth_dir / "sft.jsonl"),
-                   "--out", str(tmp_path / name), *common, *extra).stdout
+        out = rlhf(
+            "train",
+            "sft",
+            "--model",
+            str(tmp_path / "base"),
+            "--data",
+            str(synth_dir / "sft.jsonl"),
+            "--out",
+            str(tmp_path / name),
+            *common,
+            *extra,
+        ).stdout
         losses[name] = float(re.search(r"eval loss .*-> ([0-9.]+)", out).group(1))
     gap = losses["lora"] / losses["full"] - 1
-    print(f"held-out SFT loss from a pretrained base: full {losses['full']:.4f}, LoRA r8 {losses['lora']:.4f} "
-          f"({gap:+.2%})")
+    print(
+        f"held-out SFT loss from a pretrained base: full {losses['full']:.4f}, LoRA r8 {losses['lora']:.4f} "
+        f"({gap:+.2%})"
+    )
     record_figures({"lora_sft_loss_gap_max": gap}, {"lora_sft_loss_gap_max": LORA_SFT_GAP})
     assert gap < LORA_SFT_GAP

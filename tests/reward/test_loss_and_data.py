@@ -37,8 +37,9 @@ def test_batch_loss_is_the_mean_over_prompts_of_each_prompts_mean():
     per_prompt = [(NLL_1_0 + NLL_2_5 + NLL_1_5) / 3, NLL_NEG_0_5]
     # Not the mean over the 4 comparisons: each prompt weighs the same whatever its K.
     assert _loss(batch, [1.0, -0.5, 2.0, 0.2, 0.7]).item() == pytest.approx(sum(per_prompt) / 2, abs=1e-6)
-    assert pairwise_accuracy(torch.tensor([1.0, -0.5, 2.0, 0.2, 0.7]), torch.tensor(batch.winners),
-                             torch.tensor(batch.losers)) == (3, 4)
+    assert pairwise_accuracy(
+        torch.tensor([1.0, -0.5, 2.0, 0.2, 0.7]), torch.tensor(batch.winners), torch.tensor(batch.losers)
+    ) == (3, 4)
 
 
 def test_gradient_pushes_winner_up_and_loser_down():
@@ -61,8 +62,11 @@ def test_one_prompts_comparisons_stay_in_one_batch_and_each_response_is_encoded_
     for batch in batches:
         assert len(batch.items) == len(set(batch.items))  # each (prompt, response) once per batch
         for g in range(batch.num_prompts):
-            pairs = [(batch.items[w], batch.items[lo]) for w, lo, gg in
-                     zip(batch.winners, batch.losers, batch.group, strict=True) if gg == g]
+            pairs = [
+                (batch.items[w], batch.items[lo])
+                for w, lo, gg in zip(batch.winners, batch.losers, batch.group, strict=True)
+                if gg == g
+            ]
             prompt = pairs[0][0][0]
             ranking = next(r for r in rankings if r.prompt == prompt)
             assert all(w[0] == prompt and lo[0] == prompt for w, lo in pairs)  # no other prompt's items
@@ -75,8 +79,10 @@ def test_one_prompts_comparisons_stay_in_one_batch_and_each_response_is_encoded_
 
 def test_jsonl_mixes_pairwise_and_kwise_rows(tmp_path):
     path = tmp_path / "prefs.jsonl"
-    rows = [{"prompt": "p", "chosen": "good", "rejected": "bad"},
-            {"prompt": "q", "responses": ["x", "y", "z"], "ranking": [1, 2, 0]}]
+    rows = [
+        {"prompt": "p", "chosen": "good", "rejected": "bad"},
+        {"prompt": "q", "responses": ["x", "y", "z"], "ranking": [1, 2, 0]},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     assert load_rankings(str(path)) == [Ranking("p", ("good", "bad"), (0, 1)), Ranking("q", ("x", "y", "z"), (1, 2, 0))]
 
@@ -85,22 +91,29 @@ def test_parquet_rows_load_like_jsonl(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist([
-        {"prompt": "p", "chosen": "good", "rejected": "bad", "responses": None, "ranking": None},
-        {"prompt": "q", "chosen": None, "rejected": None, "responses": ["x", "y"], "ranking": [1, 0]},
-    ])
+    table = pa.Table.from_pylist(
+        [
+            {"prompt": "p", "chosen": "good", "rejected": "bad", "responses": None, "ranking": None},
+            {"prompt": "q", "chosen": None, "rejected": None, "responses": ["x", "y"], "ranking": [1, 0]},
+        ]
+    )
     pq.write_table(table, tmp_path / "prefs.parquet")
     assert load_rankings(str(tmp_path / "prefs.parquet")) == [
-        Ranking("p", ("good", "bad"), (0, 1)), Ranking("q", ("x", "y"), (1, 0))]
+        Ranking("p", ("good", "bad"), (0, 1)),
+        Ranking("q", ("x", "y"), (1, 0)),
+    ]
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"prompt": "p", "chosen": "a"}', "needs 'chosen' and 'rejected'"),
-    ('{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}', "each index 0..1 once"),
-    ('{"prompt": "p", "responses": ["a"], "ranking": [0]}', "at least 2 responses"),
-    ('{"chosen": "a", "rejected": "b"}', "string 'prompt'"),
-    ("not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"prompt": "p", "chosen": "a"}', "needs 'chosen' and 'rejected'"),
+        ('{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}', "each index 0..1 once"),
+        ('{"prompt": "p", "responses": ["a"], "ranking": [0]}', "at least 2 responses"),
+        ('{"chosen": "a", "rejected": "b"}', "string 'prompt'"),
+        ("not json", "not valid JSON"),
+    ],
+)
 def test_bad_rows_name_their_line(tmp_path, line, message):
     path = tmp_path / "prefs.jsonl"
     path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' + line + "\n")

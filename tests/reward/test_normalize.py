@@ -8,8 +8,11 @@ from rlhf.core.modeling import load_tokenizer
 from rlhf.reward.model import OFFSET_KEY, RewardScorer, load_sequence_classifier, reward_forward
 from rlhf.reward.normalize import fold_offset
 
-ITEMS = [("Human: Describe cats.\nAssistant:", " cats are kind."), ("Human: Describe dogs.\nAssistant:", " rude."),
-         ("Human: Tell me about stars.\nAssistant:", " stars are bright, warm and gentle.")]
+ITEMS = [
+    ("Human: Describe cats.\nAssistant:", " cats are kind."),
+    ("Human: Describe dogs.\nAssistant:", " rude."),
+    ("Human: Tell me about stars.\nAssistant:", " stars are bright, warm and gentle."),
+]
 
 
 def _batch(tokenizer):
@@ -55,9 +58,17 @@ def test_rmsnorm_models_keep_the_offset_in_their_config(tiny_model_dir, tmp_path
 
     tokenizer = load_tokenizer(tiny_model_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForSequenceClassification(config).eval()
     ids, attention = _batch(tokenizer)
     before = _rewards(model, ids, attention)

@@ -47,14 +47,22 @@ def test_tls_refuses_plaintext_and_accepts_clients_that_trust_its_ca(reward_mode
         assert _score_code(target, tls_ca=str(tls_dir / "ca.crt")) == grpc.StatusCode.OK
 
 
-@pytest.mark.parametrize("client_cert, expected", [
-    (None, grpc.StatusCode.UNAVAILABLE),
-    ("stranger", grpc.StatusCode.UNAVAILABLE),  # signed by a CA the server does not trust
-    ("client", grpc.StatusCode.OK),
-])
+@pytest.mark.parametrize(
+    "client_cert, expected",
+    [
+        (None, grpc.StatusCode.UNAVAILABLE),
+        ("stranger", grpc.StatusCode.UNAVAILABLE),  # signed by a CA the server does not trust
+        ("client", grpc.StatusCode.OK),
+    ],
+)
 def test_mtls_requires_a_client_certificate_from_the_client_ca(reward_model_dir, port, tls_dir, client_cert, expected):
-    with _serve(reward_model_dir, port, tls_cert=str(tls_dir / "server.crt"), tls_key=str(tls_dir / "server.key"),
-                tls_client_ca=str(tls_dir / "ca.crt")):
+    with _serve(
+        reward_model_dir,
+        port,
+        tls_cert=str(tls_dir / "server.crt"),
+        tls_key=str(tls_dir / "server.key"),
+        tls_client_ca=str(tls_dir / "ca.crt"),
+    ):
         cert = {"tls_cert": str(tls_dir / f"{client_cert}.crt"), "tls_key": str(tls_dir / f"{client_cert}.key")}
         options = {"tls_ca": str(tls_dir / "ca.crt"), **(cert if client_cert else {})}
         assert _score_code(f"localhost:{port}", **options) == expected

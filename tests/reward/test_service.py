@@ -28,8 +28,22 @@ MAX_ITEMS = 8
 def server(reward_model_dir, tmp_path_factory):
     metrics_port = free_port()
     log = tmp_path_factory.mktemp("logs") / "reward.log"
-    args = ["serve", "reward", "--model", str(reward_model_dir), "--device", "cpu", "--metrics-port", str(metrics_port),
-            "--max-items-per-request", str(MAX_ITEMS), "--max-message-mb", "1", "--max-wait-ms", "25"]
+    args = [
+        "serve",
+        "reward",
+        "--model",
+        str(reward_model_dir),
+        "--device",
+        "cpu",
+        "--metrics-port",
+        str(metrics_port),
+        "--max-items-per-request",
+        str(MAX_ITEMS),
+        "--max-message-mb",
+        "1",
+        "--max-wait-ms",
+        "25",
+    ]
     with CliServer(args, log_path=log) as process:
         process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         yield process
@@ -52,8 +66,11 @@ def _reflected_score_call(channel: grpc.Channel):
     method = pool.FindServiceByName("rlhf.v1.RewardScoring").FindMethodByName("Score")
     request_class = message_factory.GetMessageClass(method.input_type)
     response_class = message_factory.GetMessageClass(method.output_type)
-    call = channel.unary_unary("/rlhf.v1.RewardScoring/Score", request_serializer=request_class.SerializeToString,
-                               response_deserializer=response_class.FromString)
+    call = channel.unary_unary(
+        "/rlhf.v1.RewardScoring/Score",
+        request_serializer=request_class.SerializeToString,
+        response_deserializer=response_class.FromString,
+    )
     return call, request_class
 
 
@@ -67,8 +84,9 @@ def test_reflection_client_scores_without_project_stubs(server, reward_model_dir
         reply = call(request, timeout=30)
     assert len(reply.scores) == 2 and reply.model_version
     assert type(reply).__module__ != "rlhf.v1.reward_pb2"
-    expected = LocalReward(str(reward_model_dir), device="cpu").score([(PROMPT, " cats are kind."),
-                                                                        (PROMPT, " dogs are rude and dull.")])
+    expected = LocalReward(str(reward_model_dir), device="cpu").score(
+        [(PROMPT, " cats are kind."), (PROMPT, " dogs are rude and dull.")]
+    )
     assert list(reply.scores) == pytest.approx(expected, abs=1e-4)
     assert reply.scores[0] != reply.scores[1]
 
@@ -103,8 +121,9 @@ def test_concurrent_clients_are_batched_together(server):
     key = "rlhf_batch_size_{}{{service=reward}}"
     items = after[key.format("sum")] - before.get(key.format("sum"), 0)
     batches = after[key.format("count")] - before.get(key.format("count"), 0)
-    single = (after["rlhf_batch_size_bucket{le=1.0,service=reward}"]
-              - before.get("rlhf_batch_size_bucket{le=1.0,service=reward}", 0))
+    single = after["rlhf_batch_size_bucket{le=1.0,service=reward}"] - before.get(
+        "rlhf_batch_size_bucket{le=1.0,service=reward}", 0
+    )
     assert items == len(clients)
     assert batches < len(clients) and single < batches, f"{items} items in {batches} batches, {single} of size 1"
 
@@ -136,8 +155,9 @@ def test_over_long_text_is_truncated_and_counted(server):
     before = _metrics(server.metrics_url).get(key, 0)
     long_prompt = "Human: " + "tell me a story about the sea and the old lighthouse keeper. " * 40 + "\nAssistant:"
     with RewardClient(server.target) as client:
-        reply = client.score_detailed([(long_prompt, " cats are kind."), (PROMPT, " cats are kind."),
-                                       (PROMPT, " and " * 600)])
+        reply = client.score_detailed(
+            [(long_prompt, " cats are kind."), (PROMPT, " cats are kind."), (PROMPT, " and " * 600)]
+        )
     assert list(reply.truncated) == [True, False, True]
     assert len(reply.scores) == 3
     assert _metrics(server.metrics_url)[key] - before == 2
@@ -151,15 +171,20 @@ def test_client_splits_requests_over_the_servers_item_limit(server, reward_model
 
 
 def test_score_cli_single_pair_and_jsonl(server, tmp_path):
-    out = subprocess.run([*RLHF, "score", "--target", server.target, "--prompt", PROMPT, "--response", " cats."],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*RLHF, "score", "--target", server.target, "--prompt", PROMPT, "--response", " cats."],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     single = float(out.stdout)
     rows = [{"prompt": PROMPT, "response": " cats.", "id": 1}, {"prompt": PROMPT, "response": " dogs.", "id": 2}]
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = subprocess.run([*RLHF, "score", "--target", server.target, "--input", str(path)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*RLHF, "score", "--target", server.target, "--input", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [line["id"] for line in lines] == [1, 2]
@@ -167,8 +192,12 @@ def test_score_cli_single_pair_and_jsonl(server, tmp_path):
 
 
 def test_score_cli_bad_target_is_one_line():
-    out = subprocess.run([*RLHF, "score", "--target", f"127.0.0.1:{free_port()}", "--prompt", "p", "--response", "r",
-                          "--timeout", "10"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*RLHF, "score", "--target", f"127.0.0.1:{free_port()}", "--prompt", "p", "--response", "r", "--timeout", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert out.stderr.startswith("rlhf: error: 127.0.0.1:") and "UNAVAILABLE" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1

@@ -40,9 +40,31 @@ def trained(tmp_path_factory, seed):
     work = tmp_path_factory.mktemp("rm-train")
     lm = make_tiny_model(work / "lm", TinyModelConfig(n_embd=HIDDEN))
     data = write_task(work / "data", seed=seed, scale=DATA_SCALE)["preferences"]
-    command = [*RLHF, "train", "rm", "--model", str(lm), "--data", str(data), "--out", str(work / "rm"),
-               "--epochs", str(EPOCHS), "--batch-size", "8", "--lr", "3e-3", "--eval-fraction", str(EVAL_FRACTION),
-               "--seed", str(seed), "--device", "cpu", "--adam-beta2", "0.95"]
+    command = [
+        *RLHF,
+        "train",
+        "rm",
+        "--model",
+        str(lm),
+        "--data",
+        str(data),
+        "--out",
+        str(work / "rm"),
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--eval-fraction",
+        str(EVAL_FRACTION),
+        "--seed",
+        str(seed),
+        "--device",
+        "cpu",
+        "--adam-beta2",
+        "0.95",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -71,8 +93,10 @@ def test_held_out_accuracy_against_the_ground_truth_rule_clears_the_bound(traine
     pairs = [(r.prompt, r.responses[w], r.responses[lo]) for r in trained["held_out"] for w, lo in r.comparisons()]
     pairs = [(p, a, b) for p, a, b in pairs if ground_truth_score(p, a) != ground_truth_score(p, b)]
     scores = LocalReward(str(trained["dir"]), device="cpu").score([(p, y) for p, a, b in pairs for y in (a, b)])
-    agree = sum((scores[2 * i] > scores[2 * i + 1]) == (ground_truth_score(p, a) > ground_truth_score(p, b))
-                for i, (p, a, b) in enumerate(pairs))
+    agree = sum(
+        (scores[2 * i] > scores[2 * i + 1]) == (ground_truth_score(p, a) > ground_truth_score(p, b))
+        for i, (p, a, b) in enumerate(pairs)
+    )
     assert len(pairs) > 1000
     record_figures({"accuracy": agree / len(pairs)}, {"accuracy": ACCURACY_BOUND})
     assert agree / len(pairs) >= ACCURACY_BOUND
@@ -97,8 +121,12 @@ def test_from_pretrained_scores_match_the_service(trained, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(trained["dir"])
     with torch.no_grad():
         expected = [model(torch.tensor([encode_pair(tokenizer, p, r, 256).input_ids])).logits.item() for p, r in items]
-    with CliServer(["serve", "reward", "--model", str(trained["dir"]), "--device", "cpu"],
-                   log_path=tmp_path / "reward.log") as server, RewardClient(server.target) as client:
+    with (
+        CliServer(
+            ["serve", "reward", "--model", str(trained["dir"]), "--device", "cpu"], log_path=tmp_path / "reward.log"
+        ) as server,
+        RewardClient(server.target) as client,
+    ):
         served = client.score(items)
     assert served == pytest.approx(expected, abs=1e-4)
 
@@ -108,9 +136,29 @@ def test_the_finished_bar_is_not_drawn_again_below_the_last_epoch_line(tiny_mode
     from rlhf.core.synthetic import write_task
 
     data = write_task(tmp_path / "data", scale=0.02)["preferences"]
-    run = subprocess.run([*RLHF, "train", "rm", "--model", str(tiny_model_dir), "--data", str(data),
-                          "--out", str(tmp_path / "rm"), "--epochs", "2", "--eval-fraction", "0.2", "--device", "cpu"],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            *RLHF,
+            "train",
+            "rm",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "rm"),
+            "--epochs",
+            "2",
+            "--eval-fraction",
+            "0.2",
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:]
     after = run.stdout.split("epoch 2: held-out pairwise accuracy")
     assert len(after) == 2 and "100%" in after[0] and "100%" not in after[1], run.stdout[-3000:]

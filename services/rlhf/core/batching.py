@@ -89,8 +89,10 @@ class DynamicBatcher(Generic[In, Out]):
         if self._closed:
             raise BatcherClosed(f"{self.name} batcher is closed")
         if self.max_queue is not None and len(self._pending) + len(items) > self.max_queue:
-            raise QueueFull(f"{self.name} is overloaded: {len(self._pending)} items queued, {len(items)} more would "
-                            f"pass its limit of {self.max_queue} {QUEUE_FULL_MARK}; retry with backoff")
+            raise QueueFull(
+                f"{self.name} is overloaded: {len(self._pending)} items queued, {len(items)} more would "
+                f"pass its limit of {self.max_queue} {QUEUE_FULL_MARK}; retry with backoff"
+            )
         self._ensure_started()
         loop = asyncio.get_running_loop()
         entries = [_Pending(it, self.length_of(it), self.group_of(it), loop.create_future()) for it in items]

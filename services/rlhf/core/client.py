@@ -26,16 +26,20 @@ from rlhf.core.security import read_secret
 
 def _service_config(max_attempts: int) -> str:
     # gRPC rejects a retryPolicy with maxAttempts < 2 (and then no channel works): 1 means no policy.
-    retry = {
-        "retryPolicy": {
-            "maxAttempts": max_attempts,
-            "initialBackoff": "0.2s",
-            "maxBackoff": "5s",
-            "backoffMultiplier": 2,
-            # RESOURCE_EXHAUSTED: a server's admission control (--max-queue) refused the call for now
-            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+    retry = (
+        {
+            "retryPolicy": {
+                "maxAttempts": max_attempts,
+                "initialBackoff": "0.2s",
+                "maxBackoff": "5s",
+                "backoffMultiplier": 2,
+                # RESOURCE_EXHAUSTED: a server's admission control (--max-queue) refused the call for now
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+            }
         }
-    } if max_attempts >= 2 else {}
+        if max_attempts >= 2
+        else {}
+    )
     return json.dumps(
         {
             "loadBalancingConfig": [{"round_robin": {}}],
@@ -60,10 +64,14 @@ class ClientOptions:
         env = os.environ.get
         g = parser.add_argument_group("connection")
         g.add_argument("--timeout", type=float, default=60.0, help="deadline per call in seconds")
-        g.add_argument("--auth-token-file", default=env("RLHF_AUTH_TOKEN_FILE"),
-                       help="send this bearer token (env RLHF_AUTH_TOKEN_FILE)")
-        g.add_argument("--tls-ca", default=env("RLHF_TLS_CA"),
-                       help="CA certificate: connect with TLS (env RLHF_TLS_CA)")
+        g.add_argument(
+            "--auth-token-file",
+            default=env("RLHF_AUTH_TOKEN_FILE"),
+            help="send this bearer token (env RLHF_AUTH_TOKEN_FILE)",
+        )
+        g.add_argument(
+            "--tls-ca", default=env("RLHF_TLS_CA"), help="CA certificate: connect with TLS (env RLHF_TLS_CA)"
+        )
         g.add_argument("--tls-cert", default=env("RLHF_TLS_CLIENT_CERT"), help="client certificate for mTLS")
         g.add_argument("--tls-key", default=env("RLHF_TLS_CLIENT_KEY"), help="client key for mTLS")
         g.add_argument("--tls-server-name", default=None, help="expected server name in its certificate")
@@ -146,6 +154,7 @@ def _raising_service_errors(method: Callable) -> Callable:
         return ServiceError(client.target, method.__name__, err.code(), details)
 
     if inspect.isgeneratorfunction(method):
+
         @functools.wraps(method)
         def streaming(self, *args, **kwargs):
             try:
@@ -201,8 +210,7 @@ class BaseClient:
         self.close()
 
 
-def wait_until_serving(channel: grpc.Channel, timeout: float = 120.0, service: str = "",
-                       abort=lambda: False) -> None:
+def wait_until_serving(channel: grpc.Channel, timeout: float = 120.0, service: str = "", abort=lambda: False) -> None:
     """Poll grpc.health.v1 until it answers SERVING; raises TimeoutError otherwise, or as soon as
     abort() is true (a stop request must not wait out the timeout)."""
     stub = health_pb2_grpc.HealthStub(channel)
@@ -210,8 +218,9 @@ def wait_until_serving(channel: grpc.Channel, timeout: float = 120.0, service: s
     last = "no answer"
     while time.monotonic() < deadline and not abort():
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service),
-                               timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+            reply = stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=max(0.05, min(1.0, deadline - time.monotonic()))
+            )
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
             last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -21,9 +21,13 @@ def register(commands) -> None:
     synth.add_argument("--out", required=True, help="directory for the JSONL files")
     synth.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     synth.add_argument("--scale", type=float, default=1.0, help="multiply every file's size (e.g. 0.1 for tests)")
-    synth.add_argument("--preference-scale", type=float, default=1.0,
-                       help="multiply the preference file's size once more: from about 3x, the tiny reward model "
-                       "learns the task's topic relation on every seed")
+    synth.add_argument(
+        "--preference-scale",
+        type=float,
+        default=1.0,
+        help="multiply the preference file's size once more: from about 3x, the tiny reward model "
+        "learns the task's topic relation on every seed",
+    )
     synth.set_defaults(func=_synth)
 
 
@@ -35,8 +39,12 @@ def _tiny_model(args: argparse.Namespace) -> int:
     if args.hidden % args.heads:
         raise UserError(f"--hidden {args.hidden} must be divisible by --heads {args.heads}")
     config = TinyModelConfig(
-        vocab_size=args.vocab_size, n_layer=args.layers, n_embd=args.hidden, n_head=args.heads,
-        n_positions=args.context, seed=args.seed,
+        vocab_size=args.vocab_size,
+        n_layer=args.layers,
+        n_embd=args.hidden,
+        n_head=args.heads,
+        n_positions=args.context,
+        seed=args.seed,
     )
     out = make_tiny_model(args.out, config)
     from transformers import AutoModelForCausalLM
@@ -49,8 +57,9 @@ def _tiny_model(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from rlhf.core.synthetic import write_task
 
-    for name, path in write_task(args.out, seed=args.seed, scale=args.scale,
-                                     preference_scale=args.preference_scale).items():
+    for name, path in write_task(
+        args.out, seed=args.seed, scale=args.scale, preference_scale=args.preference_scale
+    ).items():
         lines = sum(1 for _ in path.open())
         print(f"{name:>13}: {path} ({lines} rows)")
     return 0

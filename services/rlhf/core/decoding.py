@@ -43,8 +43,9 @@ def tolerant(deserializer: Callable[[bytes], object] | None) -> Callable[[bytes]
 
 async def refuse(context: grpc.aio.ServicerContext, method: str, bad: Malformed) -> None:
     log.debug("malformed request", extra={"method": method, "error": bad.error})
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"{method}: the request is not a valid protobuf message ({bad.error})")
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the request is not a valid protobuf message ({bad.error})"
+    )
 
 
 def _checked_requests(requests: AsyncIterator, context, method: str) -> AsyncIterator:
@@ -59,6 +60,7 @@ def _checked_requests(requests: AsyncIterator, context, method: str) -> AsyncIte
 
 def _unary_request(behavior, method: str, streams_out: bool):
     if streams_out and inspect.isasyncgenfunction(behavior):  # else it writes with context.write()
+
         async def stream_wrapper(request, context):
             if isinstance(request, Malformed):
                 await refuse(context, method, request)
@@ -77,6 +79,7 @@ def _unary_request(behavior, method: str, streams_out: bool):
 
 def _streamed_requests(behavior, method: str, streams_out: bool):
     if streams_out and inspect.isasyncgenfunction(behavior):
+
         async def stream_wrapper(requests, context):
             async for item in behavior(_checked_requests(requests, context, method), context):
                 yield item
@@ -102,13 +105,17 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method, parse = details.method, tolerant(handler.request_deserializer)
         if handler.unary_unary:
-            return handler._replace(request_deserializer=parse,
-                                    unary_unary=_unary_request(handler.unary_unary, method, False))
+            return handler._replace(
+                request_deserializer=parse, unary_unary=_unary_request(handler.unary_unary, method, False)
+            )
         if handler.unary_stream:
-            return handler._replace(request_deserializer=parse,
-                                    unary_stream=_unary_request(handler.unary_stream, method, True))
+            return handler._replace(
+                request_deserializer=parse, unary_stream=_unary_request(handler.unary_stream, method, True)
+            )
         if handler.stream_unary:
-            return handler._replace(request_deserializer=parse,
-                                    stream_unary=_streamed_requests(handler.stream_unary, method, False))
-        return handler._replace(request_deserializer=parse,
-                                stream_stream=_streamed_requests(handler.stream_stream, method, True))
+            return handler._replace(
+                request_deserializer=parse, stream_unary=_streamed_requests(handler.stream_unary, method, False)
+            )
+        return handler._replace(
+            request_deserializer=parse, stream_stream=_streamed_requests(handler.stream_stream, method, True)
+        )

@@ -25,7 +25,6 @@ from rlhf.core.launch import launched_by_torchrun
 log = logging.getLogger("rlhf.distributed")
 
 
-
 @dataclass(frozen=True)
 class World:
     rank: int = 0
@@ -65,8 +64,9 @@ def init_world(device: str = "auto", timeout_s: float = 600.0) -> World:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
     here = world()
-    log.info("joined the process group", extra={"rank": here.rank, "world_size": here.size,
-                                                "backend": dist.get_backend()})
+    log.info(
+        "joined the process group", extra={"rank": here.rank, "world_size": here.size, "backend": dist.get_backend()}
+    )
     return here
 
 

@@ -28,11 +28,20 @@ SHUTDOWN_TIMEOUT_S = 10  # after a rank died: how long torchrun lets the others 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("distributed (torchrun)")
-    group.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
-                       help="ranks on this machine (one per GPU): above 1, torchrun starts them")
+    group.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="ranks on this machine (one per GPU): above 1, torchrun starts them",
+    )
     group.add_argument("--nnodes", type=int, default=1, metavar="M", help="machines (pods) in the run")
-    group.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
-                       help="c10d rendezvous, on the first machine (needed with --nnodes above 1)")
+    group.add_argument(
+        "--rdzv-endpoint",
+        default=None,
+        metavar="HOST:PORT",
+        help="c10d rendezvous, on the first machine (needed with --nnodes above 1)",
+    )
     group.add_argument("--rdzv-id", default="rlhf", help="the run's rendezvous id, the same on every machine")
 
 
@@ -52,8 +61,15 @@ def torchrun_command(args: argparse.Namespace, argv: list[str]) -> list[str]:
 
     if args.nproc_per_node < 1 or args.nnodes < 1:
         raise UserError("--nproc-per-node and --nnodes must be at least 1")
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc_per_node}",
-               f"--nnodes={args.nnodes}", "--max-restarts=0", f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={args.nproc_per_node}",
+        f"--nnodes={args.nnodes}",
+        "--max-restarts=0",
+        f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
+    ]
     if args.nnodes > 1:
         if not args.rdzv_endpoint:
             raise UserError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT (the first machine's)")

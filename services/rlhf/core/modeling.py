@@ -18,7 +18,7 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" picks CUDA when present, then MPS, then CPU."""
+    """ "auto" picks CUDA when present, then MPS, then CPU."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -35,7 +35,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto" is bfloat16 on GPUs that support it, float32 elsewhere."""
+    """ "auto" is bfloat16 on GPUs that support it, float32 elsewhere."""
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -147,8 +147,10 @@ def load_score_model(path: str | os.PathLike, device: torch.device, dtype: torch
     missing = list(info.get("missing_keys", []))
     head = [k for k in missing if k.split(".")[0] in ("score", "classifier")]
     if head:
-        log.info(f"{what}: {path} has no score head yet, so it starts from random weights",
-                 extra={"path": str(path), "new": head})
+        log.info(
+            f"{what}: {path} has no score head yet, so it starts from random weights",
+            extra={"path": str(path), "new": head},
+        )
     if other := [k for k in missing if k not in head]:
         log.warning(f"{what}: weights missing from {path}, left as initialised", extra={"missing": other})
     if unused := list(info.get("unexpected_keys", [])) + [str(k) for k in info.get("mismatched_keys", [])]:

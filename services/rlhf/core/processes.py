@@ -74,8 +74,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServiceProcess:
     """`rlhf <args> --host 127.0.0.1 --port N` in a subprocess, its output in log_path."""
 
-    def __init__(self, args: list[str], log_path: Path | None = None, env: dict | None = None, name: str = "",
-                 health_port: bool = False):
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path | None = None,
+        env: dict | None = None,
+        name: str = "",
+        health_port: bool = False,
+    ):
         self.args = args
         self.name = name or (args[1] if len(args) > 1 else args[0])
         self.port = free_port()
@@ -90,9 +96,19 @@ class ServiceProcess:
     def start(self, timeout: float = 120.0) -> ServiceProcess:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
         self.proc = subprocess.Popen(
-            [*RLHF_COMMAND, *self.args, "--host", "127.0.0.1", "--port", str(self.port),
-             *(["--health-port", str(self.health_port)] if self.health_port else [])],
-            stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            [
+                *RLHF_COMMAND,
+                *self.args,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *(["--health-port", str(self.health_port)] if self.health_port else []),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
             preexec_fn=die_with_parent,
         )
         if out is not subprocess.DEVNULL:

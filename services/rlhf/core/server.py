@@ -71,8 +71,9 @@ class ServerOptions:
         env = os.environ.get
         g = parser.add_argument_group("server")
         g.add_argument("--host", default=env("RLHF_HOST", "0.0.0.0"), help="address to bind (default 0.0.0.0)")
-        g.add_argument("--port", type=int, default=default_port,
-                       help=f"gRPC port (default {default_port}; 0 picks one)")
+        g.add_argument(
+            "--port", type=int, default=default_port, help=f"gRPC port (default {default_port}; 0 picks one)"
+        )
         g.add_argument("--max-message-mb", type=float, default=64.0, help="largest request or response, in MiB")
         g.add_argument(
             "--metrics-port",
@@ -137,8 +138,16 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
 class RunningServer:
     """A started server: its port, and a graceful stop."""
 
-    def __init__(self, server: grpc.aio.Server, service: Service, health_servicer, port: int, grace: float,
-                 health_server: grpc.aio.Server | None = None, health_port: int | None = None):
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        service: Service,
+        health_servicer,
+        port: int,
+        grace: float,
+        health_server: grpc.aio.Server | None = None,
+        health_port: int | None = None,
+    ):
         self.server, self.service, self.health, self.port, self.grace = server, service, health_servicer, port, grace
         self.health_server, self.health_port = health_server, health_port
 
@@ -193,9 +202,7 @@ async def start_server(service: Service, options: ServerOptions) -> RunningServe
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ["", *service.service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        [*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    reflection.enable_server_reflection([*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     address = f"{options.host}:{options.port}"
     check_port_free(options.host, options.port)
     try:
@@ -213,8 +220,14 @@ async def start_server(service: Service, options: ServerOptions) -> RunningServe
         log.info("metrics endpoint up", extra={"metrics_port": metrics_port})
     log.info(
         "listening",
-        extra={"service": service.name, "host": options.host, "port": port, "tls": bool(credentials),
-               "auth": bool(token), "health_port": health_port},
+        extra={
+            "service": service.name,
+            "host": options.host,
+            "port": port,
+            "tls": bool(credentials),
+            "auth": bool(token),
+            "health_port": health_port,
+        },
     )
     running = RunningServer(server, service, health_servicer, port, options.grace_seconds, health_server, health_port)
     try:
@@ -268,8 +281,8 @@ def serve(service: Service, options: ServerOptions) -> int:
 class ServerThread:
     """A server on its own event loop in a background thread (tests, benchmarks, the learner's API).
 
-        with ServerThread(service, options) as port:
-            ...
+    with ServerThread(service, options) as port:
+        ...
     """
 
     def __init__(self, service: Service, options: ServerOptions):

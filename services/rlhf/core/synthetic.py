@@ -18,16 +18,38 @@ import re
 from pathlib import Path
 
 TOPICS = [
-    "cats", "dogs", "rivers", "mountains", "apples", "books", "trains", "gardens", "stars", "oceans",
-    "birds", "cities", "forests", "songs", "clouds", "bridges", "horses", "islands", "lamps", "roads",
+    "cats",
+    "dogs",
+    "rivers",
+    "mountains",
+    "apples",
+    "books",
+    "trains",
+    "gardens",
+    "stars",
+    "oceans",
+    "birds",
+    "cities",
+    "forests",
+    "songs",
+    "clouds",
+    "bridges",
+    "horses",
+    "islands",
+    "lamps",
+    "roads",
 ]
 PLEASANT = ["kind", "bright", "warm", "gentle", "lovely", "happy", "calm", "brave", "clever", "graceful"]
 UNPLEASANT = ["dull", "cold", "sad", "ugly", "noisy", "boring", "rude", "gloomy", "clumsy", "dreary"]
 NEUTRAL = ["big", "small", "old", "new", "round", "tall", "green", "common", "distant", "heavy"]
 ADJECTIVES = PLEASANT + UNPLEASANT + NEUTRAL
 TEMPLATES = [
-    "Tell me about {t}.", "Describe {t}.", "What do you think of {t}?", "Write a line about {t}.",
-    "Say something about {t}.", "How would you describe {t}?",
+    "Tell me about {t}.",
+    "Describe {t}.",
+    "What do you think of {t}?",
+    "Write a line about {t}.",
+    "Say something about {t}.",
+    "How would you describe {t}?",
 ]
 PROMPT_FORMAT = "Human: {q}\nAssistant:"
 LABEL_NOISE = 0.25  # Gumbel scale; two responses 0.5 apart are ranked the wrong way ~12% of the time
@@ -70,9 +92,7 @@ def ground_truth_rewards(prompts: list[str], responses: list[str]) -> list[float
 
 def noisy_ranking(rng: random.Random, prompt: str, responses: list[str]) -> list[int]:
     """Indices best first, by ground truth plus Gumbel noise (a Plackett-Luce labeller)."""
-    noisy = [
-        ground_truth_score(prompt, r) - LABEL_NOISE * _log(-_log(rng.random() or 1e-12)) for r in responses
-    ]
+    noisy = [ground_truth_score(prompt, r) - LABEL_NOISE * _log(-_log(rng.random() or 1e-12)) for r in responses]
     return sorted(range(len(responses)), key=lambda i: -noisy[i])
 
 

@@ -45,9 +45,7 @@ def encode_pair(tokenizer, prompt: str, response: str, max_length: int, add_eos:
     return truncate_left(encode_prompt(tokenizer, prompt), encode_response(tokenizer, response, add_eos), max_length)
 
 
-def encode_pairs(
-    tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, add_eos: bool = True
-) -> list[Encoded]:
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, add_eos: bool = True) -> list[Encoded]:
     """encode_pair for many pairs: the same ids, from two batched tokenizer calls instead of two per pair
     (the per-call Python overhead of a transformers tokenizer is far larger than the tokenizing itself)."""
     if not pairs:

@@ -43,8 +43,10 @@ Task = Literal["causal-lm", "score"]
 def check_precision(options: TrainingOptions, device: torch.device) -> None:
     """A bfloat16 precision on a GPU that has none is refused in one line (CPUs emulate it, slowly)."""
     if options.precision != "fp32" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"--precision {options.precision}: this GPU ({torch.cuda.get_device_name(device)}) has no "
-                        "bfloat16 support; use --precision fp32")
+        raise UserError(
+            f"--precision {options.precision}: this GPU ({torch.cuda.get_device_name(device)}) has no "
+            "bfloat16 support; use --precision fp32"
+        )
 
 
 def weights_dtype(options: TrainingOptions) -> torch.dtype:
@@ -61,18 +63,29 @@ def autocast(options: TrainingOptions, device: torch.device):
 def lora_config(options: TrainingOptions, task: Task, extra_trained: tuple[str, ...] = (), conv1d: bool = False):
     from peft import LoraConfig, TaskType
 
-    targets = ([m.strip() for m in options.lora_target_modules.split(",") if m.strip()]
-               if options.lora_target_modules else "all-linear")
+    targets = (
+        [m.strip() for m in options.lora_target_modules.split(",") if m.strip()]
+        if options.lora_target_modules
+        else "all-linear"
+    )
     return LoraConfig(
-        r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=options.lora_dropout, target_modules=targets,
+        r=options.lora_r,
+        lora_alpha=options.lora_alpha,
+        lora_dropout=options.lora_dropout,
+        target_modules=targets,
         task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
         modules_to_save=list(extra_trained) or None,  # with SEQ_CLS, peft trains and saves the score head too
         fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores its weight transposed
     )
 
 
-def prepare_model(model: torch.nn.Module, options: TrainingOptions, task: Task,
-                  extra_trained: tuple[str, ...] = (), adapter: str | os.PathLike | None = None) -> torch.nn.Module:
+def prepare_model(
+    model: torch.nn.Module,
+    options: TrainingOptions,
+    task: Task,
+    extra_trained: tuple[str, ...] = (),
+    adapter: str | os.PathLike | None = None,
+) -> torch.nn.Module:
     """The model as the options train it: cast for bf16-true, gradient checkpointing on, LoRA around it (a
     fresh adapter, or with `adapter` a saved one that goes on training: resume)."""
     if options.precision == "bf16-true":
@@ -101,10 +114,20 @@ def prepare_model(model: torch.nn.Module, options: TrainingOptions, task: Task,
                     model = get_peft_model(model, lora_config(options, task, extra_trained, conv1d))
         except ValueError as err:  # e.g. a --lora-target-modules name the model does not have
             raise UserError(f"--lora-target-modules: {str(err).splitlines()[0]}") from None
-        trained, total = (sum(p.numel() for p in model.parameters() if p.requires_grad),
-                          sum(p.numel() for p in model.parameters()))
-        log.info("LoRA", extra={"r": options.lora_r, "alpha": options.lora_alpha, "trainable": trained,
-                                "total": total, "trainable_share": round(trained / total, 5)})
+        trained, total = (
+            sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()),
+        )
+        log.info(
+            "LoRA",
+            extra={
+                "r": options.lora_r,
+                "alpha": options.lora_alpha,
+                "trainable": trained,
+                "total": total,
+                "trainable_share": round(trained / total, 5),
+            },
+        )
     return model
 
 
@@ -179,17 +202,29 @@ class Float32StateAdamW(torch.optim.AdamW):
                 weights, moments = local_tensor(p), (local_tensor(state["exp_avg"]), local_tensor(state["exp_avg_sq"]))
                 master = weights.float()
                 adam(
-                    [master], [local_tensor(p.grad).float()], [moments[0]], [moments[1]], [], [state["step"]],
-                    foreach=False, decoupled_weight_decay=True, amsgrad=False, beta1=group["betas"][0],
-                    beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                    [master],
+                    [local_tensor(p.grad).float()],
+                    [moments[0]],
+                    [moments[1]],
+                    [],
+                    [state["step"]],
+                    foreach=False,
+                    decoupled_weight_decay=True,
+                    amsgrad=False,
+                    beta1=group["betas"][0],
+                    beta2=group["betas"][1],
+                    lr=group["lr"],
+                    weight_decay=group["weight_decay"],
+                    eps=group["eps"],
                     maximize=group["maximize"],
                 )
                 weights.copy_(stochastic_round(master, p.dtype))
         return loss
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: torch.nn.Module,
-                   max_grad_norm: float) -> None:
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: torch.nn.Module, max_grad_norm: float
+) -> None:
     """One update of the trained parameters: backward, clip the gradient's norm, step."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -253,8 +288,14 @@ def unsharded(model: torch.nn.Module, rebuild: Callable[[], torch.nn.Module]) ->
     return whole
 
 
-def save_trained(model: torch.nn.Module, tokenizer, out: str | os.PathLike, options: TrainingOptions,
-                 base: str, config_overrides: dict | None = None) -> Path:
+def save_trained(
+    model: torch.nn.Module,
+    tokenizer,
+    out: str | os.PathLike,
+    options: TrainingOptions,
+    base: str,
+    config_overrides: dict | None = None,
+) -> Path:
     """Write what a stage trained, atomically (to OUT.tmp, then swapped in).
 
     Full fine-tuning: a standard model dir. LoRA: the PEFT adapter in OUT (its adapter_config.json names

@@ -50,15 +50,22 @@ def _chunk_headers(
         for offset in range(0, max(len(raw), 1), chunk_bytes):
             piece = raw[offset : offset + chunk_bytes]
             header = common_pb2.WeightChunk(
-                name=name, dtype=dtype, shape=shape, offset=offset, total_bytes=len(raw),
-                crc32=zlib.crc32(piece), target_version=version, kind=kind,
+                name=name,
+                dtype=dtype,
+                shape=shape,
+                offset=offset,
+                total_bytes=len(raw),
+                crc32=zlib.crc32(piece),
+                target_version=version,
+                kind=kind,
             )
             yield header, piece
 
 
 def _commit_message(state_dict: Mapping[str, torch.Tensor], version: int) -> common_pb2.WeightChunk:
-    return common_pb2.WeightChunk(commit=True, num_tensors=len(state_dict), target_version=version,
-                                  kind=weights_kind(state_dict))
+    return common_pb2.WeightChunk(
+        commit=True, num_tensors=len(state_dict), target_version=version, kind=weights_kind(state_dict)
+    )
 
 
 def weight_chunks(
@@ -124,8 +131,12 @@ class WeightStreamAssembler:
     """Collects chunks into tensors, checking each against the expected names, dtypes and shapes: a FULL
     stream against the model's own tensors (`expected`), a LORA stream through `adapter_check`."""
 
-    def __init__(self, expected: Mapping[str, TensorSpec] | None = None, buffers: dict[str, bytearray] | None = None,
-                 adapter_check: AdapterCheck | None = None):
+    def __init__(
+        self,
+        expected: Mapping[str, TensorSpec] | None = None,
+        buffers: dict[str, bytearray] | None = None,
+        adapter_check: AdapterCheck | None = None,
+    ):
         """`buffers`, when given, is a receive area kept between streams (name -> bytes): tensors land in
         buffers allocated once instead of fresh memory per stream, which first-touch page faults make slow.
         The tensors `finish` returns then share that memory, so use them before the next stream starts.
@@ -183,12 +194,15 @@ class WeightStreamAssembler:
             raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown weights kind {kind}")
         if self.kind is None:
             if kind == LORA and self.adapter_check is None:
-                raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT,
-                                        "a LoRA adapter stream, but this receiver takes full weights only")
+                raise WeightStreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "a LoRA adapter stream, but this receiver takes full weights only"
+                )
             self.kind = kind
         elif kind != self.kind:
-            raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, "a stream that mixes full weights and LoRA "
-                                    "factors (the kind changed mid-stream)")
+            raise WeightStreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "a stream that mixes full weights and LoRA factors (the kind changed mid-stream)",
+            )
 
     def _check_spec(self, chunk: common_pb2.WeightChunk) -> None:
         try:
@@ -198,8 +212,9 @@ class WeightStreamAssembler:
         if self.kind == LORA:
             why = "negative shape" if any(d < 0 for d in spec[1]) else self.adapter_check(chunk.name, spec)
             if why:
-                raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT,
-                                        f"{chunk.name}: {why} (a LoRA adapter stream)")
+                raise WeightStreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"{chunk.name}: {why} (a LoRA adapter stream)"
+                )
         elif self.expected is not None:
             if chunk.name not in self.expected:
                 raise WeightStreamError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown tensor name {chunk.name!r}")

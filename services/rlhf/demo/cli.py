@@ -34,9 +34,16 @@ def _demo(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _terminated)
     config = DemoConfig(
-        workdir=Path(args.workdir), steps=args.steps, fresh=args.fresh, device=args.device,
-        model_size=args.model_size, data_scale=args.data_scale, seed=args.seed,
-        ppo_batch_size=args.ppo_batch_size, eval_prompts=args.eval_prompts, kl_coef=args.kl_coef,
+        workdir=Path(args.workdir),
+        steps=args.steps,
+        fresh=args.fresh,
+        device=args.device,
+        model_size=args.model_size,
+        data_scale=args.data_scale,
+        seed=args.seed,
+        ppo_batch_size=args.ppo_batch_size,
+        eval_prompts=args.eval_prompts,
+        kl_coef=args.kl_coef,
         min_new_tokens=args.min_new_tokens,
     )
     run_demo(config)

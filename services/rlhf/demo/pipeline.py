@@ -53,8 +53,13 @@ class DemoConfig:
     def paths(self) -> dict[str, Path]:
         w = self.workdir
         return {
-            "base": w / "models" / "base", "sft": w / "models" / "sft", "rm": w / "models" / "rm",
-            "data": w / "data", "ppo": w / "ppo", "logs": w / "logs", "stages": w / "stages",
+            "base": w / "models" / "base",
+            "sft": w / "models" / "sft",
+            "rm": w / "models" / "rm",
+            "data": w / "data",
+            "ppo": w / "ppo",
+            "logs": w / "logs",
+            "stages": w / "stages",
         }
 
 
@@ -105,27 +110,104 @@ def run_demo(config: DemoConfig) -> dict:
     layers, hidden, heads = MODEL_SIZES[config.model_size]
     seed = str(config.seed)
 
-    stages.run("prepare", "1/6 tiny model and synthetic task", lambda: (
-        run_cli(["tiny-model", "--out", str(p["base"]), "--layers", str(layers), "--hidden", str(hidden),
-                 "--heads", str(heads), "--seed", seed]),
-        run_cli(["data", "synth", "--out", str(p["data"]), "--seed", seed, "--scale", str(config.data_scale),
-                 "--preference-scale", str(PREFERENCE_SCALE)]),
-    ))
-    stages.run("sft", "2/6 supervised fine-tuning", lambda: run_cli([
-        "train", "sft", "--model", str(p["base"]), "--data", str(p["data"] / "sft.jsonl"), "--out", str(p["sft"]),
-        "--seed", seed, "--device", config.device, "--lr", "3e-3", "--batch-size", "32",
-    ]))
-    stages.run("rm", "3/6 reward model from preference rankings", lambda: run_cli([
-        "train", "rm", "--model", str(p["sft"]), "--data", str(p["data"] / "preferences.jsonl"),
-        "--out", str(p["rm"]), "--epochs", str(config.rm_epochs), "--seed", seed, "--device", config.device,
-        "--lr", "1e-3", "--adam-beta2", "0.95", "--batch-size", "16", "--max-length", "64",
-    ]))
+    stages.run(
+        "prepare",
+        "1/6 tiny model and synthetic task",
+        lambda: (
+            run_cli(
+                [
+                    "tiny-model",
+                    "--out",
+                    str(p["base"]),
+                    "--layers",
+                    str(layers),
+                    "--hidden",
+                    str(hidden),
+                    "--heads",
+                    str(heads),
+                    "--seed",
+                    seed,
+                ]
+            ),
+            run_cli(
+                [
+                    "data",
+                    "synth",
+                    "--out",
+                    str(p["data"]),
+                    "--seed",
+                    seed,
+                    "--scale",
+                    str(config.data_scale),
+                    "--preference-scale",
+                    str(PREFERENCE_SCALE),
+                ]
+            ),
+        ),
+    )
+    stages.run(
+        "sft",
+        "2/6 supervised fine-tuning",
+        lambda: run_cli(
+            [
+                "train",
+                "sft",
+                "--model",
+                str(p["base"]),
+                "--data",
+                str(p["data"] / "sft.jsonl"),
+                "--out",
+                str(p["sft"]),
+                "--seed",
+                seed,
+                "--device",
+                config.device,
+                "--lr",
+                "3e-3",
+                "--batch-size",
+                "32",
+            ]
+        ),
+    )
+    stages.run(
+        "rm",
+        "3/6 reward model from preference rankings",
+        lambda: run_cli(
+            [
+                "train",
+                "rm",
+                "--model",
+                str(p["sft"]),
+                "--data",
+                str(p["data"] / "preferences.jsonl"),
+                "--out",
+                str(p["rm"]),
+                "--epochs",
+                str(config.rm_epochs),
+                "--seed",
+                seed,
+                "--device",
+                config.device,
+                "--lr",
+                "1e-3",
+                "--adam-beta2",
+                "0.95",
+                "--batch-size",
+                "16",
+                "--max-length",
+                "64",
+            ]
+        ),
+    )
     stages.run("ppo", "4/6 PPO through the policy, reward and reference services", lambda: run_ppo(config))
     from rlhf.demo.report import evaluate, write_report
 
     results: dict = {}
-    stages.run("evaluate", "5/6 evaluate the SFT and PPO policies on held-out prompts",
-               lambda: results.update(evaluate(config)))
+    stages.run(
+        "evaluate",
+        "5/6 evaluate the SFT and PPO policies on held-out prompts",
+        lambda: results.update(evaluate(config)),
+    )
     banner("6/6 report")
     return write_report(config, results or None)
 
@@ -140,9 +222,12 @@ def run_ppo(config: DemoConfig) -> None:
         services = {}
         for name, model in (("policy", p["sft"]), ("reference", p["sft"]), ("reward", p["rm"])):
             # One torch thread per service: on a small machine the processes otherwise spin against each other.
-            proc = ServiceProcess(["serve", name, "--model", str(model), "--device", config.device],
-                                  log_path=logs / f"{name}.log", name=name,
-                                  env={"RLHF_LOG_FORMAT": "text", "OMP_NUM_THREADS": "1"})
+            proc = ServiceProcess(
+                ["serve", name, "--model", str(model), "--device", config.device],
+                log_path=logs / f"{name}.log",
+                name=name,
+                env={"RLHF_LOG_FORMAT": "text", "OMP_NUM_THREADS": "1"},
+            )
             stack.enter_context(proc)
             print(f"  {name:<9} serving on {proc.target}  (log: {proc.log_path})", flush=True)
             services[name] = proc
@@ -152,14 +237,53 @@ def run_ppo(config: DemoConfig) -> None:
         # A rerun continues from the last checkpoint; an earlier attempt cut short before any is redone.
         resume = ["--resume"] if latest_checkpoint(p["ppo"]) else ["--overwrite"]
         command = [
-            *RLHF_COMMAND, "train", "ppo", "--model", str(p["sft"]), "--value-model", str(p["rm"]),
-            "--policy", services["policy"].target, "--reward", services["reward"].target,
-            "--reference", services["reference"].target, "--prompts", str(p["data"] / "prompts.jsonl"),
-            "--ptx-data", str(p["data"] / "pretrain.jsonl"), "--out", str(p["ppo"]), "--steps", str(config.steps),
-            "--batch-size", str(config.ppo_batch_size), "--seed", str(config.seed), "--device", config.device,
-            "--port", str(learner.port), "--log-rollouts", "--lr", "3e-4", "--early-stop-kl", "0.05",
-            "--kl-coef", str(config.kl_coef), "--min-new-tokens", str(config.min_new_tokens),
-            "--max-new-tokens", "12", "--ptx-coef", "0.05", "--ptx-batch-size", "4", "--save-every", "20", *resume,
+            *RLHF_COMMAND,
+            "train",
+            "ppo",
+            "--model",
+            str(p["sft"]),
+            "--value-model",
+            str(p["rm"]),
+            "--policy",
+            services["policy"].target,
+            "--reward",
+            services["reward"].target,
+            "--reference",
+            services["reference"].target,
+            "--prompts",
+            str(p["data"] / "prompts.jsonl"),
+            "--ptx-data",
+            str(p["data"] / "pretrain.jsonl"),
+            "--out",
+            str(p["ppo"]),
+            "--steps",
+            str(config.steps),
+            "--batch-size",
+            str(config.ppo_batch_size),
+            "--seed",
+            str(config.seed),
+            "--device",
+            config.device,
+            "--port",
+            str(learner.port),
+            "--log-rollouts",
+            "--lr",
+            "3e-4",
+            "--early-stop-kl",
+            "0.05",
+            "--kl-coef",
+            str(config.kl_coef),
+            "--min-new-tokens",
+            str(config.min_new_tokens),
+            "--max-new-tokens",
+            "12",
+            "--ptx-coef",
+            "0.05",
+            "--ptx-batch-size",
+            "4",
+            "--save-every",
+            "20",
+            *resume,
         ]
         print(f"  learner   control API on 127.0.0.1:{learner.port}  (log: {logs / 'learner.log'})", flush=True)
         with open(logs / "learner.log", "ab") as log:
@@ -187,4 +311,3 @@ def config_summary(config: DemoConfig) -> dict:
     summary = asdict(config)
     summary["workdir"] = str(config.workdir)
     return summary
-

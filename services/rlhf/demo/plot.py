@@ -59,8 +59,13 @@ def draw_training(rows: list[dict], title: str = "PPO on the synthetic task"):
     fig, (scores, kl) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=[2, 1])
     _curve(scores, steps, [r.get("objective/reward") for r in rows], "reward model score r(x, y)", "tab:blue")
     if any("objective/ground_truth" in r for r in rows):
-        _curve(scores, steps, [r.get("objective/ground_truth") for r in rows], "ground-truth score (hidden rule)",
-               "tab:green")
+        _curve(
+            scores,
+            steps,
+            [r.get("objective/ground_truth") for r in rows],
+            "ground-truth score (hidden rule)",
+            "tab:green",
+        )
     scores.set_ylabel("mean score per response")
     _curve(kl, steps, [r.get("objective/kl") for r in rows], "KL(π_RL ‖ π_SFT) per response", "tab:red")
     kl.set_xlabel("PPO step")

@@ -103,8 +103,11 @@ def write_report(config, results: dict | None) -> dict:
     console.print(f"reward-model accuracy against the hidden rule: {results['reward_model_accuracy']:.1%}")
     if final_kl is not None:
         console.print(f"final KL to the reference policy: {final_kl:.3f} nats per response")
-    console.print("wall time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in config.timings.items())
-                  + f" (total {report['total_seconds']:.0f}s)")
+    console.print(
+        "wall time per stage: "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in config.timings.items())
+        + f" (total {report['total_seconds']:.0f}s)"
+    )
     for before, after in zip(sft["samples"], ppo["samples"], strict=True):
         console.print(f"[bold]{before['prompt']!r}[/bold]")
         console.print(f"  before: {before['response']!r}\n  after:  {after['response']!r}")

@@ -1,12 +1,12 @@
 """`rlhf k8s`: render the manifests, and submit, watch and stop training Jobs on a cluster.
 
-    rlhf k8s render --overlay kind | kubectl apply -f -
-    rlhf k8s render --overlay gpu --component mtls --component mtls/cert-manager | kubectl apply -f -
-    rlhf k8s submit ppo --overlay kind --steps 50
-    rlhf k8s submit ppo --overlay gpu --nodes 2 --gpus-per-node 8 --dry-run
-    rlhf k8s status
-    rlhf k8s logs ppo -f
-    rlhf k8s delete ppo
+rlhf k8s render --overlay kind | kubectl apply -f -
+rlhf k8s render --overlay gpu --component mtls --component mtls/cert-manager | kubectl apply -f -
+rlhf k8s submit ppo --overlay kind --steps 50
+rlhf k8s submit ppo --overlay gpu --nodes 2 --gpus-per-node 8 --dry-run
+rlhf k8s status
+rlhf k8s logs ppo -f
+rlhf k8s delete ppo
 """
 
 from __future__ import annotations
@@ -70,10 +70,18 @@ def register(commands) -> None:
             train.add_argument(flag, type=kind, default=None, help=help_text)
         if stage == "ppo":
             world = p.add_argument_group("distributed learner (an Indexed Job, one pod per node)")
-            world.add_argument("--nodes", type=int, help="learner pods; above 1 a failure fails the whole Job "
-                               "(default: the overlay's, 1 on gpu, 2 on kind)")
-            world.add_argument("--gpus-per-node", type=int, help="processes per pod, and the GPUs each pod asks "
-                               "for where the overlay asks for GPUs (default: the overlay's, 1)")
+            world.add_argument(
+                "--nodes",
+                type=int,
+                help="learner pods; above 1 a failure fails the whole Job "
+                "(default: the overlay's, 1 on gpu, 2 on kind)",
+            )
+            world.add_argument(
+                "--gpus-per-node",
+                type=int,
+                help="processes per pod, and the GPUs each pod asks "
+                "for where the overlay asks for GPUs (default: the overlay's, 1)",
+            )
         p.add_argument("extra", nargs="*", metavar="-- FLAG", help="further `rlhf train` flags, after --")
         p.add_argument("--overlay", default="kind", help="whose Job to start from: kind or gpu (default kind)")
         p.add_argument("--name", help=f"Job name (default {stage})")
@@ -106,9 +114,13 @@ def register(commands) -> None:
 
 
 def _component_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--component", action="append", default=[], metavar="NAME",
-                        help="add k8s/components/NAME on top of the overlay, e.g. mtls or mtls/cert-manager "
-                        "(repeatable)")
+    parser.add_argument(
+        "--component",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add k8s/components/NAME on top of the overlay, e.g. mtls or mtls/cert-manager (repeatable)",
+    )
 
 
 def _manifests_option(parser: argparse.ArgumentParser) -> None:
@@ -142,14 +154,14 @@ def build_submitted_job(args: argparse.Namespace):
     components = list(args.component)
     if nodes and nodes > 1 and manifests.MULTI_NODE_COMPONENT not in components:
         components.append(manifests.MULTI_NODE_COMPONENT)  # no-op where the overlay has it already
-    template = manifests.job_template(manifests.find_manifests(args.manifests), args.overlay, args.stage,
-                                      components)
+    template = manifests.job_template(manifests.find_manifests(args.manifests), args.overlay, args.stage, components)
     if args.stage == "ppo":
         template = manifests.distribute_learner(template, nodes, args.gpus_per_node, args.name)
     overrides = {flag[2:]: getattr(args, flag[2:].replace("-", "_")) for flag in args.flags}
     extra = [word for word in args.extra if word != "--"]
-    return manifests.build_job(template, overrides, name=args.name, namespace=args.namespace,
-                               image=args.image, extra=extra)
+    return manifests.build_job(
+        template, overrides, name=args.name, namespace=args.namespace, image=args.image, extra=extra
+    )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -42,7 +42,9 @@ def connect(kubeconfig: str | None, context: str | None, namespace: str) -> Clus
             if context and context not in contexts:
                 raise UserError(f"no context {context!r} in {paths}; it has: {', '.join(contexts) or 'none'}")
             api = config.new_client_from_config(
-                config_file=os.pathsep.join(found), context=context, persist_config=False,
+                config_file=os.pathsep.join(found),
+                context=context,
+                persist_config=False,
                 client_configuration=configuration,
             )
         elif not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -88,15 +90,17 @@ class Cluster:
     def _unreachable(self, reason: object) -> UserError:
         host = self.api_client.configuration.host
         text = str(reason)
-        text = text[text.index("[Errno"):] if "[Errno" in text else text
+        text = text[text.index("[Errno") :] if "[Errno" in text else text
         return UserError(f"cannot reach the Kubernetes API server at {host}: {text.rstrip(')')}")
 
     def check_namespace(self) -> None:
         """Fail early, and clearly, when the namespace doesn't exist (a list there would just be empty)."""
         from kubernetes.client.exceptions import ApiException
 
-        missing = (f"namespace {self.namespace} not found: apply an overlay first "
-                   "(kubectl apply -k k8s/overlays/kind) or pass --namespace")
+        missing = (
+            f"namespace {self.namespace} not found: apply an overlay first "
+            "(kubectl apply -k k8s/overlays/kind) or pass --namespace"
+        )
         try:
             with self.calling(f"reading namespace {self.namespace}", {404: missing}):
                 self.core.read_namespace(name=self.namespace, _request_timeout=TIMEOUT)
@@ -107,8 +111,10 @@ class Cluster:
 
     def create_job(self, job):
         name = job.metadata.name
-        exists = (f"job {name} already exists in namespace {self.namespace}: "
-                  f"delete it first (rlhf k8s delete {name}) or pass --name")
+        exists = (
+            f"job {name} already exists in namespace {self.namespace}: "
+            f"delete it first (rlhf k8s delete {name}) or pass --name"
+        )
         with self.calling(f"creating job {name}", {409: exists}):
             return self.batch.create_namespaced_job(namespace=self.namespace, body=job, _request_timeout=TIMEOUT)
 
@@ -155,8 +161,9 @@ class Cluster:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            secret = self.core.read_namespaced_secret(name=AUTH_SECRET, namespace=self.namespace,
-                                                      _request_timeout=TIMEOUT)
+            secret = self.core.read_namespaced_secret(
+                name=AUTH_SECRET, namespace=self.namespace, _request_timeout=TIMEOUT
+            )
         except ApiException:
             return None
         encoded = (secret.data or {}).get("token")

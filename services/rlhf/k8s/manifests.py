@@ -32,11 +32,15 @@ LAUNCHER_FLAGS = tuple(flag.removeprefix("--") for flag in LAUNCH_FLAGS)
 
 def find_manifests(explicit: str | None = None) -> Path:
     """The k8s/ dir: --manifests, else $RLHF_K8S_DIR, else the checkout this package runs from, else ./k8s."""
-    candidates = [explicit] if explicit else [
-        os.environ.get("RLHF_K8S_DIR"),
-        Path(__file__).resolve().parents[3] / "k8s",  # services/rlhf/k8s/ -> repository root
-        Path.cwd() / "k8s",
-    ]
+    candidates = (
+        [explicit]
+        if explicit
+        else [
+            os.environ.get("RLHF_K8S_DIR"),
+            Path(__file__).resolve().parents[3] / "k8s",  # services/rlhf/k8s/ -> repository root
+            Path.cwd() / "k8s",
+        ]
+    )
     for candidate in candidates:
         if candidate and (Path(candidate) / "overlays").is_dir():
             return Path(candidate)
@@ -70,7 +74,8 @@ def render(root: Path, overlay: str, with_components: Sequence[str] = ()) -> str
     with tempfile.TemporaryDirectory(prefix="rlhf-kustomize-") as tmp:
         # kustomize takes only relative paths to other kustomizations: a wrapper that points back at the tree
         wrapper = {
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
             "resources": [os.path.relpath(root / "overlays" / overlay, tmp)],
             "components": [os.path.relpath(root / "components" / c, tmp) for c in with_components],
         }
@@ -183,8 +188,12 @@ def distribute_learner(
         launcher["nproc-per-node"] = per_node
     if nodes > 1:
         port = next(p["containerPort"] for p in container["ports"] if p["name"] == "rdzv")
-        launcher = {"nnodes": nodes, "nproc-per-node": per_node,
-                    "rdzv-endpoint": f"{name}-0.{pod['subdomain']}:{port}", "rdzv-id": name}
+        launcher = {
+            "nnodes": nodes,
+            "nproc-per-node": per_node,
+            "rdzv-endpoint": f"{name}-0.{pod['subdomain']}:{port}",
+            "rdzv-id": name,
+        }
     container["args"] = merge_args(container["args"], launcher)
     for kind in ("requests", "limits"):
         if GPU in container.get("resources", {}).get(kind, {}):

@@ -40,14 +40,20 @@ def pod_state(pod) -> tuple[str, str, int]:
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [header, *rows])
+    return "\n".join(
+        "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    )
 
 
 def format_status(namespace: str, jobs: list, pods: list, learner: str) -> str:
     job_rows = [
-        [j.metadata.name, (j.metadata.labels or {}).get("rlhf.io/stage", "-"), job_state(j),
-         str((j.status and j.status.succeeded) or 0), str((j.status and j.status.failed) or 0)]
+        [
+            j.metadata.name,
+            (j.metadata.labels or {}).get("rlhf.io/stage", "-"),
+            job_state(j),
+            str((j.status and j.status.succeeded) or 0),
+            str((j.status and j.status.failed) or 0),
+        ]
         for j in sorted(jobs, key=lambda j: j.metadata.name)
     ]
     pod_rows = [[p.metadata.name, *map(str, pod_state(p))] for p in pods]

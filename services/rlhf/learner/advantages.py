@@ -49,8 +49,9 @@ def per_token(advantage: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return advantage[:, None] * mask
 
 
-def grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor, mask: torch.Tensor,
-                    std_normalization: bool = True, eps: float = 1e-4) -> torch.Tensor:
+def grpo_advantages(
+    rewards: torch.Tensor, groups: torch.Tensor, mask: torch.Tensor, std_normalization: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
     """GRPO: each reward relative to its group's mean, in units of the group's std (Dr. GRPO without).
     A group whose rewards are all equal gets advantage 0."""
     advantage = rewards - group_mean(rewards, groups)
@@ -77,8 +78,14 @@ def discounted_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: f
     return returns * mask
 
 
-def reinforce_pp_advantages(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-                            gamma: float = 1.0, groups: torch.Tensor | None = None) -> torch.Tensor:
+def reinforce_pp_advantages(
+    scores: torch.Tensor,
+    kl: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    gamma: float = 1.0,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
     """REINFORCE++: returns of the per-token rewards (-beta KL_t, plus the score at the last token),
     whitened over the whole batch. With groups (REINFORCE++-baseline), each score first loses its
     group's mean. kl is (B, T), per token; pass kl_coef 0 when the KL goes into the loss instead."""
@@ -90,14 +97,22 @@ def reinforce_pp_advantages(scores: torch.Tensor, kl: torch.Tensor, mask: torch.
     return ppo.whiten(discounted_returns(token_rewards, mask, gamma), mask)
 
 
-def critic_free_advantages(estimator: str, scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
-                           groups: torch.Tensor, kl_coef: float, gamma: float = 1.0,
-                           std_normalization: bool = True) -> torch.Tensor:
+def critic_free_advantages(
+    estimator: str,
+    scores: torch.Tensor,
+    kl: torch.Tensor,
+    mask: torch.Tensor,
+    groups: torch.Tensor,
+    kl_coef: float,
+    gamma: float = 1.0,
+    std_normalization: bool = True,
+) -> torch.Tensor:
     """The advantages of one critic-free estimator. kl (B, T) is the per-token KL estimate; kl_coef is
     its weight in the reward (0 when --kl-in loss). GRPO and RLOO see it as a sequence total."""
     if estimator in ("reinforce++", "reinforce++-baseline"):
-        return reinforce_pp_advantages(scores, kl, mask, kl_coef, gamma,
-                                       groups if estimator == "reinforce++-baseline" else None)
+        return reinforce_pp_advantages(
+            scores, kl, mask, kl_coef, gamma, groups if estimator == "reinforce++-baseline" else None
+        )
     rewards = scores - kl_coef * (kl * mask).sum(dim=1)  # r(x, y) - beta KL(x, y)
     if estimator == "grpo":
         return grpo_advantages(rewards, groups, mask, std_normalization)

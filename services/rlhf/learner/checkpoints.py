@@ -74,8 +74,11 @@ def trained_tensors(state) -> tuple[torch.nn.ModuleDict, dict, dict]:
 
 
 def rng_state(state) -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def save_checkpoint(state, out: str | Path, keep: int = 2) -> Path:
@@ -130,8 +133,11 @@ def saved_tensors(path: str | Path) -> dict[str, tuple[int, ...]]:
     import torch.distributed.checkpoint as dcp
 
     metadata = dcp.FileSystemReader(str(Path(path) / "weights")).read_metadata()
-    return {name.removeprefix("model."): tuple(getattr(item, "size", ()))
-            for name, item in metadata.state_dict_metadata.items() if name.startswith("model.")}
+    return {
+        name.removeprefix("model."): tuple(getattr(item, "size", ()))
+        for name, item in metadata.state_dict_metadata.items()
+        if name.startswith("model.")
+    }
 
 
 def read_trainer_state(path: Path) -> dict:
@@ -154,11 +160,17 @@ def load_checkpoint(state, path: Path) -> None:
             dcp.load(wanted, checkpoint_id=str(path / "weights"))
     except Exception as err:  # DCP reports a tensor the checkpoint lacks as a CheckpointException
         if "missing" in str(err).lower():
-            raise UserError(f"--resume: {path} holds other tensors than this run trains (other --lora-* "
-                            "settings, or another model)") from None
+            raise UserError(
+                f"--resume: {path} holds other tensors than this run trains (other --lora-* settings, or another model)"
+            ) from None
         raise
-    set_state_dict(modules, state.optimizer, model_state_dict=wanted["model"], optim_state_dict=wanted["optimizer"],
-                   options=StateDictOptions(strict=False))
+    set_state_dict(
+        modules,
+        state.optimizer,
+        model_state_dict=wanted["model"],
+        optim_state_dict=wanted["optimizer"],
+        options=StateDictOptions(strict=False),
+    )
     state.step = saved["step"]
     state.scheduler.load_state_dict(saved["scheduler"])
     state.kl_ctl.value = saved["kl_coef"]
@@ -172,5 +184,12 @@ def load_checkpoint(state, path: Path) -> None:
     random.setstate(rng["python"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    log.info("resumed", extra={"step": state.step, "path": str(path), "written_by_ranks": saved.get("world_size", 1),
-                               "ranks": distributed.world().size})
+    log.info(
+        "resumed",
+        extra={
+            "step": state.step,
+            "path": str(path),
+            "written_by_ranks": saved.get("world_size", 1),
+            "ranks": distributed.world().size,
+        },
+    )

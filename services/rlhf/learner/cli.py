@@ -58,19 +58,34 @@ def add_service_security_arguments(parser) -> None:
     """The learner's side of auth and TLS towards the policy, reward and reference services."""
     parser._option_string_actions["--auth-token-file"].help = (
         "bearer token file: required on every RPC to this learner's control API, and sent on the learner's own "
-        "calls to the policy, reward and reference services (env RLHF_AUTH_TOKEN_FILE)")
+        "calls to the policy, reward and reference services (env RLHF_AUTH_TOKEN_FILE)"
+    )
     env = os.environ.get
-    parser.add_argument("--service-tls-ca", default=env("RLHF_TLS_CA"),
-                        help="CA certificate: reach the services over TLS (env RLHF_TLS_CA)")
-    parser.add_argument("--service-tls-cert", default=env("RLHF_TLS_CLIENT_CERT"),
-                        help="client certificate, PEM: mTLS to services that require one (with --service-tls-key; "
-                        "env RLHF_TLS_CLIENT_CERT)")
-    parser.add_argument("--service-tls-key", default=env("RLHF_TLS_CLIENT_KEY"),
-                        help="client private key, PEM, for --service-tls-cert (env RLHF_TLS_CLIENT_KEY)")
-    parser.add_argument("--signal-exit-code", type=int, default=0, metavar="N",
-                        help="exit status after SIGTERM or Ctrl-C stopped the run, checkpointed, before its last "
-                        "step: the ppo Job sets 143, so that an evicted learner counts as failed (and is replaced, "
-                        "or fails a multi-pod Job), not as done")
+    parser.add_argument(
+        "--service-tls-ca",
+        default=env("RLHF_TLS_CA"),
+        help="CA certificate: reach the services over TLS (env RLHF_TLS_CA)",
+    )
+    parser.add_argument(
+        "--service-tls-cert",
+        default=env("RLHF_TLS_CLIENT_CERT"),
+        help="client certificate, PEM: mTLS to services that require one (with --service-tls-key; "
+        "env RLHF_TLS_CLIENT_CERT)",
+    )
+    parser.add_argument(
+        "--service-tls-key",
+        default=env("RLHF_TLS_CLIENT_KEY"),
+        help="client private key, PEM, for --service-tls-cert (env RLHF_TLS_CLIENT_KEY)",
+    )
+    parser.add_argument(
+        "--signal-exit-code",
+        type=int,
+        default=0,
+        metavar="N",
+        help="exit status after SIGTERM or Ctrl-C stopped the run, checkpointed, before its last "
+        "step: the ppo Job sets 143, so that an evicted learner counts as failed (and is replaced, "
+        "or fails a multi-pod Job), not as done",
+    )
 
 
 def connect_services(config, args: argparse.Namespace):
@@ -87,8 +102,11 @@ def connect_services(config, args: argparse.Namespace):
     from rlhf.reward.client import RewardClient
 
     options = ClientOptions(
-        timeout=config.rpc_timeout, auth_token=read_secret(args.auth_token_file), tls_ca=args.service_tls_ca,
-        tls_cert=getattr(args, "service_tls_cert", None), tls_key=getattr(args, "service_tls_key", None),
+        timeout=config.rpc_timeout,
+        auth_token=read_secret(args.auth_token_file),
+        tls_ca=args.service_tls_ca,
+        tls_cert=getattr(args, "service_tls_cert", None),
+        tls_key=getattr(args, "service_tls_key", None),
     )
     if bool(options.tls_cert) != bool(options.tls_key):
         raise UserError("--service-tls-cert and --service-tls-key go together")
@@ -168,8 +186,10 @@ def run_rank(args: argparse.Namespace, here) -> int:
         if signum == signal.SIGINT and control.stop_requested():
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         if signum == signal.SIGINT and here.is_main:
-            print("\nstopping after this step with a checkpoint (Ctrl-C again to abort)" if training
-                  else "\nstopping", flush=True)
+            print(
+                "\nstopping after this step with a checkpoint (Ctrl-C again to abort)" if training else "\nstopping",
+                flush=True,
+            )
         signalled = True
         control.request_stop()
 
@@ -198,8 +218,12 @@ def run_rank(args: argparse.Namespace, here) -> int:
     finished = state.step >= config.steps
     code = args.signal_exit_code if signalled and not finished else 0
     if here.is_main:
-        print(f"done at step {state.step}; policy in {config.out}/policy" if finished
-              else f"stopped at step {state.step}; continue with --resume", flush=True)
+        print(
+            f"done at step {state.step}; policy in {config.out}/policy"
+            if finished
+            else f"stopped at step {state.step}; continue with --resume",
+            flush=True,
+        )
     return code
 
 
@@ -226,9 +250,18 @@ def show_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         status = _rpc(client.status)
     if args.json:
-        print(json.dumps({"step": status.step, "total_steps": status.total_steps, "phase": status.phase,
-                          "weights_version": status.weights_version, "out_dir": status.out_dir,
-                          "metrics": dict(status.metrics)}))
+        print(
+            json.dumps(
+                {
+                    "step": status.step,
+                    "total_steps": status.total_steps,
+                    "phase": status.phase,
+                    "weights_version": status.weights_version,
+                    "out_dir": status.out_dir,
+                    "metrics": dict(status.metrics),
+                }
+            )
+        )
         return 0
     print(f"{describe_progress(status)}  weights v{status.weights_version}  out {status.out_dir}")
     for name in sorted(status.metrics):

@@ -172,8 +172,9 @@ class PPOConfig(TrainingOptions):
         except ValueError:
             raise UserError(f"--reward-weights {self.reward_weights!r}: expected numbers W[,W...]") from None
         if len(weights) != len(self.reward_targets):
-            raise UserError(f"--reward-weights has {len(weights)} weights for {len(self.reward_targets)} "
-                            "--reward services")
+            raise UserError(
+                f"--reward-weights has {len(weights)} weights for {len(self.reward_targets)} --reward services"
+            )
         return weights
 
     @property
@@ -192,11 +193,15 @@ def validate(config: PPOConfig) -> PPOConfig:
         (bool(config.reward_targets), "--reward needs at least one HOST:PORT"),
         (config.batch_size > 0, "--batch-size must be positive"),
         (config.samples_per_prompt > 0, "--samples-per-prompt must be positive"),
-        (config.samples_per_prompt >= 2 or config.advantage_estimator not in GROUP_ESTIMATORS,
-         f"--advantage-estimator {config.advantage_estimator} compares the samples of a prompt: "
-         "it needs --samples-per-prompt 2 or more"),
-        (config.samples_per_step >= config.num_minibatches > 0,
-         "--batch-size x --samples-per-prompt must be >= --num-minibatches >= 1"),
+        (
+            config.samples_per_prompt >= 2 or config.advantage_estimator not in GROUP_ESTIMATORS,
+            f"--advantage-estimator {config.advantage_estimator} compares the samples of a prompt: "
+            "it needs --samples-per-prompt 2 or more",
+        ),
+        (
+            config.samples_per_step >= config.num_minibatches > 0,
+            "--batch-size x --samples-per-prompt must be >= --num-minibatches >= 1",
+        ),
         (config.gradient_accumulation_steps > 0, "--gradient-accumulation-steps must be positive"),
         (config.ppo_epochs > 0, "--ppo-epochs must be positive"),
         (config.max_new_tokens > 0, "--max-new-tokens must be positive"),
@@ -209,8 +214,10 @@ def validate(config: PPOConfig) -> PPOConfig:
         (config.save_every > 0, "--save-every must be positive"),
         (config.service_timeout > 0, "--service-timeout must be positive"),
         (config.rpc_timeout > 0, "--rpc-timeout must be positive"),
-        (config.kl_in == "reward" or config.kl_estimator == "k3",
-         "--kl-in loss needs --kl-estimator k3: k1's gradient in the loss is zero on average"),
+        (
+            config.kl_in == "reward" or config.kl_estimator == "k3",
+            "--kl-in loss needs --kl-estimator k3: k1's gradient in the loss is zero on average",
+        ),
         (config.connect_timeout > 0, "--connect-timeout must be positive"),
         (0 < config.lam <= 1 and 0 < config.gamma <= 1, "--gamma and --lam must lie in (0, 1]"),
     ]

@@ -52,16 +52,23 @@ def memory(state: TrainState, rss: PeakRSS) -> dict[str, float]:
     included), the peak within this step (rss's window; where Linux lets it be read), on CUDA the tensors'
     peak, and the bytes of its parameters and optimizer state (under FSDP2, its shards of them)."""
     models = [state.policy] + ([state.value] if state.value is not None else [])
-    optimizer_tensors = [t for per_param in state.optimizer.state.values() for t in per_param.values()
-                         if isinstance(t, torch.Tensor) and t.dim() > 0]
+    optimizer_tensors = [
+        t
+        for per_param in state.optimizer.state.values()
+        for t in per_param.values()
+        if isinstance(t, torch.Tensor) and t.dim() > 0
+    ]
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     step_peak = rss.window()
-    figures = {"memory/peak_rss_gb": rss.overall(),
-               "memory/step_peak_rss_gb": -1.0 if step_peak is None else step_peak,
-               "memory/parameters_gb": distributed.local_bytes(  # a shared frozen base counts once
-                   {id(p): p for m in models for p in m.parameters()}.values()),
-               "memory/optimizer_gb": distributed.local_bytes(optimizer_tensors),
-               "memory/cuda_max_allocated_gb": torch.cuda.max_memory_allocated() if cuda else -1.0}
+    figures = {
+        "memory/peak_rss_gb": rss.overall(),
+        "memory/step_peak_rss_gb": -1.0 if step_peak is None else step_peak,
+        "memory/parameters_gb": distributed.local_bytes(  # a shared frozen base counts once
+            {id(p): p for m in models for p in m.parameters()}.values()
+        ),
+        "memory/optimizer_gb": distributed.local_bytes(optimizer_tensors),
+        "memory/cuda_max_allocated_gb": torch.cuda.max_memory_allocated() if cuda else -1.0,
+    }
     highest = distributed.all_reduce_max(torch.tensor(list(figures.values()), dtype=torch.float64)).tolist()
     return {name: value / 2**30 for name, value in zip(figures, highest, strict=True) if value >= 0}
 
@@ -71,15 +78,24 @@ def compute_advantages(config: PPOConfig, rollout: Rollout, scores: torch.Tensor
     mask = rollout.mask
     beta_in_reward = kl_coef if config.kl_in == "reward" else 0.0
     if config.uses_critic:
-        rewards, kl = ppo.kl_penalized_rewards(scores, rollout.logprobs, rollout.ref_logprobs, mask, beta_in_reward,
-                                               config.kl_estimator)
+        rewards, kl = ppo.kl_penalized_rewards(
+            scores, rollout.logprobs, rollout.ref_logprobs, mask, beta_in_reward, config.kl_estimator
+        )
         advantages, returns = ppo.gae_advantages(rewards, rollout.values, mask, config.gamma, config.lam)
         if config.whiten_advantages:
             advantages = ppo.whiten(advantages, mask)
         return advantages, returns, kl
     kl = ppo.kl_estimate(rollout.logprobs, rollout.ref_logprobs, config.kl_estimator) * mask
-    advantages = critic_free_advantages(config.advantage_estimator, scores, kl, mask, rollout.groups, beta_in_reward,
-                                        config.gamma, config.std_normalization)
+    advantages = critic_free_advantages(
+        config.advantage_estimator,
+        scores,
+        kl,
+        mask,
+        rollout.groups,
+        beta_in_reward,
+        config.gamma,
+        config.std_normalization,
+    )
     return advantages, None, kl
 
 
@@ -88,8 +104,10 @@ def sampler_logprobs_of(rollout: Rollout) -> torch.Tensor:
     out = torch.zeros_like(rollout.logprobs)
     for row, sample in enumerate(rollout.samples):
         if len(sample.logprobs) != len(sample.response_token_ids):
-            raise ServiceDown(f"a policy replica returned {len(sample.logprobs)} log-probs for "
-                              f"{len(sample.response_token_ids)} response tokens")
+            raise ServiceDown(
+                f"a policy replica returned {len(sample.logprobs)} log-probs for "
+                f"{len(sample.response_token_ids)} response tokens"
+            )
         out[row, : len(sample.logprobs)] = torch.tensor(sample.logprobs, dtype=out.dtype)
     return out
 
@@ -111,8 +129,12 @@ def sync_weights(state: TrainState, services: Services, control: LearnerControl)
 
 def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: LearnerControl):
     """Rollout -> rewards with KL -> advantages -> update on a fresh batch; returns (metrics, rollout)."""
-    params = GenerationParams(max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens,
-                              n=config.samples_per_prompt, seed=config.seed * 1_000_003 + state.step * 1009)
+    params = GenerationParams(
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        n=config.samples_per_prompt,
+        seed=config.seed * 1_000_003 + state.step * 1009,
+    )
     cursor = state.prompts.cursor
     prompts = state.prompts.take(config.batch_size)  # the same on every rank; each collects its share
     share = distributed.shard_rows(len(prompts))
@@ -120,8 +142,17 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
     replicas, first_share = replicas_of(services.policies, here)
     republish = (lambda: control.weights) if here.is_main else None  # rank 0 pushes to a stale replica
     try:
-        rollout = collect_rollout(state, services, prompts[share], params, config.max_staleness, control.set_phase,
-                                  republish, replicas, first_share)
+        rollout = collect_rollout(
+            state,
+            services,
+            prompts[share],
+            params,
+            config.max_staleness,
+            control.set_phase,
+            republish,
+            replicas,
+            first_share,
+        )
     except BaseException:
         state.prompts.cursor = cursor  # the step did not happen: its prompts come again on resume
         raise
@@ -160,12 +191,21 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
         "objective/rlhf_reward": (scores - kl_coef * kl.sum(1)).mean().item(),
         "objective/kl_coef": kl_coef,
         **stats,
-        **({"val/explained_variance": ppo.explained_variance(rollout.values, returns, mask).item()}
-           if returns is not None else {}),
-        **({f"objective/reward/{i}": component.mean().item() for i, component in enumerate(rollout.reward_components)}
-           if rollout.reward_components is not None else {}),
-        **({"rollout/group_reward_std": group_std(rollout.scores, rollout.groups).mean().item()}
-           if config.samples_per_prompt > 1 else {}),
+        **(
+            {"val/explained_variance": ppo.explained_variance(rollout.values, returns, mask).item()}
+            if returns is not None
+            else {}
+        ),
+        **(
+            {f"objective/reward/{i}": component.mean().item() for i, component in enumerate(rollout.reward_components)}
+            if rollout.reward_components is not None
+            else {}
+        ),
+        **(
+            {"rollout/group_reward_std": group_std(rollout.scores, rollout.groups).mean().item()}
+            if config.samples_per_prompt > 1
+            else {}
+        ),
         "rollout/response_length": mask.sum(1).mean().item(),
         "rollout/eos_fraction": rollout.ended_with_eos.float().mean().item(),
         "rollout/weights_version": float(min(s.weights_version for s in rollout.samples)),
@@ -196,8 +236,10 @@ def tokenizer_mismatch(state: TrainState, kind: str, name: str, fingerprint: str
     ours = tokenizer_fingerprint(state.tokenizer)
     if fingerprint == ours:
         return None
-    return (f"tokenizer mismatch: {kind} {name} has fingerprint {fingerprint[:12]}, "
-            f"but learner --model has {ours[:12]}; every service must serve the same tokenizer")
+    return (
+        f"tokenizer mismatch: {kind} {name} has fingerprint {fingerprint[:12]}, "
+        f"but learner --model has {ours[:12]}; every service must serve the same tokenizer"
+    )
 
 
 def check_tokenizers(state: TrainState, services: Services) -> None:
@@ -226,8 +268,9 @@ def update_replicas(state: TrainState, services: Services) -> None:
     main = distributed.world().is_main
     added, removed = services.update_replicas(accept) if main else ([], [])
     if added or removed:
-        log.info("policy replicas changed", extra={"added": added, "removed": removed,
-                                                   "replicas": len(services.policies)})
+        log.info(
+            "policy replicas changed", extra={"added": added, "removed": removed, "replicas": len(services.policies)}
+        )
     if distributed.is_distributed():  # rank 0 discovers; every rank uses its set, in its order
         services.adopt(distributed.broadcast_object([name_of(p) for p in services.policies] if main else None))
 
@@ -248,8 +291,10 @@ def serve_requests(state: TrainState, control: LearnerControl, config: PPOConfig
 def check_world(config: PPOConfig, world: distributed.World) -> None:
     """Every rank needs prompts of its own to collect a share of the rollout."""
     if config.batch_size < world.size:
-        raise UserError(f"--batch-size is {config.batch_size}, fewer than the {world.size} ranks: every rank "
-                        "needs a share of the prompts")
+        raise UserError(
+            f"--batch-size is {config.batch_size}, fewer than the {world.size} ranks: every rank "
+            "needs a share of the prompts"
+        )
 
 
 def train(config: PPOConfig, services: Services, control: LearnerControl | None = None) -> TrainState:
@@ -271,8 +316,9 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
     try:
         control.set_phase("weight_sync")
         sync_weights(state, services, control)  # version state.step everywhere before sampling
-        with tqdm(total=config.steps, initial=state.step, desc="ppo", unit="step",
-                  disable=None if here.is_main else True) as bar:
+        with tqdm(
+            total=config.steps, initial=state.step, desc="ppo", unit="step", disable=None if here.is_main else True
+        ) as bar:
             while state.step < config.steps:
                 step_start = time.perf_counter()
                 rss.start_window()

@@ -49,19 +49,28 @@ def share_frozen_backbone(value: torch.nn.Module, policy: torch.nn.Module) -> in
     as `base_layer`, frozen). Training never writes the shared tensors; only the final in-place merge of the
     policy's adapter does, once training is over. Returns the bytes freed."""
     mine, theirs = value.base_model, base_model(policy).base_model  # transformers: the backbone
-    theirs_params = {name.replace(".base_layer.", "."): param for name, param in theirs.named_parameters()
-                     if not param.requires_grad}
+    theirs_params = {
+        name.replace(".base_layer.", "."): param for name, param in theirs.named_parameters() if not param.requires_grad
+    }
     names = [name for name, _ in mine.named_parameters()]
     if type(mine) is not type(theirs) or sorted(names) != sorted(theirs_params):
-        log.info("the value model keeps a base of its own: its backbone is not the policy's",
-                 extra={"value": type(mine).__name__, "policy": type(theirs).__name__})
+        log.info(
+            "the value model keeps a base of its own: its backbone is not the policy's",
+            extra={"value": type(mine).__name__, "policy": type(theirs).__name__},
+        )
         return 0
     for name, param in mine.named_parameters():
         other = theirs_params[name]
-        if (other.shape != param.shape or other.dtype != param.dtype or other.device != param.device
-                or not torch.equal(other, param)):
-            log.info("the value model keeps a base of its own: its weights differ from the policy's",
-                     extra={"first_difference": name})
+        if (
+            other.shape != param.shape
+            or other.dtype != param.dtype
+            or other.device != param.device
+            or not torch.equal(other, param)
+        ):
+            log.info(
+                "the value model keeps a base of its own: its weights differ from the policy's",
+                extra={"first_difference": name},
+            )
             return 0
     freed = 0
     for name in names:

@@ -47,8 +47,9 @@ def masked_share(x: torch.Tensor, mask: torch.Tensor, tokens: float | None = Non
     return (x * mask).sum() / max(float(mask.sum()) if tokens is None else tokens, 1.0)
 
 
-def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str = "token-mean",
-                   totals: Totals | None = None) -> torch.Tensor:
+def aggregate_loss(
+    per_token: torch.Tensor, mask: torch.Tensor, aggregation: str = "token-mean", totals: Totals | None = None
+) -> torch.Tensor:
     """Reduce a (B, T) per-token loss to a scalar; with `totals`, this piece's share of the whole minibatch's.
 
     token-mean            sum over all tokens / number of tokens (long responses weigh more)
@@ -174,9 +175,16 @@ def clipped_policy_loss(
     return loss, clipfrac, approxkl
 
 
-def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-            estimator: str = "k3", aggregation: str = "token-mean", totals: Totals | None = None,
-            old_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+def kl_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    estimator: str = "k3",
+    aggregation: str = "token-mean",
+    totals: Totals | None = None,
+    old_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The KL penalty as a loss term (GRPO's): beta * aggregate(KL_t), differentiated through log pi_RL.
 
     With `old_logprobs` (those the samples were drawn at), each KL_t is weighted by the ratio pi_RL/pi_old,

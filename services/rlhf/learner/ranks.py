@@ -31,8 +31,11 @@ def replicas_of(policies: Sequence, world: distributed.World | None = None) -> t
 
 
 def rollout_to(rollout: Rollout, device: torch.device | str) -> Rollout:
-    tensors = {f.name: getattr(rollout, f.name) for f in dataclasses.fields(rollout)
-               if isinstance(getattr(rollout, f.name), torch.Tensor)}
+    tensors = {
+        f.name: getattr(rollout, f.name)
+        for f in dataclasses.fields(rollout)
+        if isinstance(getattr(rollout, f.name), torch.Tensor)
+    }
     return dataclasses.replace(rollout, **{name: t.to(device) for name, t in tensors.items()})
 
 
@@ -55,8 +58,15 @@ def merge_rollouts(parts: Sequence[tuple[int, Rollout]]) -> Rollout:
     timings = {name: max(part.timings.get(name, 0.0) for _, part in parts) for name in parts[0][1].timings}
     components = [part.reward_components for _, part in parts]
     return Rollout(
-        prompts, samples, torch.cat([part.scores for _, part in parts]), cat("ref_logprobs"), cat("logprobs"),
-        cat("values"), cat("entropy"), cat("mask"), timings,
+        prompts,
+        samples,
+        torch.cat([part.scores for _, part in parts]),
+        cat("ref_logprobs"),
+        cat("logprobs"),
+        cat("values"),
+        cat("entropy"),
+        cat("mask"),
+        timings,
         torch.cat(components, dim=1) if components[0] is not None else None,
     )
 

@@ -67,8 +67,14 @@ def name_of(service: object) -> str:
     return getattr(service, "target", None) or type(service).__name__
 
 
-def with_retries(what: str, timeout: float, fn: Callable, *args, wait_ready: Callable[[float], None] | None = None,
-                 abort: Callable[[], bool] = lambda: False):
+def with_retries(
+    what: str,
+    timeout: float,
+    fn: Callable,
+    *args,
+    wait_ready: Callable[[float], None] | None = None,
+    abort: Callable[[], bool] = lambda: False,
+):
     """fn(*args), retried on UNAVAILABLE/DEADLINE_EXCEEDED with exponential backoff until timeout.
 
     Between attempts, wait_ready(seconds) (a health check) holds off until a restarted server has
@@ -180,15 +186,23 @@ class Services:
     def call(self, service: object, method: str, *args):
         """service.method(*args) with retries; gRPC clients are health-checked between attempts."""
         wait_ready = getattr(service, "wait_until_serving", None)
-        return with_retries(f"{method} on {name_of(service)}", self.timeout, getattr(service, method), *args,
-                            wait_ready=wait_ready, abort=self.abort)
+        return with_retries(
+            f"{method} on {name_of(service)}",
+            self.timeout,
+            getattr(service, method),
+            *args,
+            wait_ready=wait_ready,
+            abort=self.abort,
+        )
 
     def push_weights(self, weights: dict[str, torch.Tensor], version: int) -> None:
         """Send the weights to every replica, concurrently, each in the dtype it serves."""
         served = list(self.pool.map(self.served_dtype, self.policies))
         casts = {dtype: cast_floating(weights, dtype) for dtype in set(served)}
-        futures = [self.pool.submit(self.call, p, "update_weights", casts[dtype], version)
-                   for p, dtype in zip(self.policies, served, strict=True)]
+        futures = [
+            self.pool.submit(self.call, p, "update_weights", casts[dtype], version)
+            for p, dtype in zip(self.policies, served, strict=True)
+        ]
         for future in futures:
             future.result()
 
@@ -239,8 +253,14 @@ class Rollout:
     def rows(self) -> list[dict]:
         """One JSON-able record per sample, for rollouts.jsonl."""
         return [
-            {"prompt": p, "response": s.response_text, "score": score, "weights_version": s.weights_version,
-             "finish_reason": s.finish_reason, "group": s.prompt_index}
+            {
+                "prompt": p,
+                "response": s.response_text,
+                "score": score,
+                "weights_version": s.weights_version,
+                "finish_reason": s.finish_reason,
+                "group": s.prompt_index,
+            }
             for p, s, score in zip(self.prompts, self.samples, self.scores.tolist(), strict=True)
         ]
 
@@ -250,8 +270,14 @@ class Rollout:
 
 
 def generate_on_replicas(
-    services: Services, prompts: list[str], params: GenerationParams, weights: Callable[[], dict] | None,
-    version: int, max_staleness: int, replicas: Sequence[PolicyService] | None = None, first_share: int = 0,
+    services: Services,
+    prompts: list[str],
+    params: GenerationParams,
+    weights: Callable[[], dict] | None,
+    version: int,
+    max_staleness: int,
+    replicas: Sequence[PolicyService] | None = None,
+    first_share: int = 0,
 ) -> list[Sample]:
     """Spread prompts evenly over the replicas, generate concurrently, and insist on fresh weights.
     All params.n samples of a prompt come from one replica, so a group is reproducible from --seed: share i
@@ -277,8 +303,10 @@ def generate_on_replicas(
                 for s in samples:
                     s.prompt_index += i * len(prompts) // n  # index into the whole batch
                 return samples
-            log.warning("stale weights on a replica; " + ("pushing again" if weights is not None else "waiting"),
-                        extra={"replica": name_of(replica), "versions": sorted(versions), "want": version})
+            log.warning(
+                "stale weights on a replica; " + ("pushing again" if weights is not None else "waiting"),
+                extra={"replica": name_of(replica), "versions": sorted(versions), "want": version},
+            )
             if weights is not None:
                 services.push_to(replica, weights(), version)
             else:
@@ -290,9 +318,15 @@ def generate_on_replicas(
 
 
 def collect_rollout(
-    state: TrainState, services: Services, prompts: list[str], params: GenerationParams, max_staleness: int,
-    on_phase: Callable[[str], None] = lambda phase: None, weights: Callable[[], dict] | None = None,
-    replicas: Sequence[PolicyService] | None = None, first_share: int = 0,
+    state: TrainState,
+    services: Services,
+    prompts: list[str],
+    params: GenerationParams,
+    max_staleness: int,
+    on_phase: Callable[[str], None] = lambda phase: None,
+    weights: Callable[[], dict] | None = None,
+    replicas: Sequence[PolicyService] | None = None,
+    first_share: int = 0,
 ) -> Rollout:
     """Generate, then score, reference log-probs and the learner's own forward, all concurrently. Under torchrun
     this is one rank's share, from its replicas; the forward is a collective, so the ranks agree first that every
@@ -306,8 +340,19 @@ def collect_rollout(
         return result
 
     on_phase("generate")
-    samples = on_all_ranks(timed, "time/generate", generate_on_replicas, services, prompts, params, weights,
-                           state.step, max_staleness, replicas, first_share)
+    samples = on_all_ranks(
+        timed,
+        "time/generate",
+        generate_on_replicas,
+        services,
+        prompts,
+        params,
+        weights,
+        state.step,
+        max_staleness,
+        replicas,
+        first_share,
+    )
     prompt_texts = [prompts[s.prompt_index] for s in samples]
     # Token ids, never re-tokenized text, go to the reference: re-tokenizing would corrupt the KL.
     pairs = [(s.prompt_token_ids, s.response_token_ids) for s in samples]
@@ -319,8 +364,11 @@ def collect_rollout(
     start = time.perf_counter()
     with torch.no_grad(), state.autocast():
         logprobs, entropy, mask = policy_forward(state.policy, *zip(*pairs, strict=True), state.pad_id)
-        values = (value_forward(state.value, *zip(*pairs, strict=True), state.pad_id) if state.value is not None
-                  else torch.zeros_like(logprobs))
+        values = (
+            value_forward(state.value, *zip(*pairs, strict=True), state.pad_id)
+            if state.value is not None
+            else torch.zeros_like(logprobs)
+        )
     for model in filter(None, (state.policy, state.value)):
         distributed.reshard(model)  # FSDP2 keeps a root gathered after a forward without backward: free it
     timings["time/logprobs"] = time.perf_counter() - start
@@ -335,8 +383,16 @@ def collect_rollout(
     components = torch.tensor(scores_result, device=device)  # (K, B)
     weights_of_rewards = torch.tensor(services.weights_of_rewards, device=device)
     return Rollout(
-        prompt_texts, samples, weights_of_rewards @ components, ref_logprobs, logprobs, values, entropy, mask,
-        timings, components if len(components) > 1 else None,
+        prompt_texts,
+        samples,
+        weights_of_rewards @ components,
+        ref_logprobs,
+        logprobs,
+        values,
+        entropy,
+        mask,
+        timings,
+        components if len(components) > 1 else None,
     )
 
 

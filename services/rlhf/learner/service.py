@@ -28,8 +28,12 @@ class LearnerServicer(learner_pb2_grpc.LearnerServicer):
     async def GetStatus(self, request: learner_pb2.GetStatusRequest, context) -> learner_pb2.LearnerStatus:
         c = self.control
         return learner_pb2.LearnerStatus(
-            step=c.step, weights_version=c.weights_version, metrics=c.metrics, phase=c.phase,
-            total_steps=c.total_steps, out_dir=c.out_dir,
+            step=c.step,
+            weights_version=c.weights_version,
+            metrics=c.metrics,
+            phase=c.phase,
+            total_steps=c.total_steps,
+            out_dir=c.out_dir,
         )
 
     async def WatchMetrics(self, request, context) -> AsyncIterator[learner_pb2.MetricsUpdate]:
@@ -63,8 +67,9 @@ class LearnerServicer(learner_pb2_grpc.LearnerServicer):
             except TensorDecodeError as err:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"dtype: {err}")
             if not dtype.is_floating_point:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"dtype: {request.dtype} is not a floating-point type")
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"dtype: {request.dtype} is not a floating-point type"
+                )
             weights = await self._cast(version, weights, dtype)
         for chunk in weight_chunks(weights, version):
             yield chunk

@@ -113,8 +113,10 @@ def build_state(config: PPOConfig) -> TrainState:
                 log.info("the value model shares the policy's frozen base", extra={"freed_gb": freed / 2**30})
         value = trainable(value, config, "score", value_base, device)
     if config.value_model and not config.uses_critic:
-        log.warning("--value-model is ignored: a critic-free estimator builds no value model",
-                    extra={"advantage_estimator": config.advantage_estimator})
+        log.warning(
+            "--value-model is ignored: a critic-free estimator builds no value model",
+            extra={"advantage_estimator": config.advantage_estimator},
+        )
     trained = trainable_parameters(policy) + (trainable_parameters(value) if value is not None else [])
     optimizer = make_optimizer(trained, config, lr=config.lr, eps=config.adam_eps)
     # CleanRL's annealing: the learning rate falls linearly to 0 at the last step.
@@ -132,7 +134,15 @@ def build_state(config: PPOConfig) -> TrainState:
         ptx = CursorSampler(load_ptx_sequences(config.ptx_data, tokenizer, config.max_length), config.seed + 1)
     generator = torch.Generator().manual_seed(config.seed)
     return TrainState(
-        policy, value, tokenizer, optimizer, scheduler, kl_ctl, CursorSampler(prompts, config.seed), ptx, generator,
+        policy,
+        value,
+        tokenizer,
+        optimizer,
+        scheduler,
+        kl_ctl,
+        CursorSampler(prompts, config.seed),
+        ptx,
+        generator,
         options=config,  # a PPOConfig is TrainingOptions: precision, LoRA
     )
 
@@ -163,8 +173,10 @@ def check_out_dir(config: PPOConfig) -> None:
         if latest_checkpoint(out) is None:
             raise UserError(f"--resume: no checkpoint under {checkpoint_root(out)}")
     elif not config.overwrite and any((out / name).exists() for name in RUN_OUTPUTS):
-        raise UserError(f"--out {out} holds an earlier run: continue it with --resume, choose a new --out, "
-                        "or start over with --overwrite")
+        raise UserError(
+            f"--out {out} holds an earlier run: continue it with --resume, choose a new --out, "
+            "or start over with --overwrite"
+        )
 
 
 def clear_earlier_run(out: str | Path) -> None:
@@ -187,11 +199,13 @@ def resume_state(config: PPOConfig) -> TrainState:
     saved = read_trainer_state(path)
     if saved.get("critic", True) != config.uses_critic:
         had = "gae (with a value model)" if saved.get("critic", True) else "a critic-free estimator"
-        raise UserError(f"--resume: {path} was trained with {had}; resume it with the same kind of "
-                        "--advantage-estimator")
+        raise UserError(
+            f"--resume: {path} was trained with {had}; resume it with the same kind of --advantage-estimator"
+        )
     if saved.get("lora_r", 0) != config.lora_r:
-        raise UserError(f"--resume: {path} was trained with --lora-r {saved.get('lora_r', 0)}; resume it with the "
-                        "same --lora-r")
+        raise UserError(
+            f"--resume: {path} was trained with --lora-r {saved.get('lora_r', 0)}; resume it with the same --lora-r"
+        )
     state = build_state(config)
     load_checkpoint(state, path)
     return state
@@ -202,9 +216,11 @@ def save_final_policy(state: TrainState, out: str | Path, base: str) -> Path | N
     and the merged standard dir in OUT/policy/merged (rlhf.core.training.save_trained). Training is over: with
     LoRA the merge happens in place. Under torchrun every rank sends its shards and rank 0 writes an unsharded
     copy (the others return None, and go on to exit: rank 0's writing may outlast --dist-timeout)."""
+
     def rebuild() -> torch.nn.Module:
-        return prepare_model(load_policy(base, torch.device("cpu"), weights_dtype(state.options)), state.options,
-                             "causal-lm")
+        return prepare_model(
+            load_policy(base, torch.device("cpu"), weights_dtype(state.options)), state.options, "causal-lm"
+        )
 
     whole = unsharded(state.policy, rebuild)
     if whole is None:

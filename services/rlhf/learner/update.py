@@ -22,8 +22,16 @@ from rlhf.learner.rollout import Rollout
 from rlhf.learner.state import TrainState
 
 
-def share_loss(state: TrainState, config: PPOConfig, rollout: Rollout, advantages, returns, importance_weights,
-               rows: torch.Tensor, totals: ppo.Totals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def share_loss(
+    state: TrainState,
+    config: PPOConfig,
+    rollout: Rollout,
+    advantages,
+    returns,
+    importance_weights,
+    rows: torch.Tensor,
+    totals: ppo.Totals,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped policy loss of this rank's rows of a micro-batch, plus the value loss (gae) and the KL loss
     (--kl-in loss), each as its part of the minibatch's. Returns (loss, its detached terms)."""
     prompts = [rollout.prompt_ids[i] for i in rows]
@@ -35,8 +43,14 @@ def share_loss(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
 
     # Policy loss
     pg_loss, clipfrac, approxkl = ppo.clipped_policy_loss(
-        logprobs, rollout.logprobs[rows, :width], advantages[rows, :width], mask, config.clip_range,
-        None if importance_weights is None else importance_weights[rows, :width], config.loss_aggregation, totals,
+        logprobs,
+        rollout.logprobs[rows, :width],
+        advantages[rows, :width],
+        mask,
+        config.clip_range,
+        None if importance_weights is None else importance_weights[rows, :width],
+        config.loss_aggregation,
+        totals,
     )
     loss = pg_loss
     terms = {"loss/policy": pg_loss, "policy/clipfrac": clipfrac, "policy/approxkl": approxkl}
@@ -51,9 +65,16 @@ def share_loss(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
         terms |= {"loss/value": vf_loss, "val/clipfrac": vf_clipfrac}
     # KL in the loss (GRPO): beta * KL(pi_RL || pi_SFT), differentiated
     if config.kl_in == "loss":
-        kl_loss = ppo.kl_loss(logprobs, rollout.ref_logprobs[rows, :width], mask, state.kl_ctl.value,
-                              config.kl_estimator, config.loss_aggregation, totals,
-                              rollout.logprobs[rows, :width] if config.kl_ratio_correction else None)
+        kl_loss = ppo.kl_loss(
+            logprobs,
+            rollout.ref_logprobs[rows, :width],
+            mask,
+            state.kl_ctl.value,
+            config.kl_estimator,
+            config.loss_aggregation,
+            totals,
+            rollout.logprobs[rows, :width] if config.kl_ratio_correction else None,
+        )
         loss = loss + kl_loss
         terms["loss/kl"] = kl_loss
     return loss, {name: value.detach().float() for name, value in terms.items()}
@@ -87,8 +108,14 @@ def ptx_step(state: TrainState, config: PPOConfig) -> float:
     return summed_over_ranks({"loss/ptx": loss.detach().float()})["loss/ptx"]
 
 
-def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantages, returns,
-               importance_weights: torch.Tensor | None = None) -> dict[str, float]:
+def ppo_update(
+    state: TrainState,
+    config: PPOConfig,
+    rollout: Rollout,
+    advantages,
+    returns,
+    importance_weights: torch.Tensor | None = None,
+) -> dict[str, float]:
     """config.ppo_epochs passes of minibatch PPO over the rollout; returns the mean diagnostics."""
     batch_size = len(rollout.samples)
     minibatch_size = max(1, batch_size // config.num_minibatches)
@@ -107,8 +134,9 @@ def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
             parts: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
             for micro in minibatch.split(microbatch_size):
                 rows, weight = distributed.batch_share(len(micro))  # a rank left without rows runs one at weight 0
-                loss, terms = share_loss(state, config, rollout, advantages, returns, importance_weights,
-                                         micro[rows], totals)
+                loss, terms = share_loss(
+                    state, config, rollout, advantages, returns, importance_weights, micro[rows], totals
+                )
                 backward(loss * weight)
                 for name, value in terms.items():
                     parts[name] = parts[name] + weight * value.cpu()
@@ -128,5 +156,7 @@ def ppo_update(state: TrainState, config: PPOConfig, rollout: Rollout, advantage
             state.optimizer.step()
             updates += 1
     state.scheduler.step()
-    return {**{name: sum(values) / len(values) for name, values in stats.items()},
-            "policy/update_fraction": updates / planned}
+    return {
+        **{name: sum(values) / len(values) for name, values in stats.items()},
+        "policy/update_fraction": updates / planned,
+    }

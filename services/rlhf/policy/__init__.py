@@ -1,6 +1,6 @@
 """pi_RL: supervised fine-tuning (`sft`), the PolicyInference service, and its clients.
 
-    from rlhf.policy import PolicyClient, LocalPolicy
+from rlhf.policy import PolicyClient, LocalPolicy
 """
 
 from __future__ import annotations

@@ -63,8 +63,10 @@ class ServedAdapter:
         if shape != expected or not 1 <= rank <= min(fan_in, fan_out):
             return f"shape {list(shape)} does not fit a rank-r factor of a {fan_in} -> {fan_out} module"
         if self.layout is not None and self.layout.get(module_name) != rank:
-            return (f"does not match the replica's adapter layout "
-                    f"(module {module_name!r}: rank {self.layout.get(module_name)})")
+            return (
+                f"does not match the replica's adapter layout "
+                f"(module {module_name!r}: rank {self.layout.get(module_name)})"
+            )
         return None
 
     def check(self, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -83,8 +85,10 @@ class ServedAdapter:
             raise InvalidRequest(f"{unpaired[0]}: lora_A and lora_B come together")
         if self.layout is not None and layout != self.layout:
             missing = sorted(set(self.layout) - set(layout))
-            raise InvalidRequest(f"the adapter's modules do not match the replica's adapter layout "
-                                 f"({len(layout)} modules, expected {len(self.layout)}; missing e.g. {missing[:2]})")
+            raise InvalidRequest(
+                f"the adapter's modules do not match the replica's adapter layout "
+                f"({len(layout)} modules, expected {len(self.layout)}; missing e.g. {missing[:2]})"
+            )
 
     def apply(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """W = W_base + B @ A in every adapted module. Runs on the model thread, between batches, after check."""

@@ -1,8 +1,8 @@
 """PolicyClient: rlhf.v1.PolicyInference from Python, with deadlines and retries on UNAVAILABLE.
 
-    with PolicyClient("localhost:50052") as policy:
-        samples = policy.generate(["Human: Describe cats.\\nAssistant:"], GenerationParams(seed=0))
-        policy.update_weights(model.state_dict(), version=1)
+with PolicyClient("localhost:50052") as policy:
+    samples = policy.generate(["Human: Describe cats.\\nAssistant:"], GenerationParams(seed=0))
+    policy.update_weights(model.state_dict(), version=1)
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ class PolicyClient(BaseClient):
         return [sample_from_proto(s) for s in reply.samples]
 
     def update_weights(
-        self, state_dict: Mapping[str, torch.Tensor], version: int, timeout: float | None = None,
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        version: int,
+        timeout: float | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> policy_pb2.UpdateWeightsResponse:
         """Stream a full or partial state dict; the server applies all of it as `version`, or none."""

@@ -12,8 +12,13 @@ DEFAULTS = GenerationParams()
 
 def params_to_proto(params: GenerationParams) -> policy_pb2.SamplingParams:
     return policy_pb2.SamplingParams(
-        max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-        top_k=params.top_k, seed=params.seed, n=params.n, ignore_eos=params.ignore_eos,
+        max_new_tokens=params.max_new_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        seed=params.seed,
+        n=params.n,
+        ignore_eos=params.ignore_eos,
         min_new_tokens=params.min_new_tokens,
     )
 
@@ -47,17 +52,23 @@ def prompts_from_proto(messages: Sequence[policy_pb2.Prompt]) -> list[str | list
 
 def sample_to_proto(sample: Sample) -> policy_pb2.Sample:
     return policy_pb2.Sample(
-        response_text=sample.response_text, prompt_token_ids=sample.prompt_token_ids,
-        response_token_ids=sample.response_token_ids, logprobs=sample.logprobs,
-        finish_reason=sample.finish_reason, weights_version=sample.weights_version,
+        response_text=sample.response_text,
+        prompt_token_ids=sample.prompt_token_ids,
+        response_token_ids=sample.response_token_ids,
+        logprobs=sample.logprobs,
+        finish_reason=sample.finish_reason,
+        weights_version=sample.weights_version,
         prompt_index=sample.prompt_index,
     )
 
 
 def sample_from_proto(message: policy_pb2.Sample) -> Sample:
     return Sample(
-        prompt_token_ids=list(message.prompt_token_ids), response_token_ids=list(message.response_token_ids),
-        logprobs=list(message.logprobs), finish_reason=message.finish_reason,
-        weights_version=message.weights_version, response_text=message.response_text,
+        prompt_token_ids=list(message.prompt_token_ids),
+        response_token_ids=list(message.response_token_ids),
+        logprobs=list(message.logprobs),
+        finish_reason=message.finish_reason,
+        weights_version=message.weights_version,
+        response_text=message.response_text,
         prompt_index=message.prompt_index,
     )

@@ -33,8 +33,9 @@ from rlhf.policy.dpo_config import DPOConfig
 log = logging.getLogger("rlhf.dpo")
 
 
-def preference_logits(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-                      ref_rejected: torch.Tensor) -> torch.Tensor:
+def preference_logits(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor
+) -> torch.Tensor:
     """h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)), per comparison."""
     return (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
 
@@ -60,8 +61,9 @@ def sequence_logprobs(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id
     """(N,) log pi(y|x) of each item: the sum over its response tokens (the per-token mean with mean=True)."""
     from rlhf.core.logprobs import response_logprobs
 
-    logprobs, mask = response_logprobs(model, [e.prompt_ids for e in encoded], [e.response_ids for e in encoded],
-                                       pad_id)
+    logprobs, mask = response_logprobs(
+        model, [e.prompt_ids for e in encoded], [e.response_ids for e in encoded], pad_id
+    )
     total = (logprobs * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1) if mean else total
 
@@ -163,7 +165,7 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
         check_precision,
         disable_dropout,
         make_optimizer,
-    optimizer_step,
+        optimizer_step,
         prepare_model,
         save_trained,
         trainable_parameters,

@@ -23,8 +23,9 @@ from rlhf.v1 import common_pb2, policy_pb2
 class LocalPolicy:
     """Generates in batches of up to max_batch_size rows, shortest prompts together."""
 
-    def __init__(self, model_dir: str | os.PathLike, device: str = "auto", dtype: str = "float32",
-                 max_batch_size: int = 64):
+    def __init__(
+        self, model_dir: str | os.PathLike, device: str = "auto", dtype: str = "float32", max_batch_size: int = 64
+    ):
         self.policy = PolicyModel(model_dir, device=device, dtype=dtype)
         self.max_batch_size = max_batch_size
 
@@ -42,7 +43,8 @@ class LocalPolicy:
         self.policy.check_weights(state_dict)
         self.policy.apply_weights(state_dict, version)
         return policy_pb2.UpdateWeightsResponse(
-            weights_version=version, tensors_updated=len(state_dict),
+            weights_version=version,
+            tensors_updated=len(state_dict),
             bytes_received=sum(t.numel() * t.element_size() for t in state_dict.values()),
         )
 

@@ -65,11 +65,16 @@ def check_params(params: GenerationParams) -> SamplingSettings:
     if params.n < 1:
         raise InvalidRequest(f"n must be >= 1, got {params.n}")
     if not 0 <= params.min_new_tokens <= params.max_new_tokens:
-        raise InvalidRequest(f"min_new_tokens must lie in [0, max_new_tokens={params.max_new_tokens}], "
-                             f"got {params.min_new_tokens}")
+        raise InvalidRequest(
+            f"min_new_tokens must lie in [0, max_new_tokens={params.max_new_tokens}], got {params.min_new_tokens}"
+        )
     return SamplingSettings(
-        max_new_tokens=params.max_new_tokens, temperature=float(params.temperature), top_p=float(params.top_p),
-        top_k=params.top_k, stop_at_eos=not params.ignore_eos, min_new_tokens=params.min_new_tokens,
+        max_new_tokens=params.max_new_tokens,
+        temperature=float(params.temperature),
+        top_p=float(params.top_p),
+        top_k=params.top_k,
+        stop_at_eos=not params.ignore_eos,
+        min_new_tokens=params.min_new_tokens,
     )
 
 
@@ -105,8 +110,11 @@ class PolicyModel:
         rows = []
         for p, prompt in enumerate(prompts):
             ids = self.encode(prompt, f"prompt {p}")
-            check_fits_context(len(ids) + settings.max_new_tokens, self.max_context,
-                               f"prompt {p} plus max_new_tokens={settings.max_new_tokens}")
+            check_fits_context(
+                len(ids) + settings.max_new_tokens,
+                self.max_context,
+                f"prompt {p} plus max_new_tokens={settings.max_new_tokens}",
+            )
             rows += [Row(ids, settings, params.seed, p * params.n + s, p) for s in range(params.n)]
         return rows
 
@@ -114,12 +122,21 @@ class PolicyModel:
         """One model batch; every row must have the same settings. Runs on the model thread."""
         (settings,) = {r.settings for r in rows}
         decoded = decode(
-            self.model, [r.prompt_ids for r in rows], [row_generator(r.seed, r.index) for r in rows], settings,
-            self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+            self.model,
+            [r.prompt_ids for r in rows],
+            [row_generator(r.seed, r.index) for r in rows],
+            settings,
+            self.tokenizer.eos_token_id,
+            self.tokenizer.pad_token_id,
         )
         return [
-            RowResult(d.token_ids, d.logprobs, d.finish_reason,
-                      self.tokenizer.decode(d.token_ids, skip_special_tokens=True), self.version)
+            RowResult(
+                d.token_ids,
+                d.logprobs,
+                d.finish_reason,
+                self.tokenizer.decode(d.token_ids, skip_special_tokens=True),
+                self.version,
+            )
             for d in decoded
         ]
 
@@ -127,8 +144,12 @@ class PolicyModel:
     def samples(rows: Sequence[Row], results: Sequence[RowResult]) -> list[Sample]:
         return [
             Sample(
-                prompt_token_ids=row.prompt_ids, response_token_ids=out.token_ids, logprobs=out.logprobs,
-                finish_reason=out.finish_reason, weights_version=out.weights_version, response_text=out.text,
+                prompt_token_ids=row.prompt_ids,
+                response_token_ids=out.token_ids,
+                logprobs=out.logprobs,
+                finish_reason=out.finish_reason,
+                weights_version=out.weights_version,
+                response_text=out.text,
                 prompt_index=row.prompt_index,
             )
             for row, out in zip(rows, results, strict=True)

@@ -146,6 +146,7 @@ def decode(
         mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=-1)
         positions = positions[:, -1:] + 1
         logits, cache = forward(next_tokens[:, None], mask, positions, cache)
-    rows = zip(tokens[:, :steps].tolist(), logprobs[:, :steps].tolist(), lengths.tolist(), finished.tolist(),
-               strict=True)
+    rows = zip(
+        tokens[:, :steps].tolist(), logprobs[:, :steps].tolist(), lengths.tolist(), finished.tolist(), strict=True
+    )
     return [Decoded(t[:n], lp[:n], "eos" if done else "length") for t, lp, n, done in rows]

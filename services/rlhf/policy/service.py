@@ -131,9 +131,10 @@ async def until_stalled(chunks, timeout: float):
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise WeightStreamError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    f"the weight stream stalled: no chunk for {timeout:g}s "
-                                    "(--weights-stream-timeout); nothing was applied") from None
+            raise WeightStreamError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the weight stream stalled: no chunk for {timeout:g}s (--weights-stream-timeout); nothing was applied",
+            ) from None
         yield chunk
 
 
@@ -161,12 +162,19 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
         if c.learner:
             await self._pull_from_learner(policy)
         self.batcher = DynamicBatcher(
-            policy.generate_rows, name="policy", max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
-            length_of=lambda row: len(row.prompt_ids), group_of=lambda row: row.settings, max_queue=c.max_queue,
+            policy.generate_rows,
+            name="policy",
+            max_batch_size=c.max_batch_size,
+            max_wait_ms=c.max_wait_ms,
+            length_of=lambda row: len(row.prompt_ids),
+            group_of=lambda row: row.settings,
+            max_queue=c.max_queue,
         )
         self.policy = policy  # last: until now every RPC answers UNAVAILABLE
-        log.info("policy loaded", extra={"model": c.model, "weights_version": policy.version,
-                                         "device": str(policy.model.device)})
+        log.info(
+            "policy loaded",
+            extra={"model": c.model, "weights_version": policy.version, "device": str(policy.model.device)},
+        )
 
     async def _pull_from_learner(self, policy: PolicyModel) -> None:
         """A replica that starts mid-run takes the learner's current weights before it serves.
@@ -175,14 +183,22 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
         the learner pushes its weights when it (re)starts or sees the stale version.
         """
         c = self.config
-        options = ClientOptions(timeout=c.learner_timeout, auth_token=read_secret(c.learner_auth_token_file),
-                                tls_ca=c.learner_tls_ca, tls_cert=c.learner_tls_cert, tls_key=c.learner_tls_key)
+        options = ClientOptions(
+            timeout=c.learner_timeout,
+            auth_token=read_secret(c.learner_auth_token_file),
+            tls_ca=c.learner_tls_ca,
+            tls_cert=c.learner_tls_cert,
+            tls_key=c.learner_tls_key,
+        )
         try:
-            version, tensors = await asyncio.to_thread(pull_weights, c.learner, policy, options,
-                                                       c.weights_stream_timeout)
+            version, tensors = await asyncio.to_thread(
+                pull_weights, c.learner, policy, options, c.weights_stream_timeout
+            )
         except grpc.RpcError as err:
-            log.warning("could not pull weights from the learner; serving the model dir as version 0",
-                        extra={"learner": c.learner, "code": err.code().name, "details": err.details()})
+            log.warning(
+                "could not pull weights from the learner; serving the model dir as version 0",
+                extra={"learner": c.learner, "code": err.code().name, "details": err.details()},
+            )
             return
         except WeightStreamError as err:
             raise UserError(f"the learner at {c.learner} sent weights that do not fit {c.model}: {err}") from err
@@ -204,8 +220,11 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
     async def Generate(self, request: policy_pb2.GenerateRequest, context) -> policy_pb2.GenerateResponse:
         policy = await self._loaded(context)
         try:
-            rows = policy.rows(prompts_from_proto(request.prompts), params_from_proto(request.params),
-                               self.config.max_items_per_request)
+            rows = policy.rows(
+                prompts_from_proto(request.prompts),
+                params_from_proto(request.params),
+                self.config.max_items_per_request,
+            )
         except InvalidRequest as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         try:
@@ -237,8 +256,10 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
                 log.warning("weight stream refused", extra={"code": err.code.name, "reason": str(err)})
                 await context.abort(err.code, str(err))
             await self.batcher.run_exclusive(functools.partial(policy.apply_weights, tensors, version))
-        log.info("weights updated", extra={"weights_version": version, "tensors": len(tensors),
-                                           "bytes": assembler.bytes_received})
+        log.info(
+            "weights updated",
+            extra={"weights_version": version, "tensors": len(tensors), "bytes": assembler.bytes_received},
+        )
         return policy_pb2.UpdateWeightsResponse(
             weights_version=version, tensors_updated=len(tensors), bytes_received=assembler.bytes_received
         )

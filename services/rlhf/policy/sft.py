@@ -91,8 +91,9 @@ def load_pairs(path: str | Path) -> list[tuple[str | None, str]]:
             continue
         prompt, response = row.get("prompt"), row.get("response", row.get("completion"))
         if not isinstance(prompt, str) or not isinstance(response, str):
-            raise UserError(f'{where}: expected string fields "prompt" and "response" (or "completion"), '
-                            'or "text" alone')
+            raise UserError(
+                f'{where}: expected string fields "prompt" and "response" (or "completion"), or "text" alone'
+            )
         pairs.append((prompt, response))
     if not pairs:
         raise UserError(f"{path} holds no examples")
@@ -136,8 +137,9 @@ def summed_over_ranks(*values: float, device: torch.device) -> list[float]:
     return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
-def batch_loss(model: torch.nn.Module, examples: Sequence[Encoded], pad_id: int,
-               options: TrainingOptions) -> tuple[torch.Tensor, float]:
+def batch_loss(
+    model: torch.nn.Module, examples: Sequence[Encoded], pad_id: int, options: TrainingOptions
+) -> tuple[torch.Tensor, float]:
     """What this rank backpropagates for one step's batch, and the batch's mean loss per response token.
 
     The rank forwards its share of the pairs; its summed loss is divided by the whole batch's token count and
@@ -153,8 +155,13 @@ def batch_loss(model: torch.nn.Module, examples: Sequence[Encoded], pad_id: int,
 
 
 @torch.no_grad()
-def eval_loss(model: torch.nn.Module, examples: Sequence[Encoded], pad_id: int, batch_size: int,
-              options: TrainingOptions | None = None) -> float:
+def eval_loss(
+    model: torch.nn.Module,
+    examples: Sequence[Encoded],
+    pad_id: int,
+    batch_size: int,
+    options: TrainingOptions | None = None,
+) -> float:
     """Mean loss per response token over examples (nan when there are none); under torchrun each rank forwards
     its share of every batch and all get the figure for all the examples."""
     options = options or TrainingOptions()
@@ -211,8 +218,10 @@ def fit(config: SFTConfig, pairs: list[tuple[str | None, str]], progress: bool) 
     # Under torchrun the model loads on the CPU and moves to the GPU shard by shard (rlhf.core.distributed.shard).
     model = shard(load_model(config, torch.device("cpu") if is_distributed() else device), device)
     max_length = min(config.max_length, context_length(model.config))
-    examples = [encode_text(tokenizer, r, max_length) if p is None else encode_pair(tokenizer, p, r, max_length)
-                for p, r in pairs]
+    examples = [
+        encode_text(tokenizer, r, max_length) if p is None else encode_pair(tokenizer, p, r, max_length)
+        for p, r in pairs
+    ]
     train, held_out = split(examples, config.eval_fraction, config.seed)
     pad_id = tokenizer.pad_token_id
     main = world().is_main
@@ -223,8 +232,16 @@ def fit(config: SFTConfig, pairs: list[tuple[str | None, str]], progress: bool) 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
     before = eval_loss(model, held_out, pad_id, config.batch_size, config)
     if main:
-        log.info("sft start", extra={"train": len(train), "eval": len(held_out), "steps": total_steps,
-                                     "eval_loss": before, "world_size": world().size})
+        log.info(
+            "sft start",
+            extra={
+                "train": len(train),
+                "eval": len(held_out),
+                "steps": total_steps,
+                "eval_loss": before,
+                "world_size": world().size,
+            },
+        )
 
     order = torch.Generator().manual_seed(config.seed)
     model.train()
@@ -246,8 +263,9 @@ def fit(config: SFTConfig, pairs: list[tuple[str | None, str]], progress: bool) 
     after = eval_loss(model, held_out, pad_id, config.batch_size, config)
     whole = unsharded(model, lambda: load_model(config, torch.device("cpu")))  # rank 0's; None elsewhere
     out = save_trained(whole, tokenizer, config.out, config, base=config.model) if whole is not None else None
-    result = SFTResult(out or Path(config.out), len(train), len(held_out), before, after,
-                       sum(epoch_losses) / len(epoch_losses))
+    result = SFTResult(
+        out or Path(config.out), len(train), len(held_out), before, after, sum(epoch_losses) / len(epoch_losses)
+    )
     if main:
         log.info("sft done", extra={"out": str(out), "eval_loss_before": before, "eval_loss_after": after})
     return result

@@ -1,6 +1,6 @@
 """pi_SFT: the ReferencePolicy service (per-token log-probs of given ids) and its clients.
 
-    from rlhf.reference import ReferenceClient, LocalReference
+from rlhf.reference import ReferenceClient, LocalReference
 """
 
 from __future__ import annotations
@@ -14,5 +14,6 @@ if TYPE_CHECKING:
     from rlhf.reference.local import LocalReference
 
 __all__ = ["LocalReference", "ReferenceClient"]
-__getattr__ = lazy_exports(__name__, {"ReferenceClient": "rlhf.reference.client",
-                                     "LocalReference": "rlhf.reference.local"})
+__getattr__ = lazy_exports(
+    __name__, {"ReferenceClient": "rlhf.reference.client", "LocalReference": "rlhf.reference.local"}
+)

@@ -16,12 +16,17 @@ def register(commands) -> None:
     serve.add_argument("--max-batch-size", type=int, default=32, help="most pairs in one forward pass (default 32)")
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a request waits for a batch to fill")
     serve.add_argument("--max-items-per-request", type=int, default=1024, help="most pairs in one request")
-    serve.add_argument("--max-queue", type=int, default=16384,
-                       help="admission control: most pairs waiting for a batch; a request that would pass it "
-                       "is answered RESOURCE_EXHAUSTED at once (clients back off and retry)")
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=16384,
+        help="admission control: most pairs waiting for a batch; a request that would pass it "
+        "is answered RESOURCE_EXHAUSTED at once (clients back off and retry)",
+    )
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    serve.add_argument("--dtype", default="float32",
-                       help="auto, float32, bfloat16 or float16 (default float32: the KL term needs it)")
+    serve.add_argument(
+        "--dtype", default="float32", help="auto, float32, bfloat16 or float16 (default float32: the KL term needs it)"
+    )
     ServerOptions.add_arguments(serve, default_port=DEFAULT_PORT)
     serve.set_defaults(func=_serve)
 
@@ -44,8 +49,13 @@ def _serve(args: argparse.Namespace) -> int:
 
         raise UserError("--max-queue must be at least --max-items-per-request")
     config = ReferenceServiceConfig(
-        model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms, max_items_per_request=args.max_items_per_request, max_queue=args.max_queue,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_items_per_request=args.max_items_per_request,
+        max_queue=args.max_queue,
     )
     return serve(ReferenceService(config), ServerOptions.from_args(args))
 

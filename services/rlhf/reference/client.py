@@ -1,7 +1,7 @@
 """ReferenceClient: rlhf.v1.ReferencePolicy from Python, with deadlines and retries on UNAVAILABLE.
 
-    with ReferenceClient("localhost:50053") as reference:
-        logprobs = reference.logprobs([(prompt_ids, response_ids)])
+with ReferenceClient("localhost:50053") as reference:
+    logprobs = reference.logprobs([(prompt_ids, response_ids)])
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ from rlhf.v1 import common_pb2
 
 
 class LocalReference:
-    def __init__(self, model_dir: str | os.PathLike, device: str = "auto", dtype: str = "float32",
-                 max_batch_size: int = 64):
+    def __init__(
+        self, model_dir: str | os.PathLike, device: str = "auto", dtype: str = "float32", max_batch_size: int = 64
+    ):
         self.reference = ReferenceModel(model_dir, device=device, dtype=dtype)
         self.max_batch_size = max_batch_size
 

@@ -51,8 +51,12 @@ class ReferenceService(reference_pb2_grpc.ReferencePolicyServicer):
         reference = await asyncio.to_thread(ReferenceModel, c.model, c.device, c.dtype)
         self.model_version = reference.info().model_version
         self.batcher = DynamicBatcher(
-            reference.logprobs, name="reference", max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
-            length_of=lambda item: len(item[0]) + len(item[1]), max_queue=c.max_queue,
+            reference.logprobs,
+            name="reference",
+            max_batch_size=c.max_batch_size,
+            max_wait_ms=c.max_wait_ms,
+            length_of=lambda item: len(item[0]) + len(item[1]),
+            max_queue=c.max_queue,
         )
         self.reference = reference  # last: until now every RPC answers UNAVAILABLE
         log.info("reference loaded", extra={"model": c.model, "device": str(reference.model.device)})

@@ -33,8 +33,10 @@ def register(commands) -> None:
     score.add_argument("--target", required=True, help="reward service, HOST:PORT")
     score.add_argument("--prompt", help="prompt text (with --response)")
     score.add_argument("--response", help="response text (with --prompt)")
-    score.add_argument("--input", help='JSONL with "prompt" and "response" per line ("-" for stdin); '
-                                       'prints each line with "score" added')
+    score.add_argument(
+        "--input",
+        help='JSONL with "prompt" and "response" per line ("-" for stdin); prints each line with "score" added',
+    )
     ClientOptions.add_arguments(score)
     score.set_defaults(func=_score)
 
@@ -48,8 +50,10 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     if result.eval_accuracy is not None:
         print(f"held-out pairwise accuracy: {result.eval_accuracy:.4f} ({result.eval_comparisons} comparisons)")
-    print(f"normalized: training completions' mean reward {result.reference_mean_before:+.4f} -> "
-          f"{result.reference_mean_after:+.2e} (folded into {result.folded_into})")
+    print(
+        f"normalized: training completions' mean reward {result.reference_mean_before:+.4f} -> "
+        f"{result.reference_mean_after:+.2e} (folded into {result.folded_into})"
+    )
     print(f"wrote {result.out}")
     return 0
 
@@ -116,8 +120,11 @@ def _jsonl_chunks(path: str):
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-                if not (isinstance(row, dict) and isinstance(row.get("prompt"), str)
-                        and isinstance(row.get("response"), str)):
+                if not (
+                    isinstance(row, dict)
+                    and isinstance(row.get("prompt"), str)
+                    and isinstance(row.get("response"), str)
+                ):
                     raise UserError(f'{path}:{number}: needs string "prompt" and "response" fields')
                 rows.append(row)
             yield rows

@@ -1,10 +1,10 @@
 """RewardClient: the Python client of the reward service (deadlines, retries on UNAVAILABLE, auth, TLS).
 
-    from rlhf.reward import RewardClient
+from rlhf.reward import RewardClient
 
-    with RewardClient("localhost:50051") as reward:
-        reward.wait_until_serving()
-        scores = reward.score([("Human: Describe cats.\\nAssistant:", " cats are kind.")])
+with RewardClient("localhost:50051") as reward:
+    reward.wait_until_serving()
+    scores = reward.score([("Human: Describe cats.\\nAssistant:", " cats are kind.")])
 """
 
 from __future__ import annotations

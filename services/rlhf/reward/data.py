@@ -130,9 +130,9 @@ def collate(rankings: Sequence[Ranking]) -> ComparisonBatch:
     return ComparisonBatch(items, winners, losers, group, len(rankings))
 
 
-def prompt_batches(rankings: Sequence[Ranking], batch_size: int, rng: random.Random | None = None) -> list[
-    ComparisonBatch
-]:
+def prompt_batches(
+    rankings: Sequence[Ranking], batch_size: int, rng: random.Random | None = None
+) -> list[ComparisonBatch]:
     """Batches of `batch_size` prompts (shuffled when rng is given); a prompt is never split."""
     order = list(range(len(rankings)))
     if rng is not None:

@@ -75,6 +75,7 @@ def _import(module_name: str):
 
 def checked_scores(out: object, count: int) -> list[float]:
     """The function's output as floats, or RewardFunctionFailed saying what is wrong with it."""
+
     def bad(what: str) -> RewardFunctionFailed:
         return RewardFunctionFailed(grpc.StatusCode.FAILED_PRECONDITION, f"the reward function returned {what}")
 
@@ -114,16 +115,16 @@ class FunctionScorer:
         self.spec, self.fn = spec, load_reward_function(spec)
         self.model_version = function_version(self.fn)
         self.device = "cpu"
-        self.info = common_pb2.ModelInfo(model_name=f"function:{spec}", model_version=self.model_version,
-                                         device="cpu")
+        self.info = common_pb2.ModelInfo(model_name=f"function:{spec}", model_version=self.model_version, device="cpu")
 
     def score_batch(self, items: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         prompts, responses = [p for p, _ in items], [r for _, r in items]
         try:
             out = self.fn(prompts, responses)
         except BaseException as err:  # noqa: BLE001 - even sys.exit() in the function must not stop the server
-            raise RewardFunctionFailed(grpc.StatusCode.INTERNAL,
-                                       f"the reward function raised {type(err).__name__}: {err}") from err
+            raise RewardFunctionFailed(
+                grpc.StatusCode.INTERNAL, f"the reward function raised {type(err).__name__}: {err}"
+            ) from err
         return [(score, False) for score in checked_scores(out, len(items))]
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """LocalReward: the reward model in this process, behind the same interface as RewardClient.
 
-    reward = LocalReward("models/rm", device="cpu")
-    reward.score([(prompt, response), ...])
+reward = LocalReward("models/rm", device="cpu")
+reward.score([(prompt, response), ...])
 """
 
 from __future__ import annotations

@@ -92,5 +92,11 @@ class RewardScorer:
         return self._version
 
     def model_info(self, max_batch_size: int = 0, max_items_per_request: int = 0) -> common_pb2.ModelInfo:
-        return describe_model(self.model, self.tokenizer, self.path, weights_version=0,
-                              max_batch_size=max_batch_size, max_items_per_request=max_items_per_request)
+        return describe_model(
+            self.model,
+            self.tokenizer,
+            self.path,
+            weights_version=0,
+            max_batch_size=max_batch_size,
+            max_items_per_request=max_items_per_request,
+        )

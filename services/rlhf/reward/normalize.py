@@ -42,8 +42,9 @@ def final_layer_norm(model: torch.nn.Module, input_ids: torch.Tensor, attention_
     norms = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm) and m.bias is not None}
     outputs: dict[str, torch.Tensor] = {}
     seen: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, n=name: outputs.__setitem__(n, out)) for name, m in
-             norms.items()]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, n=name: outputs.__setitem__(n, out)) for name, m in norms.items()
+    ]
     hooks.append(head.register_forward_pre_hook(lambda _m, args: seen.__setitem__("head", args[0])))
     try:
         with torch.no_grad():

@@ -28,6 +28,7 @@ from rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 log = logging.getLogger("rlhf.reward")
 
+
 class RewardService(reward_pb2_grpc.RewardScoringServicer):
     """The servicer, plus the bootstrap hooks (load/close) of rlhf.core.server.Service."""
 
@@ -47,8 +48,9 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
         if config.function:
             self.worker = FunctionScorer(config.function)
         else:
-            self.worker = await asyncio.to_thread(WorkerPool, config.model, config.device, config.dtype,
-                                                  config.instances)
+            self.worker = await asyncio.to_thread(
+                WorkerPool, config.model, config.device, config.dtype, config.instances
+            )
         self.batcher = DynamicBatcher(
             self.worker.score_batch,  # the worker tokenizes the whole batch at once, then runs the forward
             name=self.name,
@@ -59,9 +61,14 @@ class RewardService(reward_pb2_grpc.RewardScoringServicer):
             concurrency=1 if config.function else config.instances,
             max_queue=config.max_queue,
         )
-        log.info("reward model loaded", extra={"model": config.model or f"function:{config.function}",
-                                              "device": self.worker.device,
-                                              "model_version": self.worker.model_version})
+        log.info(
+            "reward model loaded",
+            extra={
+                "model": config.model or f"function:{config.function}",
+                "device": self.worker.device,
+                "model_version": self.worker.model_version,
+            },
+        )
 
     async def close(self) -> None:
         if self.batcher is not None:

@@ -89,8 +89,9 @@ def train_reward_model(config: RewardTrainConfig, progress: bool = True) -> Trai
         close_world()
 
 
-def load_model(config: RewardTrainConfig, tokenizer, device: torch.device,
-               extra_trained: tuple[str, ...] | None = None) -> tuple[torch.nn.Module, tuple[str, ...]]:
+def load_model(
+    config: RewardTrainConfig, tokenizer, device: torch.device, extra_trained: tuple[str, ...] | None = None
+) -> tuple[torch.nn.Module, tuple[str, ...]]:
     """The LM as a one-output classifier, prepared for training; and what, besides LoRA's adapters, trains."""
     model = load_sequence_classifier(config.model, tokenizer, device, weights_dtype(config))
     # Dropout off (as TRL's reward trainer does): with it on, the tiny model learns the synthetic task's
@@ -123,7 +124,10 @@ def fit(config: RewardTrainConfig, train_set, eval_set, progress: bool) -> Train
     # --adam-beta2 0.95 (as in GPT-3 and nanoGPT): with 0.999 the tiny model learns the synthetic task's
     # prompt-response relation (is the answer on topic?) later, and for some seeds not at all.
     optimizer = make_optimizer(
-        trainable_parameters(model), config, lr=config.lr, betas=(0.9, config.adam_beta2),
+        trainable_parameters(model),
+        config,
+        lr=config.lr,
+        betas=(0.9, config.adam_beta2),
         weight_decay=config.weight_decay,
     )
     warmup = max(1, steps // 20)
@@ -150,8 +154,7 @@ def fit(config: RewardTrainConfig, train_set, eval_set, progress: bool) -> Train
     accuracy, n_eval = evaluate(scorer, eval_set, encoded) if eval_set else (None, 0)
     before, after, where = normalize(scorer, [encoded[item] for item in completions(train_set)])
     if world().is_main:
-        log.info("normalized", extra={"reference_mean_before": before, "reference_mean_after": after,
-                                      "folded": where})
+        log.info("normalized", extra={"reference_mean_before": before, "reference_mean_after": after, "folded": where})
     # An offset kept in config.json (RMSNorm models: no bias to fold it into) must travel with an adapter too.
     offset = getattr(base_model(model).config, OFFSET_KEY, None)
 
@@ -160,8 +163,14 @@ def fit(config: RewardTrainConfig, train_set, eval_set, progress: bool) -> Train
 
     whole = unsharded(model, cpu_copy)
     if whole is not None:  # rank 0's (or the one process's)
-        save_trained(whole, tokenizer, config.out, config, base=config.model,
-                     config_overrides={OFFSET_KEY: offset} if offset is not None and is_peft(whole) else None)
+        save_trained(
+            whole,
+            tokenizer,
+            config.out,
+            config,
+            base=config.model,
+            config_overrides={OFFSET_KEY: offset} if offset is not None and is_peft(whole) else None,
+        )
     return TrainResult(Path(config.out), accuracy, n_eval, before, after, where)
 
 
@@ -180,14 +189,23 @@ def rank_share(batch: ComparisonBatch) -> tuple[ComparisonBatch, float]:
     kept = [c for c, g in enumerate(batch.group) if prompts.start <= g < prompts.stop]
     used = sorted({i for c in kept for i in (batch.winners[c], batch.losers[c])})
     index = {old: new for new, old in enumerate(used)}
-    share = ComparisonBatch([batch.items[i] for i in used], [index[batch.winners[c]] for c in kept],
-                            [index[batch.losers[c]] for c in kept], [batch.group[c] - prompts.start for c in kept],
-                            prompts.stop - prompts.start)
+    share = ComparisonBatch(
+        [batch.items[i] for i in used],
+        [index[batch.winners[c]] for c in kept],
+        [index[batch.losers[c]] for c in kept],
+        [batch.group[c] - prompts.start for c in kept],
+        prompts.stop - prompts.start,
+    )
     return share, weight
 
 
-def comparison_loss(model, batch: ComparisonBatch, encoded: dict[tuple[str, str], Encoded], pad_id: int,
-                    options: TrainingOptions | None = None) -> tuple[torch.Tensor, float]:
+def comparison_loss(
+    model,
+    batch: ComparisonBatch,
+    encoded: dict[tuple[str, str], Encoded],
+    pad_id: int,
+    options: TrainingOptions | None = None,
+) -> tuple[torch.Tensor, float]:
     """What this rank backpropagates for a batch of whole prompts, and the batch's K-wise loss.
 
     The rank's prompts' mean loss counts by their share of the batch's prompts, times the world size since FSDP2
@@ -198,13 +216,20 @@ def comparison_loss(model, batch: ComparisonBatch, encoded: dict[tuple[str, str]
     winners, losers, group = (torch.tensor(v, device=device) for v in (share.winners, share.losers, share.group))
     with autocast(options or TrainingOptions(), device):
         rewards = reward_forward(model, ids, attention)  # (N,)
-    loss = kwise_loss(rewards, winners, losers, group, share.num_prompts) * (weight * share.num_prompts
-                                                                              / batch.num_prompts)
+    loss = kwise_loss(rewards, winners, losers, group, share.num_prompts) * (
+        weight * share.num_prompts / batch.num_prompts
+    )
     return loss * world().size, all_reduce_sum(loss.detach()).item()
 
 
-def train_step(model, optimizer, batch: ComparisonBatch, encoded: dict[tuple[str, str], Encoded], pad_id: int,
-               options: TrainingOptions | None = None) -> float:
+def train_step(
+    model,
+    optimizer,
+    batch: ComparisonBatch,
+    encoded: dict[tuple[str, str], Encoded],
+    pad_id: int,
+    options: TrainingOptions | None = None,
+) -> float:
     """One update on a batch of whole prompts, all of its comparisons in the loss; returns the batch's loss."""
     loss, batch_loss = comparison_loss(model, batch, encoded, pad_id, options)
     optimizer_step(optimizer, loss, model, max_grad_norm=1.0)

@@ -43,8 +43,9 @@ class ModelWorker:
     def __init__(self, model: str, device: str, dtype: str, threads: int | None = None):
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's threads and gRPC state
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child, model, device, dtype, threads), name="reward-model",
-                                   daemon=True)
+        self.process = ctx.Process(
+            target=_serve, args=(child, model, device, dtype, threads), name="reward-model", daemon=True
+        )
         self.process.start()
         child.close()
         info, self.model_version, self.device = self._receive()
@@ -133,8 +134,10 @@ class WorkerPool:
         dead = self.workers[slot]
         self.workers[slot] = None
         if dead is not None:
-            log.error("reward model process died; the next batch on its slot starts a new one",
-                      extra={"pid": dead.pid, "exitcode": dead.process.exitcode})
+            log.error(
+                "reward model process died; the next batch on its slot starts a new one",
+                extra={"pid": dead.pid, "exitcode": dead.process.exitcode},
+            )
             dead.close()
 
     def close(self) -> None:
