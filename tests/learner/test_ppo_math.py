@@ -110,6 +110,62 @@ def test_clipped_policy_loss_gradient_vanishes_when_clipped():
     assert logprobs.grad.item() == 0.0
 
 
+# A stale batch: a replica drew these tokens at weights version 3 (the behaviour policy); the learner is at
+# version 5, and its log-probs at the start of the update are the proximal policy's; the update has moved on.
+BEHAVIOUR = torch.log(torch.tensor([[0.2, 0.5, 0.25, 0.9]]))  # pi_behav(y_t), version 3
+PROXIMAL = torch.log(torch.tensor([[0.6, 0.4, 0.5, 0.9]]))  # pi_prox(y_t), version 5 at the update's start
+CURRENT = torch.log(torch.tensor([[0.9, 0.2, 0.5, 0.1]]))  # pi_theta(y_t), a few minibatches into the update
+STALE_ADVANTAGES = torch.tensor([[1.0, 1.0, -2.0, 7.0]])
+STALE_MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last token is padding
+
+
+def test_truncated_importance_weights_of_a_stale_batch():
+    weights = ppo.truncated_importance_weights(PROXIMAL, BEHAVIOUR, cap=2.0)
+    # pi_prox / pi_behav: 0.6/0.2 = 3 -> truncated to the cap 2; 0.4/0.5 = 0.8; 0.5/0.25 = 2 (at the cap); 1
+    assert torch.allclose(weights, torch.tensor([[2.0, 0.8, 2.0, 1.0]]), atol=1e-6)
+
+
+def test_decoupled_policy_loss_on_a_stale_batch():
+    logprobs = CURRENT.clone().requires_grad_()
+    weights = ppo.truncated_importance_weights(PROXIMAL, BEHAVIOUR, cap=2.0)
+    loss, clipfrac, approxkl = ppo.clipped_policy_loss(
+        logprobs, PROXIMAL, STALE_ADVANTAGES, STALE_MASK, clip_range=0.2, importance_weights=weights
+    )
+    # r = pi_theta / pi_prox, the clip around the proximal policy (not the behaviour one):
+    # t0: r = 0.9/0.6 = 1.5, A = 1:  -min(1.5, clip 1.2) = -1.2 (clipped), times w 2   -> -2.4
+    # t1: r = 0.2/0.4 = 0.5, A = 1:  -min(0.5, clip 0.8) = -0.5 (not clipped), times w 0.8 -> -0.4
+    # t2: r = 0.5/0.5 = 1.0, A = -2: -min(-2, -2) = 2.0, times w 2                     -> 4.0
+    # token mean over the 3 real tokens: (-2.4 - 0.4 + 4.0) / 3 = 0.4
+    assert loss.item() == pytest.approx(0.4, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(1 / 3, abs=1e-6)
+    # approxkl = mean((r - 1) - log r) = ((0.5 - 0.405465) + (-0.5 + 0.693147) + 0) / 3 = 0.095894
+    assert approxkl.item() == pytest.approx(0.095894, abs=1e-6)
+    # d loss / d log pi_theta = -w A r / 3 where unclipped, 0 where clipped:
+    # t0 clipped -> 0; t1: -0.8 * 1 * 0.5 / 3 = -0.133333; t2: -2 * -2 * 1 / 3 = 1.333333; the pad 0
+    loss.backward()
+    assert torch.allclose(logprobs.grad, torch.tensor([[0.0, -0.4 / 3, 4 / 3, 0.0]]), atol=1e-6)
+
+
+def test_decoupled_policy_loss_is_not_clipped_around_the_behaviour_policy():
+    # Around the behaviour policy t0's ratio would be 0.9/0.2 = 4.5: clipped at 1.2, term -1.2 with weight 1.
+    # Around the proximal one it is 1.5 (clipped too), weighted 2: -2.4. The two objectives differ.
+    weights = ppo.truncated_importance_weights(PROXIMAL, BEHAVIOUR, cap=2.0)
+    one_token = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    decoupled, _, _ = ppo.clipped_policy_loss(CURRENT, PROXIMAL, STALE_ADVANTAGES, one_token, 0.2, weights)
+    naive, _, _ = ppo.clipped_policy_loss(CURRENT, BEHAVIOUR, STALE_ADVANTAGES, one_token, 0.2)
+    assert decoupled.item() == pytest.approx(-2.4, abs=1e-6)
+    assert naive.item() == pytest.approx(-1.2, abs=1e-6)
+
+
+def test_decoupled_policy_loss_on_policy_is_plain_ppo():
+    # behaviour == proximal (lockstep, float32 replicas): every weight is exp(0) = 1
+    weights = ppo.truncated_importance_weights(PROXIMAL, PROXIMAL, cap=2.0)
+    assert torch.equal(weights, torch.ones_like(weights))
+    weighted, _, _ = ppo.clipped_policy_loss(CURRENT, PROXIMAL, STALE_ADVANTAGES, STALE_MASK, 0.2, weights)
+    plain, _, _ = ppo.clipped_policy_loss(CURRENT, PROXIMAL, STALE_ADVANTAGES, STALE_MASK, 0.2)
+    assert weighted.item() == pytest.approx(plain.item(), abs=1e-7)
+
+
 def test_clipped_value_loss_hand_computed():
     old_values = torch.tensor([[1.0, 1.0, 0.0]])
     values = torch.tensor([[1.5, 0.9, 4.0]])

@@ -126,9 +126,9 @@ class PPOConfig(TrainingOptions):
     clip_range_value: float = 0.2
     """value clip: how far a value may move from its rollout estimate"""
     importance_cap: float = 2.0
-    """truncated importance sampling: weight each token's policy loss by min(pi_learner/pi_sampler, cap),
-    correcting for samples drawn with stale weights (--max-staleness) or by bfloat16 replicas; 0 turns it
-    off"""
+    """the decoupled PPO objective's truncated importance weight: each token's policy loss is weighted by
+    min(pi_prox/pi_sampler, cap), pi_prox the learner's weights at the update's start, correcting for samples
+    drawn with stale weights (--rollout-ahead) or by bfloat16 replicas; 0 turns it off (docs/async.md)"""
     vf_coef: float = 0.1
     """weight of the value loss"""
     max_grad_norm: float = 1.0

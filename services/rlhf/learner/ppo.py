@@ -137,18 +137,29 @@ def gae_advantages(
     return advantages, returns
 
 
+def policy_ratio(logprobs: torch.Tensor, prox_logprobs: torch.Tensor) -> torch.Tensor:
+    """r_t = pi_theta(y_t) / pi_prox(y_t): how far the update has moved from the proximal policy, the learner's
+    own weights at the start of the update (PPO's "old" policy)."""
+    return torch.exp(logprobs - prox_logprobs)
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """-min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) per token: PPO's pessimistic bound, as a loss."""
+    return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range))
+
+
 def truncated_importance_weights(
-    old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float
+    prox_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float
 ) -> torch.Tensor:
-    """min(pi_old(y_t) / pi_sampler(y_t), cap) per token: the correction for samples drawn by a policy
-    other than the one PPO's ratio starts from (stale weights, or a bfloat16 replica of float32 ones).
-    Truncated importance sampling (Ionides 2008; for RL-for-LLM samplers, Yao et al. 2025)."""
-    return torch.exp(old_logprobs - sampler_logprobs).clamp(max=cap)
+    """w_t = min(pi_prox(y_t) / pi_behav(y_t), cap): the correction for samples drawn by a behaviour policy other
+    than the proximal one (weights some versions stale, with --rollout-ahead; or a bfloat16 replica of float32
+    ones). Truncated importance sampling (Ionides 2008; for RL-for-LLM samplers, Yao et al. 2025)."""
+    return torch.exp(prox_logprobs - behaviour_logprobs).clamp(max=cap)
 
 
 def clipped_policy_loss(
     logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
+    prox_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
@@ -156,22 +167,24 @@ def clipped_policy_loss(
     aggregation: str = "token-mean",
     totals: Totals | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's clipped surrogate objective, as a loss; each token's term is scaled by its importance
-    weight when given (constants: no gradient flows through them), and the terms are reduced by
-    `aggregation` (aggregate_loss; with `totals`, as this piece's share of the minibatch's).
-    Returns (loss, clipfrac, approxkl)."""
-    logratio = logprobs - old_logprobs
-    ratio = torch.exp(logratio)
-    pg_losses = -advantages * ratio
-    pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    per_token = torch.max(pg_losses, pg_losses2)
+    """The decoupled PPO objective (Hilton et al. 2022; AReaL, Fu et al. 2025), as a loss:
+
+        L = aggregate_t  w_t * -min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t)
+
+    with r_t = policy_ratio (the clip is taken around the proximal policy, not the behaviour policy that drew
+    the sample) and w_t = truncated_importance_weights, constants (no gradient flows through them; without
+    them, w_t = 1: plain PPO). The terms are reduced by `aggregation` (aggregate_loss; with `totals`, as this
+    piece's share of the minibatch's). Returns (loss, clipfrac, approxkl)."""
+    ratio = policy_ratio(logprobs, prox_logprobs)
+    per_token = clipped_surrogate(ratio, advantages, clip_range)
+    with torch.no_grad():
+        tokens = totals.tokens if totals is not None else None
+        clipfrac = masked_share((per_token > -advantages * ratio).float(), mask, tokens)  # the clipped side won
+        logratio = logprobs - prox_logprobs
+        approxkl = masked_share((ratio - 1) - logratio, mask, tokens)  # k3 estimate of KL(prox || new)
     if importance_weights is not None:
         per_token = importance_weights.detach() * per_token
     loss = aggregate_loss(per_token, mask, aggregation, totals)
-    tokens = totals.tokens if totals is not None else None
-    with torch.no_grad():
-        clipfrac = masked_share((pg_losses2 > pg_losses).float(), mask, tokens)
-        approxkl = masked_share((ratio - 1) - logratio, mask, tokens)  # k3 estimate of KL(old || new)
     return loss, clipfrac, approxkl
 
 
