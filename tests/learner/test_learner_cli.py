@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from types import SimpleNamespace
 
@@ -134,3 +135,37 @@ def test_an_uncached_hub_name_is_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr  # no Hugging Face warning before it
     assert lines[0].startswith("rlhf: error: cannot load tokenizer from someorg/not-cached-here")
+
+
+def test_train_grpo_defaults_are_grpos_own_recipe():
+    # One pass of one minibatch per batch (DeepSeekMath; TRL's num_iterations=1), the k3 KL in the loss with its
+    # ratio correction, beta 0.1: not PPO's 4 epochs x 4 minibatches with the k1 KL in the reward
+    from rlhf.cli import build_parser
+
+    required = ["--model", "m", "--policy", "p:1", "--reward", "r:1", "--reference", "f:1", "--prompts", "x"]
+    grpo = build_parser().parse_args(["train", "grpo", *required, "--out", "o"])
+    ppo = build_parser().parse_args(["train", "ppo", *required, "--out", "o"])
+    recipe = {
+        "advantage_estimator": "grpo",
+        "samples_per_prompt": 4,
+        "ppo_epochs": 1,
+        "num_minibatches": 1,
+        "kl_in": "loss",
+        "kl_estimator": "k3",
+        "kl_coef": 0.1,
+        "kl_ratio_correction": True,
+    }
+    assert {name: getattr(grpo, name) for name in recipe} == recipe
+    assert (ppo.ppo_epochs, ppo.num_minibatches, ppo.kl_in, ppo.kl_estimator, ppo.kl_coef) == (
+        4,
+        4,
+        "reward",
+        "k1",
+        0.05,
+    )
+    # --help shows them
+    shown = subprocess.run([*RLHF_COMMAND, "train", "grpo", "--help"], capture_output=True, text=True, timeout=120)
+    sections = {part.split()[0]: " ".join(part.split()) for part in re.split(r"\n  (?=--)", shown.stdout)[1:]}
+    for flag, default in [("--ppo-epochs", 1), ("--num-minibatches", 1), ("--kl-in", "loss"), ("--kl-coef", 0.1)]:
+        assert f"(default {default})" in sections[flag], sections[flag]
+    assert "(default k3)" in sections["--kl-estimator"]

@@ -12,7 +12,7 @@ def register(commands) -> None:
     from rlhf.core.flags import add_config_arguments
     from rlhf.core.launch import add_launch_arguments
     from rlhf.core.server import ServerOptions
-    from rlhf.learner.config import DEFAULT_PORT, PPOConfig
+    from rlhf.learner.config import DEFAULT_PORT, GRPO_DEFAULTS, PPOConfig
 
     ppo = commands.train.add_parser(
         "ppo",
@@ -30,15 +30,17 @@ def register(commands) -> None:
 
     grpo = commands.train.add_parser(
         "grpo",
-        help="RL stage: GRPO, i.e. `train ppo --advantage-estimator grpo --samples-per-prompt 4`",
-        description="GRPO (group-relative advantages, no value model): `rlhf train ppo` with --advantage-estimator "
-        "grpo and --samples-per-prompt 4 as defaults. Every flag of `rlhf train ppo` applies.",
+        help="RL stage: GRPO, i.e. `train ppo` with GRPO's recipe as its defaults",
+        description="GRPO (group-relative advantages, no value model): `rlhf train ppo` with GRPO's own recipe "
+        "as defaults: --advantage-estimator grpo --samples-per-prompt 4, one pass of one minibatch per batch "
+        "(--ppo-epochs 1 --num-minibatches 1), the KL in the loss (--kl-in loss --kl-estimator k3, "
+        "ratio-corrected) with --kl-coef 0.1. Every flag of `rlhf train ppo` applies.",
     )
     add_config_arguments(grpo, PPOConfig)
     ServerOptions.add_arguments(grpo, default_port=DEFAULT_PORT)
     add_service_security_arguments(grpo)
     add_launch_arguments(grpo)
-    grpo.set_defaults(func=run_ppo, advantage_estimator="grpo", samples_per_prompt=4)
+    grpo.set_defaults(func=run_ppo, **GRPO_DEFAULTS)
 
     learner = commands.top.add_parser("learner", help="talk to a running learner: status, watch, stop")
     actions = learner.add_subparsers(dest="learner_command", metavar="ACTION", required=True)
