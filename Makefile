@@ -6,8 +6,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# mkdocs-material's notice about MkDocs 2 on every build
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install test lint protos demo bench e2e-kind image clean
+.PHONY: install test lint docs protos demo bench e2e-kind image clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,11 +24,17 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mkdocs build --strict --quiet
 	$(PY) -m pytest -m "not e2e_kind" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# The documentation site (mkdocs.yml, docs/) into site/; offline, and --strict fails on a dead link or a page
+# missing from the nav.
+docs: install
+	$(PY) -m mkdocs build --strict
 
 protos: install
 	$(PY) scripts/gen_protos.py
@@ -44,4 +52,4 @@ image:
 	docker build -t rlhf:dev .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

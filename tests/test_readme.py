@@ -1,36 +1,55 @@
-"""The README's promises that a test can check without a model: its imports work."""
+"""The README's and the documentation's promises that a test can check without a model: their imports work,
+every `rlhf` command they show exists with the flags they give it, the README stays a front door, and no
+figure the README once held was lost when it moved to docs/."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from rlhf.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+README_MAX_LINES = 250
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+def documents() -> list[Path]:
+    """The README and every page of the documentation site."""
+    return [README, *sorted(DOCS.glob("*.md"))]
 
 
-def readme_imports() -> list[tuple[str, list[str]]]:
-    """(module, names) for every `from X import a, b` line in the README's Python blocks."""
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+
+
+def shell_blocks(path: Path) -> list[str]:
+    return re.findall(r"```(?:bash|sh|console)?\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+
+
+def imports_in(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) for every `from X import a, b` line in the Python blocks of one document."""
     found = []
-    for block in python_blocks():
+    for block in python_blocks(path):
         for module, names in re.findall(r"^from (\S+) import (.+)$", block, flags=re.M):
             found.append((module, [n.strip() for n in names.split(",")]))
     return found
 
 
 def test_the_readme_shows_python_imports():
-    assert len(readme_imports()) >= 4
+    assert len(imports_in(README)) >= 4
 
 
-def test_every_import_the_readme_shows_works():
-    for module, names in readme_imports():
+def test_every_import_the_readme_and_the_docs_show_works():
+    shown = [(path.name, module, names) for path in documents() for module, names in imports_in(path)]
+    assert len(shown) >= 8  # the README's client example, and the docs' own
+    for where, module, names in shown:
         imported = importlib.import_module(module)
         for name in names:
-            assert hasattr(imported, name), f"from {module} import {name}"
+            assert hasattr(imported, name), f"{where}: from {module} import {name}"
 
 
 def test_the_three_model_packages_export_a_client_and_a_local_twin():
@@ -41,3 +60,74 @@ def test_the_three_model_packages_export_a_client_and_a_local_twin():
     for client, local in ((PolicyClient, LocalPolicy), (ReferenceClient, LocalReference), (RewardClient, LocalReward)):
         assert client.__module__.endswith(".client") and local.__module__.endswith(".local")
         assert callable(getattr(local, "model_info", None)) and callable(getattr(client, "model_info", None))
+
+
+def rlhf_commands(block: str) -> list[list[str]]:
+    """The words after `rlhf` of each command in a shell block (continuations joined, comments and
+    everything after a bare `--` dropped; `VAR=x rlhf ...` and `torchrun ... -m rlhf ...` count)."""
+    commands = []
+    for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", line)
+        for part in re.split(r"\s*(?:&&|\|\||;|\||&)\s*", line.strip()):
+            found = re.match(r"(?:[A-Z_]+=\S*\s+)*(?:torchrun\s.*?-m\s+)?rlhf\s+(.*)$", part.strip())
+            if found:
+                commands.append(found.group(1).split(" -- ")[0].split())
+    return commands
+
+
+def resolve(words: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The deepest subcommand parser the words name, and the words that named it."""
+    parser, path = build_parser(), []
+    for word in words:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subparsers or word not in subparsers[0].choices:
+            break
+        parser = subparsers[0].choices[word]
+        path.append(word)
+    return parser, path
+
+
+def test_every_rlhf_command_the_readme_and_the_docs_show_exists_with_its_flags():
+    shown = [
+        (path.name, words) for path in documents() for block in shell_blocks(path) for words in rlhf_commands(block)
+    ]
+    assert sum(where == README.name for where, _ in shown) >= 10
+    assert len(shown) >= 50
+    wrong = []
+    for where, words in shown:
+        parser, path = resolve(words)
+        flags = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", " ".join(words))
+        unknown = [flag for flag in flags if flag not in parser._option_string_actions]
+        if not path or unknown:
+            wrong.append(f"{where}: rlhf {' '.join(words)}: {unknown or 'no such command'}")
+    assert not wrong, wrong
+
+
+def test_the_readme_is_a_front_door():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= README_MAX_LINES
+    for section in ("## Architecture", "## Two commands", "## Quickstart", "## What it does", "## Known limits"):
+        assert section in text, section
+    assert text.index("## Architecture") < text.index("## Two commands")  # the picture comes first
+    assert "make demo" in text and "make test" in text
+
+
+def test_every_link_from_the_readme_into_the_repository_exists():
+    """mkdocs --strict checks the links between docs pages; the README lives outside the site."""
+    links = re.findall(r"\]\(((?!https?:)[^)#]+)(?:#[^)]*)?\)", README.read_text(encoding="utf-8"))
+    assert "docs/memory.md" in links and "docs/benchmarks.md" in links
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, missing
+
+
+def figures_the_readme_held() -> list[str]:
+    lines = (ROOT / "tests" / "data" / "readme_figures.txt").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_every_figure_the_readme_held_is_still_in_the_readme_or_the_docs():
+    text = " ".join(re.sub(r"\s+", " ", path.read_text(encoding="utf-8")) for path in documents())
+    figures = figures_the_readme_held()
+    assert len(figures) >= 250
+    missing = [figure for figure in figures if figure not in text]
+    assert not missing, missing
