@@ -70,7 +70,7 @@ def run(config, services) -> list[dict]:
 def start_services(stack: ExitStack, model: Path, replicas: int, logs: Path, threads: int):
     """(services as separate processes behind gRPC clients, the same services in this process)."""
     from rlhf.core.processes import ServiceProcess
-    from rlhf.learner.rollout import Services
+    from rlhf.learner.replicas import Services
     from rlhf.policy.client import PolicyClient
     from rlhf.policy.local import LocalPolicy
     from rlhf.reference.client import ReferenceClient

@@ -12,7 +12,7 @@ from rlhf.core.synthetic import ground_truth_score
 from rlhf.learner.checkpoints import saved_tensors
 from rlhf.learner.config import validate
 from rlhf.learner.loop import train
-from rlhf.learner.rollout import Services
+from rlhf.learner.replicas import Services
 from rlhf.policy.local import LocalPolicy
 from rlhf.reference.local import LocalReference
 from tests.learner.inprocess import CallableReward

@@ -25,7 +25,7 @@ from rlhf.learner.client import LearnerClient
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.control import LearnerControl
 from rlhf.learner.loop import train
-from rlhf.learner.rollout import Services, name_of
+from rlhf.learner.replicas import Services, name_of
 from rlhf.learner.service import LearnerService
 from rlhf.policy.local import LocalPolicy
 from rlhf.reference.local import LocalReference
@@ -361,7 +361,7 @@ def test_failed_weight_sync_logs_the_step_and_resume_continues(tiny_model_dir, s
 def test_a_stop_request_ends_retrying_at_once():
     import time
 
-    from rlhf.learner.rollout import ServiceDown, with_retries
+    from rlhf.learner.retries import ServiceDown, with_retries
 
     class Unavailable(grpc.RpcError):
         def code(self):

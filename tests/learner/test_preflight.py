@@ -21,7 +21,7 @@ import pytest
 from rlhf.core.client import BaseClient
 from rlhf.core.processes import RLHF_COMMAND, free_port
 from rlhf.core.server import ServerOptions, ServerThread
-from rlhf.learner.rollout import ServiceDown, with_retries
+from rlhf.learner.retries import ServiceDown, with_retries
 
 
 class BareService:

@@ -10,7 +10,7 @@ from rlhf.core.errors import UserError
 from rlhf.core.synthetic import ground_truth_score
 from rlhf.learner.config import validate
 from rlhf.learner.loop import train
-from rlhf.learner.rollout import Services
+from rlhf.learner.replicas import Services
 from rlhf.policy.local import LocalPolicy
 from rlhf.reference.local import LocalReference
 from tests.learner.inprocess import CallableReward

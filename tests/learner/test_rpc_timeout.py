@@ -77,7 +77,7 @@ class FakeError(grpc.RpcError):
 
 
 def test_only_admission_control_refusals_of_resource_exhausted_are_retried():
-    from rlhf.learner.rollout import retryable
+    from rlhf.learner.retries import retryable
 
     assert retryable(
         FakeError(

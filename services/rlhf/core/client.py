@@ -23,6 +23,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rlhf.core.errors import UserError
 from rlhf.core.security import read_secret
 
+# The codes on which the same call may succeed when sent again: the server is down or still starting
+# (UNAVAILABLE), or its admission control (--max-queue) refused the call for now (RESOURCE_EXHAUSTED). The one
+# list: every channel's retry policy below, and the learner's own retries (rlhf.learner.retries), which add to it.
+RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
 
 def _service_config(max_attempts: int) -> str:
     # gRPC rejects a retryPolicy with maxAttempts < 2 (and then no channel works): 1 means no policy.
@@ -33,8 +38,7 @@ def _service_config(max_attempts: int) -> str:
                 "initialBackoff": "0.2s",
                 "maxBackoff": "5s",
                 "backoffMultiplier": 2,
-                # RESOURCE_EXHAUSTED: a server's admission control (--max-queue) refused the call for now
-                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+                "retryableStatusCodes": [code.name for code in RETRYABLE_CODES],
             }
         }
         if max_attempts >= 2

@@ -98,7 +98,7 @@ def connect_services(config, args: argparse.Namespace):
     from rlhf.core.client import ClientOptions, resolve_replicas, split_target
     from rlhf.core.errors import UserError
     from rlhf.core.security import read_secret
-    from rlhf.learner.rollout import Services
+    from rlhf.learner.replicas import Services
     from rlhf.policy.client import PolicyClient
     from rlhf.reference.client import ReferenceClient
     from rlhf.reward.client import RewardClient

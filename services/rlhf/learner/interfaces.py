@@ -1,5 +1,6 @@
 """What the learner needs from each service. The gRPC clients and the in-process implementations
-(`rlhf.policy.local.LocalPolicy`, ...) both satisfy these, so one loop runs against either."""
+(`rlhf.policy.local.LocalPolicy`, ...) both satisfy these, so one loop runs against either. Each is named for
+what the learner asks of it, apart from the servicers (`rlhf.policy.service.PolicyService`, ...) that serve it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rlhf.v1 import common_pb2
 
 
 @runtime_checkable
-class PolicyService(Protocol):
+class PolicySampler(Protocol):
     """pi_RL inference: samples responses, takes new weights."""
 
     def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[Sample]: ...
@@ -24,7 +25,7 @@ class PolicyService(Protocol):
 
 
 @runtime_checkable
-class RewardService(Protocol):
+class RewardScorer(Protocol):
     """r_theta(x, y) on (prompt text, response text) pairs."""
 
     def score(self, items: Sequence[tuple[str, str]]) -> list[float]: ...
@@ -33,7 +34,7 @@ class RewardService(Protocol):
 
 
 @runtime_checkable
-class ReferenceService(Protocol):
+class ReferenceLogprobs(Protocol):
     """log pi_SFT(y_t | x, y_<t) on (prompt ids, response ids) pairs."""
 
     def logprobs(self, items: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]: ...

@@ -31,7 +31,9 @@ from rlhf.learner.advantages import critic_free_advantages, group_std
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.control import CheckpointResult, LearnerControl
 from rlhf.learner.ranks import gather_rollout, replicas_of
-from rlhf.learner.rollout import Rollout, ServiceDown, Services, collect_rollout, name_of, on_all_ranks
+from rlhf.learner.replicas import Services, name_of
+from rlhf.learner.retries import ServiceDown, on_all_ranks
+from rlhf.learner.rollout import Rollout, collect_rollout
 from rlhf.learner.state import (
     TrainState,
     build_state,
@@ -99,19 +101,6 @@ def compute_advantages(config: PPOConfig, rollout: Rollout, scores: torch.Tensor
     return advantages, None, kl
 
 
-def sampler_logprobs_of(rollout: Rollout) -> torch.Tensor:
-    """(B, R) the log-probs the replicas reported for their samples, right-padded like rollout.logprobs."""
-    out = torch.zeros_like(rollout.logprobs)
-    for row, sample in enumerate(rollout.samples):
-        if len(sample.logprobs) != len(sample.response_token_ids):
-            raise ServiceDown(
-                f"a policy replica returned {len(sample.logprobs)} log-probs for "
-                f"{len(sample.response_token_ids)} response tokens"
-            )
-        out[row, : len(sample.logprobs)] = torch.tensor(sample.logprobs, dtype=out.dtype)
-    return out
-
-
 def sync_weights(state: TrainState, services: Services, control: LearnerControl) -> float:
     """Publish pi_RL as version state.step (for GetWeights) and push it to every replica. Under torchrun every rank
     sends its shards to rank 0, which publishes and pushes; the others learn whether that worked."""
@@ -166,10 +155,9 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
     kl_coef = state.kl_ctl.value
     advantages, returns, kl = compute_advantages(config, rollout, scores, kl_coef)
     # Off-policy correction: the replicas sampled with their weights, PPO's ratio starts from ours
-    sampler_logprobs = sampler_logprobs_of(rollout)
     weights = None
     if config.importance_cap:
-        weights = ppo.truncated_importance_weights(rollout.logprobs, sampler_logprobs, config.importance_cap)
+        weights = ppo.truncated_importance_weights(rollout.logprobs, rollout.sampler_logprobs, config.importance_cap)
     # Update
     control.set_phase("update")
     lr = state.scheduler.get_last_lr()[0]
@@ -210,7 +198,7 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
         "rollout/eos_fraction": rollout.ended_with_eos.float().mean().item(),
         "rollout/weights_version": float(min(s.weights_version for s in rollout.samples)),
         # sampler vs learner log-probs of the same ids, same weights: numerics only, should be ~0
-        "rollout/logprob_mismatch": ppo.masked_mean((sampler_logprobs - rollout.logprobs).abs(), mask).item(),
+        "rollout/logprob_mismatch": ppo.masked_mean((rollout.sampler_logprobs - rollout.logprobs).abs(), mask).item(),
         "lr": lr,
         **rollout.timings,
         "time/update": update_time,

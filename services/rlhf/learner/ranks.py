@@ -2,7 +2,7 @@
 
 - Each rank collects its share of the step's prompts, from its own replicas (`replicas_of`), and the ranks then
   gather the shares (`gather_rollout`): advantages (GRPO's groups, whitening) need the whole batch.
-- Anything that may fail on one rank alone (a service call) is followed by rlhf.learner.rollout.on_all_ranks, so
+- Anything that may fail on one rank alone (a service call) is followed by rlhf.learner.retries.on_all_ranks, so
   that every rank takes the same path to the next collective: all go on, or all stop with a checkpoint.
 """
 
@@ -58,16 +58,17 @@ def merge_rollouts(parts: Sequence[tuple[int, Rollout]]) -> Rollout:
     timings = {name: max(part.timings.get(name, 0.0) for _, part in parts) for name in parts[0][1].timings}
     components = [part.reward_components for _, part in parts]
     return Rollout(
-        prompts,
-        samples,
-        torch.cat([part.scores for _, part in parts]),
-        cat("ref_logprobs"),
-        cat("logprobs"),
-        cat("values"),
-        cat("entropy"),
-        cat("mask"),
-        timings,
-        torch.cat(components, dim=1) if components[0] is not None else None,
+        prompts=prompts,
+        samples=samples,
+        scores=torch.cat([part.scores for _, part in parts]),
+        ref_logprobs=cat("ref_logprobs"),
+        logprobs=cat("logprobs"),
+        sampler_logprobs=cat("sampler_logprobs"),
+        values=cat("values"),
+        entropy=cat("entropy"),
+        mask=cat("mask"),
+        timings=timings,
+        reward_components=torch.cat(components, dim=1) if components[0] is not None else None,
     )
 
 

@@ -16,7 +16,7 @@ from rlhf.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 
 class RewardClient(BaseClient):
-    """Scores (prompt, response) pairs; satisfies the learner's RewardService interface."""
+    """Scores (prompt, response) pairs; satisfies the learner's RewardScorer interface."""
 
     SERVICE = "rlhf.v1.RewardScoring"
 
