@@ -9,7 +9,7 @@ The learning tests record their figures and the bound each one asserts (`record_
 tests/conftest.py). This script runs those tests themselves, with RLHF_TEST_SEED set, so what it sweeps
 is exactly what the tests run; a seed that misses a bound shows up here as a negative margin (the test
 itself fails). The demo runs through `rlhf demo --seed S` and is held to the bounds below, which the
-README quotes. `--isa avx2` makes torch, MKL and oneDNN use AVX2 kernels only, as on the AVX2-only
+docs/benchmarks.md quotes. `--isa avx2` makes torch, MKL and oneDNN use AVX2 kernels only, as on the AVX2-only
 machines that CI may run on: their float results differ in the last bits, and with them a training run.
 """
 
@@ -44,7 +44,7 @@ TESTS = {
 }
 # `rlhf demo` sizes: reduced (what the sweep runs by default) and full (`make demo`).
 DEMO_SIZES = {"reduced": ["--data-scale", "0.5", "--steps", "30", "--eval-prompts", "32"], "full": []}
-# What the demo must show on every seed (README, "make demo"): ground truth up, KL bounded at every step.
+# What the demo must show on every seed (docs/demo.md): ground truth up, KL bounded at every step.
 DEMO_BOUNDS = {"ground_truth_gain": 0.3, "reward_model_gain": 0.3, "kl_per_step_max": 5.0}
 ISA_ENV = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},

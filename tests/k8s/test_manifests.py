@@ -170,7 +170,7 @@ def test_config_and_secrets_referenced_by_pods_exist():
             for container in all_containers(workload):
                 wanted |= {e["configMapRef"]["name"] for e in container.get("envFrom", [])}
         wanted.discard(None)
-        # The gpu overlay ships no token: its Secret is made by hand (README.md, "Deploy on Kubernetes").
+        # The gpu overlay ships no token: its Secret is made by hand (docs/kubernetes.md, "On a GPU cluster").
         assert wanted - names == missing, overlay
     assert "Secret" not in {d["kind"] for d in rendered("gpu")}
 

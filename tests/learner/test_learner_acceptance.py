@@ -28,7 +28,7 @@ from rlhf.reward.client import RewardClient
 pytestmark = pytest.mark.slow
 
 # Bounds for the learning run, set well inside the worst of 5 seeds x 2 CPU kinds (AVX-512, AVX2) in
-# benchmarks/seed_sweep.py (README, "Seed sweep"): reward-model score and ground truth must rise, and the
+# benchmarks/seed_sweep.py (docs/benchmarks.md#seed-sweep): reward-model score and ground truth must rise, and the
 # KL per response (at most 12 tokens) stay bounded, so the policy improves without wandering off.
 RM_GAIN, TRUTH_GAIN, KL_BOUND = 0.3, 0.2, 10.0
 

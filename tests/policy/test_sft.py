@@ -93,7 +93,7 @@ def test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss(
     )
     assert (result.train_examples, result.eval_examples) == (256, 64)
     # The held-out loss falls to at most 0.65 of its start: well above the worst of benchmarks/seed_sweep.py's
-    # 5 seeds x 2 CPU kinds (README, "Seed sweep"), which all land between 0.52 and 0.54.
+    # 5 seeds x 2 CPU kinds (docs/benchmarks.md#seed-sweep), which all land between 0.52 and 0.54.
     ratio = result.eval_loss_after / result.eval_loss_before
     record_figures({"eval_loss_ratio_max": ratio}, {"eval_loss_ratio_max": 0.65})
     assert ratio < 0.65

@@ -83,7 +83,7 @@ def test_cli_reports_accuracy_and_writes_a_standard_model_dir(trained):
     assert not trained["dir"].with_name("rm.tmp").exists()
 
 
-# The bound sits well below the worst seed of benchmarks/seed_sweep.py (README, "Seed sweep"): 5 seeds x 2 CPU
+# The bound sits well below the worst seed of benchmarks/seed_sweep.py (docs/benchmarks.md#seed-sweep): 5 seeds x 2 CPU
 # kinds reached 0.92 to 1.00.
 ACCURACY_BOUND = 0.85
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from rlhf.core.errors import UserError
 from rlhf.core.processes import RLHF_COMMAND, ServiceProcess, die_with_parent
 
-# The demo's recipe, chosen with benchmarks/seed_sweep.py (README, "Seed sweep"), learns on every seed and CPU:
+# The demo's recipe, chosen with benchmarks/seed_sweep.py (docs/benchmarks.md#seed-sweep), learns on every seed and CPU:
 # - the reward model trains on 3x the preferences at lr 1e-3 with AdamW beta2 0.95 (on 1x, or at lr 2e-3,
 #   some seeds collapse to near-constant scores, others never learn the topic relation);
 # - PPO at lr 3e-4 stops a step's epochs once the policy has moved approx KL 0.05 from the rollout's, so no
