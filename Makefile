@@ -19,7 +19,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+# Debian's chromium for the browser test (tests/label/test_browser.py drives it with Playwright; browser
+# downloads do not work here, so never `playwright install`). Where apt cannot install it, that test skips.
+$(VENV)/.browser: | $(VENV)/.installed
+	test -x /usr/bin/chromium || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get install -y chromium || $$SUDO sh -c 'apt-get update && apt-get install -y chromium'; } \
+		|| echo "chromium not installed: the browser test will skip"
+	touch $@
+
+install: $(VENV)/.installed $(VENV)/.browser
 
 test: install
 	$(PY) -m ruff check .

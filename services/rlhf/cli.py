@@ -4,6 +4,7 @@
     rlhf data synth --out data
     rlhf train sft|rm|ppo ...
     rlhf serve reward|policy|reference ...
+    rlhf label --prompts FILE --out rankings.jsonl ...
 
 Each package contributes its commands through a module with `register(commands)`;
 heavy imports (torch, transformers) happen inside the handlers so `--help` is fast.
@@ -23,6 +24,7 @@ from rlhf.core.errors import UserError
 # Packages that contribute commands, in --help order.
 COMMAND_MODULES = [
     "rlhf.core.commands",
+    "rlhf.label.cli",
     "rlhf.reward.cli",
     "rlhf.policy.cli",
     "rlhf.reference.cli",
