@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -114,6 +114,7 @@ def build_app(config: LabelConfig, queue: ItemQueue, store: RankingStore, tokens
 
     routes = [
         Route("/", page),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),  # none, and no 404 in the console
         Route("/api/session", session),
         Route("/api/next", next_item),
         Route("/api/rankings", submit, methods=["POST"]),
