@@ -84,10 +84,15 @@ class DynamicBatcher(Generic[In, Out]):
         self._task: asyncio.Task | None = None
         self._closed = False
 
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch (what --max-queue bounds)."""
+        return len(self._pending)
+
     async def submit(self, items: Sequence[In]) -> list[Out]:
         """Queue items and wait for their outputs, in order."""
         if self._closed:
-            raise BatcherClosed(f"{self.name} batcher is closed")
+            raise BatcherClosed(f"{self.name} is shutting down")
         if self.max_queue is not None and len(self._pending) + len(items) > self.max_queue:
             raise QueueFull(
                 f"{self.name} is overloaded: {len(self._pending)} items queued, {len(items)} more would "

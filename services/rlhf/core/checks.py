@@ -21,3 +21,11 @@ def check_token_ids(ids: Sequence[int], vocab_size: int, what: str) -> None:
 def check_fits_context(length: int, max_context: int, what: str) -> None:
     if length > max_context:
         raise InvalidRequest(f"{what} is {length} tokens, beyond the model context of {max_context}")
+
+
+def check_item_count(count: int, limit: int | None, what: str = "items") -> None:
+    """At least one item, and no more than the server's per-request limit (None: no limit)."""
+    if count == 0:
+        raise InvalidRequest(f"empty batch: no {what}")
+    if limit is not None and count > limit:
+        raise InvalidRequest(f"{count} {what} is over the limit of {limit} {what} per request (split the request)")

@@ -10,12 +10,15 @@ cut there applies nothing: updates are all or nothing). Each is logged at debug 
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
+
+from rlhf.core.interceptors import WrappingInterceptor, wrap_handler
 
 log = logging.getLogger("rlhf.server")
 
@@ -48,74 +51,32 @@ async def refuse(context: grpc.aio.ServicerContext, method: str, bad: Malformed)
     )
 
 
-def _checked_requests(requests: AsyncIterator, context, method: str) -> AsyncIterator:
-    async def checked():
-        async for request in requests:
-            if isinstance(request, Malformed):
-                await refuse(context, method, request)
-            yield request
-
-    return checked()
-
-
-def _unary_request(behavior, method: str, streams_out: bool):
-    if streams_out and inspect.isasyncgenfunction(behavior):  # else it writes with context.write()
-
-        async def stream_wrapper(request, context):
-            if isinstance(request, Malformed):
-                await refuse(context, method, request)
-            async for item in behavior(request, context):
-                yield item
-
-        return stream_wrapper
-
-    async def wrapper(request, context):
+async def _checked_requests(requests: AsyncIterator, context, method: str) -> AsyncIterator:
+    async for request in requests:
         if isinstance(request, Malformed):
             await refuse(context, method, request)
-        return await behavior(request, context)
-
-    return wrapper
+        yield request
 
 
-def _streamed_requests(behavior, method: str, streams_out: bool):
-    if streams_out and inspect.isasyncgenfunction(behavior):
-
-        async def stream_wrapper(requests, context):
-            async for item in behavior(_checked_requests(requests, context, method), context):
-                yield item
-
-        return stream_wrapper
-
-    async def wrapper(requests, context):
-        return await behavior(_checked_requests(requests, context, method), context)
-
-    return wrapper
+@contextlib.asynccontextmanager
+async def _checked_request(method: str, request, context) -> AsyncIterator:
+    if isinstance(request, Malformed):
+        await refuse(context, method, request)
+    yield request
 
 
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+@contextlib.asynccontextmanager
+async def _checked_stream(method: str, requests: AsyncIterator, context) -> AsyncIterator:
+    yield _checked_requests(requests, context, method)
+
+
+class MalformedRequestInterceptor(WrappingInterceptor):
     """INVALID_ARGUMENT for every request (or streamed message) that does not parse, on every method."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method, parse = details.method, tolerant(handler.request_deserializer)
-        if handler.unary_unary:
-            return handler._replace(
-                request_deserializer=parse, unary_unary=_unary_request(handler.unary_unary, method, False)
-            )
-        if handler.unary_stream:
-            return handler._replace(
-                request_deserializer=parse, unary_stream=_unary_request(handler.unary_stream, method, True)
-            )
-        if handler.stream_unary:
-            return handler._replace(
-                request_deserializer=parse, stream_unary=_streamed_requests(handler.stream_unary, method, False)
-            )
-        return handler._replace(
-            request_deserializer=parse, stream_stream=_streamed_requests(handler.stream_stream, method, True)
+    def wrap(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        check = _checked_stream if handler.request_streaming else _checked_request
+        return wrap_handler(
+            handler,
+            functools.partial(check, details.method),
+            request_deserializer=tolerant(handler.request_deserializer),
         )

@@ -5,11 +5,15 @@ Metrics are module-level (one registry per process); the `service` label tells s
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 from prometheus_client import Counter, Histogram, start_http_server
+
+from rlhf.core.interceptors import WrappingInterceptor, wrap_handler
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -43,53 +47,21 @@ def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> 
     return "UNKNOWN" if not isinstance(error, grpc.aio.AbortError) else "ABORTED"
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Counts every RPC by method and final status code, and times it."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method = details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_timed_unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_timed_unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_timed_stream(handler.unary_stream, method))
-        return handler._replace(stream_stream=_timed_stream(handler.stream_stream, method))
+    def wrap(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return wrap_handler(handler, functools.partial(_timed, details.method))
 
 
-def _timed_unary(behavior, method: str):
-    async def wrapper(request, context):
-        start, error = time.perf_counter(), None
-        try:
-            return await behavior(request, context)
-        except BaseException as err:
-            error = err
-            raise
-        finally:
-            RPC_LATENCY.labels(method).observe(time.perf_counter() - start)
-            RPC_REQUESTS.labels(method, _code_of(context, error)).inc()
-
-    return wrapper
-
-
-def _timed_stream(behavior, method: str):
-    async def wrapper(request, context) -> AsyncIterator:
-        start, error = time.perf_counter(), None
-        try:
-            async for item in behavior(request, context):
-                yield item
-        except BaseException as err:
-            error = err
-            raise
-        finally:
-            RPC_LATENCY.labels(method).observe(time.perf_counter() - start)
-            RPC_REQUESTS.labels(method, _code_of(context, error)).inc()
-
-    return wrapper
+@contextlib.asynccontextmanager
+async def _timed(method: str, request, context: grpc.aio.ServicerContext) -> AsyncIterator:
+    start, error = time.perf_counter(), None
+    try:
+        yield request
+    except BaseException as err:
+        error = err
+        raise
+    finally:
+        RPC_LATENCY.labels(method).observe(time.perf_counter() - start)
+        RPC_REQUESTS.labels(method, _code_of(context, error)).inc()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 
 from rlhf.core.errors import UserError
+from rlhf.core.interceptors import WrappingInterceptor, wrap_handler
 
 # Health checks stay open so that probes and load balancers need no secret.
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -42,43 +44,21 @@ def server_credentials(cert: str | None, key: str | None, client_ca: str | None)
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+class BearerTokenInterceptor(WrappingInterceptor):
     """Rejects any RPC except health checks that lacks `authorization: Bearer <token>`."""
 
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         if details.method.startswith(UNAUTHENTICATED_PREFIXES):
-            return await continuation(details)
-        metadata = dict(details.invocation_metadata or ())
-        given = metadata.get("authorization", "")
+            return handler
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
         given = given.encode() if isinstance(given, str) else given
-        if hmac.compare_digest(given, self._expected):
-            return await continuation(details)
-        handler = await continuation(details)
-        return _refusing(handler)
+        return handler if hmac.compare_digest(given, self._expected) else wrap_handler(handler, _refused)
 
 
-def _refusing(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
-    if handler is None:
-        return None
-
-    async def refuse(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
-
-    async def refuse_stream(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
-        yield  # pragma: no cover - makes this an async generator
-
-    if handler.unary_unary:
-        return handler._replace(unary_unary=refuse)
-    if handler.stream_unary:
-        return handler._replace(stream_unary=refuse)
-    if handler.unary_stream:
-        return handler._replace(unary_stream=refuse_stream)
-    return handler._replace(stream_stream=refuse_stream)
+@contextlib.asynccontextmanager
+async def _refused(request, context: grpc.aio.ServicerContext) -> AsyncIterator:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+    yield request  # pragma: no cover - abort raises

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import grpc
 import torch
 
+from rlhf.core.errors import StatusError
 from rlhf.core.tensors import TensorDecodeError, byte_view, bytes_to_tensor, dtype_name, parse_dtype
 from rlhf.v1 import common_pb2
 
@@ -31,12 +32,8 @@ def weights_kind(state_dict: Mapping[str, torch.Tensor]) -> int:
     return LORA if factors and all(factors) else FULL
 
 
-class WeightStreamError(Exception):
+class WeightStreamError(StatusError):
     """A stream that cannot be applied; `code` is the gRPC status to answer with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 def _chunk_headers(

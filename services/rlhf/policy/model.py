@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf.core.checks import InvalidRequest, check_fits_context, check_token_ids
+from rlhf.core.checks import InvalidRequest, check_fits_context, check_item_count, check_token_ids
 from rlhf.core.modeling import (
     context_length,
     describe_model,
@@ -99,14 +99,9 @@ class PolicyModel:
 
     def rows(self, prompts: Sequence[PromptInput], params: GenerationParams, max_rows: int | None = None) -> list[Row]:
         """Check a request and split it into rows; raises InvalidRequest."""
-        if not prompts:
-            raise InvalidRequest("empty batch: no prompts")
+        check_item_count(len(prompts), None, "prompts")
         settings = check_params(params)
-        if max_rows is not None and len(prompts) * params.n > max_rows:
-            raise InvalidRequest(
-                f"{len(prompts)} prompts x n={params.n} is {len(prompts) * params.n} samples, "
-                f"over the limit of {max_rows} per request"
-            )
+        check_item_count(len(prompts) * params.n, max_rows, "samples")  # prompts x n
         rows = []
         for p, prompt in enumerate(prompts):
             ids = self.encode(prompt, f"prompt {p}")

@@ -16,21 +16,22 @@ import functools
 import logging
 import sys
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 from prometheus_client import Counter
 
-from rlhf.core.batching import BatcherClosed, DynamicBatcher, QueueFull
 from rlhf.core.checks import InvalidRequest
 from rlhf.core.client import BaseClient, ClientOptions
 from rlhf.core.errors import UserError
 from rlhf.core.security import read_secret
+from rlhf.core.servicer import ModelServicer
 from rlhf.core.tensors import dtype_name
 from rlhf.core.weights import WeightStreamAssembler, WeightStreamError
 from rlhf.policy.convert import params_from_proto, prompts_from_proto, sample_to_proto
 from rlhf.policy.model import PolicyModel, Row, RowResult
-from rlhf.v1 import learner_pb2, learner_pb2_grpc, policy_pb2, policy_pb2_grpc
+from rlhf.v1 import common_pb2, learner_pb2, learner_pb2_grpc, policy_pb2, policy_pb2_grpc
 
 log = logging.getLogger("rlhf.policy")
 
@@ -138,18 +139,22 @@ async def until_stalled(chunks, timeout: float):
         yield chunk
 
 
-class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
+class PolicyService(ModelServicer[PolicyModel, Row, RowResult], policy_pb2_grpc.PolicyInferenceServicer):
     name = "policy"
     service_names = ("rlhf.v1.PolicyInference",)
 
     def __init__(self, config: PolicyServiceConfig):
-        self.config = config
-        self.policy: PolicyModel | None = None
-        self.batcher: DynamicBatcher[Row, RowResult] | None = None
+        super().__init__(config)
+        self.config: PolicyServiceConfig = config
         # One weight stream at a time lands in a receive area kept between pushes: fresh memory
         # for every push would cost a page fault per 4 KiB, which dominated the transfer.
         self._receive_area: dict[str, bytearray] = {}
         self._receiving = asyncio.Lock()
+
+    @property
+    def policy(self) -> PolicyModel | None:
+        """The served model (None while it loads)."""
+        return self.model
 
     # -- bootstrap hooks ------------------------------------------------------------------------
 
@@ -161,16 +166,9 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
         policy = await asyncio.to_thread(PolicyModel, c.model, c.device, c.dtype)
         if c.learner:
             await self._pull_from_learner(policy)
-        self.batcher = DynamicBatcher(
-            policy.generate_rows,
-            name="policy",
-            max_batch_size=c.max_batch_size,
-            max_wait_ms=c.max_wait_ms,
-            length_of=lambda row: len(row.prompt_ids),
-            group_of=lambda row: row.settings,
-            max_queue=c.max_queue,
+        self.serve_batched(
+            policy, policy.generate_rows, length_of=lambda row: len(row.prompt_ids), group_of=lambda row: row.settings
         )
-        self.policy = policy  # last: until now every RPC answers UNAVAILABLE
         log.info(
             "policy loaded",
             extra={"model": c.model, "weights_version": policy.version, "device": str(policy.model.device)},
@@ -205,43 +203,23 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
         policy.apply_weights(tensors, version)
         log.info("pulled weights from the learner", extra={"learner": c.learner, "weights_version": version})
 
-    async def _loaded(self, context) -> PolicyModel:
-        """The model, or UNAVAILABLE (which clients retry) while it loads: the port opens before that."""
-        if self.policy is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the policy model is still loading")
-        return self.policy
-
-    async def close(self) -> None:
-        if self.batcher is not None:
-            await self.batcher.close()
-
     # -- RPCs -----------------------------------------------------------------------------------
 
-    async def Generate(self, request: policy_pb2.GenerateRequest, context) -> policy_pb2.GenerateResponse:
-        policy = await self._loaded(context)
-        try:
-            rows = policy.rows(
-                prompts_from_proto(request.prompts),
-                params_from_proto(request.params),
-                self.config.max_items_per_request,
-            )
-        except InvalidRequest as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        try:
-            results = await self.batcher.submit(rows)
-        except QueueFull as err:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
-        except BatcherClosed as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
-        except Exception as err:  # noqa: BLE001 - a model failure is the server's fault, not the caller's
-            log.exception("generation failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {type(err).__name__}: {err}")
+    async def Generate(
+        self, request: policy_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> policy_pb2.GenerateResponse:
+        policy = await self.loaded(context)
+        prompts, params = prompts_from_proto(request.prompts), params_from_proto(request.params)
+        rows = await self.checked(context, lambda: policy.rows(prompts, params, self.config.max_items_per_request))
+        results = await self.batched(context, rows)
         GENERATED_TOKENS.inc(sum(len(r.token_ids) for r in results))
         samples = policy.samples(rows, results)
         return policy_pb2.GenerateResponse(samples=[sample_to_proto(s) for s in samples])
 
-    async def UpdateWeights(self, request_iterator, context) -> policy_pb2.UpdateWeightsResponse:
-        policy = await self._loaded(context)
+    async def UpdateWeights(
+        self, request_iterator: AsyncIterator[common_pb2.WeightChunk], context: grpc.aio.ServicerContext
+    ) -> policy_pb2.UpdateWeightsResponse:
+        policy = await self.loaded(context)
         async with self._receiving:
             assembler = WeightStreamAssembler(policy.specs, self._receive_area, policy.adapter.spec_error)
             try:
@@ -264,6 +242,5 @@ class PolicyService(policy_pb2_grpc.PolicyInferenceServicer):
             weights_version=version, tensors_updated=len(tensors), bytes_received=assembler.bytes_received
         )
 
-    async def GetModelInfo(self, request, context):
-        policy, c = await self._loaded(context), self.config
-        return policy.info(max_batch_size=c.max_batch_size, max_items_per_request=c.max_items_per_request)
+    def describe(self, model: PolicyModel) -> common_pb2.ModelInfo:
+        return model.info()

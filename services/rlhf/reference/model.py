@@ -11,12 +11,13 @@ from collections.abc import Sequence
 
 import torch
 
-from rlhf.core.checks import InvalidRequest, check_fits_context, check_token_ids
+from rlhf.core.checks import check_fits_context, check_item_count, check_token_ids
 from rlhf.core.logprobs import response_logprobs_list
 from rlhf.core.modeling import (
     context_length,
     describe_model,
     load_causal_lm_and_tokenizer,
+    model_dir_version,
 )
 from rlhf.v1 import common_pb2
 
@@ -32,13 +33,11 @@ class ReferenceModel:
         self.model.requires_grad_(False)
         self.max_context = context_length(self.model.config)
         self.vocab_size = self.model.get_input_embeddings().num_embeddings
+        self.model_version = model_dir_version(self.path)
 
     def check(self, items: Sequence[Item], max_items: int | None = None) -> list[tuple[list[int], list[int]]]:
         """The items as lists of ints, or InvalidRequest naming the first bad one."""
-        if not items:
-            raise InvalidRequest("empty batch: no items")
-        if max_items is not None and len(items) > max_items:
-            raise InvalidRequest(f"{len(items)} items is over the limit of {max_items} per request")
+        check_item_count(len(items), max_items)
         checked = []
         for i, (prompt, response) in enumerate(items):
             prompt, response = [int(t) for t in prompt], [int(t) for t in response]

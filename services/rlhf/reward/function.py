@@ -24,20 +24,16 @@ from pathlib import Path
 
 import grpc
 
-from rlhf.core.errors import UserError
+from rlhf.core.errors import StatusError, UserError
 from rlhf.v1 import common_pb2
 
 FLOAT32_MAX = 3.4028234663852886e38  # scores travel as proto `float`: larger ones would arrive as inf
 RewardFunction = Callable[[list[str], list[str]], Sequence[float]]
 
 
-class RewardFunctionFailed(Exception):
+class RewardFunctionFailed(StatusError):
     """The function raised (INTERNAL) or returned something other than one finite number per item
     (FAILED_PRECONDITION: the function must be fixed)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 def load_reward_function(spec: str) -> RewardFunction:
