@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import re
 from pathlib import Path
 
+from google.protobuf import descriptor_pool
+
+import rlhf.v1
 from rlhf.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,12 +26,17 @@ def documents() -> list[Path]:
     return [README, *sorted(DOCS.glob("*.md"))]
 
 
+def fenced_blocks(path: Path) -> list[tuple[str, str]]:
+    """(language, body) of every fenced code block, its fences paired in order."""
+    return re.findall(r"^```(\w*)\n(.*?)^```$", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+
+
 def python_blocks(path: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+    return [body for language, body in fenced_blocks(path) if language == "python"]
 
 
 def shell_blocks(path: Path) -> list[str]:
-    return re.findall(r"```(?:bash|sh|console)?\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+    return [body for language, body in fenced_blocks(path) if language in ("bash", "sh", "console", "")]
 
 
 def imports_in(path: Path) -> list[tuple[str, list[str]]]:
@@ -130,4 +139,73 @@ def test_every_figure_the_readme_held_is_still_in_the_readme_or_the_docs():
     figures = figures_the_readme_held()
     assert len(figures) >= 250
     missing = [figure for figure in figures if figure not in text]
+    assert not missing, missing
+
+
+def code_spans() -> list[tuple[str, str]]:
+    """(document, text) of every inline code span and code block line in the README and the docs."""
+    spans = []
+    for path in documents():
+        text = path.read_text(encoding="utf-8")
+        spans += [(path.name, span) for span in re.findall(r"`([^`\n]+)`", text)]
+        spans += [(path.name, line) for _, block in fenced_blocks(path) for line in block.splitlines()]
+    return spans
+
+
+def python_object_exists(dotted: str) -> bool:
+    """`rlhf.a.b` or `rlhf.a:b`: the longest importable module, then attributes."""
+    parts = dotted.replace(":", ".").split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(found, name):
+                return False
+            found = getattr(found, name)
+        return True
+    return False
+
+
+def proto_name_exists(name: str) -> bool:
+    """`rlhf.v1.Service`, `rlhf.v1.Message` or `rlhf.v1.Message.field` in the generated descriptors."""
+    for module in pkgutil.iter_modules(rlhf.v1.__path__):
+        if module.name.endswith("_pb2"):
+            importlib.import_module(f"rlhf.v1.{module.name}")
+    pool = descriptor_pool.Default()
+    for find in (pool.FindServiceByName, pool.FindMessageTypeByName, pool.FindEnumTypeByName):
+        try:
+            find(name)
+            return True
+        except KeyError:
+            pass
+    message, _, field = name.rpartition(".")
+    try:
+        return field in pool.FindMessageTypeByName(message).fields_by_name
+    except KeyError:
+        return False
+
+
+def test_every_module_object_and_proto_name_the_readme_and_the_docs_name_exists():
+    """`rlhf.core.server`, `rlhf.core.synthetic:ground_truth_rewards`, `rlhf.v1.WeightChunk.kind`: code moves
+    and renames must carry the text with them."""
+    pattern = r"(?<![\w./-])(rlhf(?:\.[A-Za-z_]\w*)+(?::[A-Za-z_]\w*)?)"
+    named = {(where, ref) for where, span in code_spans() for ref in re.findall(pattern, span)}
+    named = {(where, ref) for where, ref in named if not ref.startswith("rlhf.io")}  # a Kubernetes label
+    assert len(named) >= 30
+    wrong = []
+    for where, ref in sorted(named):
+        exists = proto_name_exists(ref) if ref.startswith("rlhf.v1.") and ":" not in ref else python_object_exists(ref)
+        if not exists:
+            wrong.append(f"{where}: {ref}")
+    assert not wrong, wrong
+
+
+def test_every_repository_path_the_readme_and_the_docs_name_exists():
+    pattern = r"(?<![\w./-])((?:services|benchmarks|tests|k8s|scripts|protos|docs)/[\w./*-]*)"
+    named = {(where, ref.rstrip(".")) for where, span in code_spans() for ref in re.findall(pattern, span)}
+    named = {(where, ref) for where, ref in named if not re.search(r"/[A-Z]+(/|$)", ref)}  # k8s/overlays/NAME
+    assert len(named) >= 30
+    missing = [f"{where}: {ref}" for where, ref in sorted(named) if not any(ROOT.glob(ref))]
     assert not missing, missing
