@@ -27,6 +27,7 @@ from rlhf.v1 import common_pb2
 
 log = logging.getLogger("rlhf.server")
 
+ConfigT = TypeVar("ConfigT", bound="BatchingSettings")
 ModelT = TypeVar("ModelT")
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -42,7 +43,7 @@ class BatchingSettings(Protocol):
     max_queue: int
 
 
-class ModelServicer(Generic[ModelT, In, Out]):
+class ModelServicer(Generic[ConfigT, ModelT, In, Out]):
     """The shared half of a model servicer, and the bootstrap hooks of rlhf.core.server.Service but
     `add_to_server` and `load` (which ends with `serve_batched`)."""
 
@@ -50,7 +51,7 @@ class ModelServicer(Generic[ModelT, In, Out]):
     service_names: ClassVar[tuple[str, ...]]
     retryable: ClassVar[tuple[type[Exception], ...]] = ()  # model failures a retry gets past: UNAVAILABLE
 
-    def __init__(self, config: BatchingSettings) -> None:
+    def __init__(self, config: ConfigT) -> None:
         self.config = config
         self.model: ModelT | None = None
         self.batcher: DynamicBatcher[In, Out] | None = None

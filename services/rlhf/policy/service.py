@@ -139,13 +139,14 @@ async def until_stalled(chunks, timeout: float):
         yield chunk
 
 
-class PolicyService(ModelServicer[PolicyModel, Row, RowResult], policy_pb2_grpc.PolicyInferenceServicer):
+class PolicyService(
+    ModelServicer[PolicyServiceConfig, PolicyModel, Row, RowResult], policy_pb2_grpc.PolicyInferenceServicer
+):
     name = "policy"
     service_names = ("rlhf.v1.PolicyInference",)
 
     def __init__(self, config: PolicyServiceConfig):
         super().__init__(config)
-        self.config: PolicyServiceConfig = config
         # One weight stream at a time lands in a receive area kept between pushes: fresh memory
         # for every push would cost a page fault per 4 KiB, which dominated the transfer.
         self._receive_area: dict[str, bytearray] = {}

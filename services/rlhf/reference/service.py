@@ -34,13 +34,11 @@ class ReferenceServiceConfig:
     max_queue: int = 16384  # admission control: most pairs waiting for a batch; beyond, RESOURCE_EXHAUSTED
 
 
-class ReferenceService(ModelServicer[ReferenceModel, Pair, list[float]], reference_pb2_grpc.ReferencePolicyServicer):
+class ReferenceService(
+    ModelServicer[ReferenceServiceConfig, ReferenceModel, Pair, list[float]], reference_pb2_grpc.ReferencePolicyServicer
+):
     name = "reference"
     service_names = ("rlhf.v1.ReferencePolicy",)
-
-    def __init__(self, config: ReferenceServiceConfig):
-        super().__init__(config)
-        self.config: ReferenceServiceConfig = config
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         reference_pb2_grpc.add_ReferencePolicyServicer_to_server(self, server)

@@ -34,16 +34,12 @@ Pair = tuple[str, str]  # (prompt, response)
 Scored = tuple[float, bool]  # (reward, truncated)
 
 
-class RewardService(ModelServicer[Scorer, Pair, Scored], reward_pb2_grpc.RewardScoringServicer):
+class RewardService(ModelServicer[RewardServiceConfig, Scorer, Pair, Scored], reward_pb2_grpc.RewardScoringServicer):
     """The servicer, plus the bootstrap hooks (load/close) of rlhf.core.server.Service."""
 
     name = "reward"
-    service_names = (reward_pb2.DESCRIPTOR.services_by_name["RewardScoring"].full_name,)
+    service_names = ("rlhf.v1.RewardScoring",)
     retryable = (WorkerDied,)  # the pool restarts the process; a retry will be served
-
-    def __init__(self, config: RewardServiceConfig):
-        super().__init__(config)
-        self.config: RewardServiceConfig = config
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         reward_pb2_grpc.add_RewardScoringServicer_to_server(self, server)
