@@ -261,11 +261,14 @@ def show_status(args: argparse.Namespace) -> int:
                     "weights_version": status.weights_version,
                     "out_dir": status.out_dir,
                     "metrics": dict(status.metrics),
+                    "in_flight": [{"step": b.step, "state": b.state, "prompts": b.prompts} for b in status.in_flight],
                 }
             )
         )
         return 0
     print(f"{describe_progress(status)}  weights v{status.weights_version}  out {status.out_dir}")
+    if status.in_flight:
+        print("  in flight: " + ", ".join(f"step {b.step} {b.state} ({b.prompts} prompts)" for b in status.in_flight))
     for name in sorted(status.metrics):
         print(f"  {name:<28} {status.metrics[name]:.6g}")
     return 0

@@ -71,8 +71,13 @@ class PPOConfig(TrainingOptions):
     min_tokens), so a reward model that scores the empty response high cannot be gamed with it"""
     max_length: int = 512
     """longest prompt plus response in tokens; longer prompts are skipped, ptx text is truncated"""
-    max_staleness: int = 0
-    """how many weight versions behind a sample may be and still be trained on"""
+    rollout_ahead: int = 0
+    """async rollouts: the services generate, score and take reference log-probs for up to N future steps'
+    batches while the learner computes the current update (0: lockstep, each step collects then trains);
+    stale samples are corrected by the decoupled PPO objective (--importance-cap; docs/async.md)"""
+    max_staleness: int | None = None
+    """how many weight versions behind a sample may be and still be trained on; older ones are dropped,
+    counted and regenerated (default: --rollout-ahead)"""
     service_timeout: float = 300.0
     """the retry budget: seconds to keep retrying a service that is UNAVAILABLE or past its deadline before
     giving up"""
@@ -166,6 +171,11 @@ class PPOConfig(TrainingOptions):
         return self.advantage_estimator == "gae"
 
     @property
+    def staleness_limit(self) -> int:
+        """--max-staleness, by default --rollout-ahead."""
+        return self.rollout_ahead if self.max_staleness is None else self.max_staleness
+
+    @property
     def samples_per_step(self) -> int:
         return self.batch_size * self.samples_per_prompt
 
@@ -222,7 +232,12 @@ def validate(config: PPOConfig) -> PPOConfig:
         (config.max_length > config.max_new_tokens, "--max-length must exceed --max-new-tokens"),
         (config.target_kl is None or config.target_kl > 0, "--target-kl must be positive"),
         (config.early_stop_kl is None or config.early_stop_kl > 0, "--early-stop-kl must be positive"),
-        (config.max_staleness >= 0, "--max-staleness must be >= 0"),
+        (config.rollout_ahead >= 0, "--rollout-ahead must be >= 0"),
+        (
+            config.staleness_limit >= config.rollout_ahead,
+            f"--max-staleness {config.max_staleness} is below --rollout-ahead {config.rollout_ahead}: every batch "
+            "generated that far ahead would be dropped",
+        ),
         (config.importance_cap == 0 or config.importance_cap >= 1, "--importance-cap must be 0 (off) or >= 1"),
         (config.save_every > 0, "--save-every must be positive"),
         (config.service_timeout > 0, "--service-timeout must be positive"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -29,6 +29,7 @@ class LearnerControl:
         self.metrics: dict[str, float] = {}
         self.weights_version = 0
         self.weights: Mapping[str, torch.Tensor] = {}  # CPU snapshot of the published version
+        self.in_flight: Callable[[], list[tuple[int, str, int]]] = list  # (step, state, prompts) ahead of the learner
         self._lock = threading.Lock()
         self._checkpoint_requests: list[Future] = []
         self._stop_requests: list[Future] = []
@@ -42,6 +43,11 @@ class LearnerControl:
         """A new immutable snapshot; readers holding the old one keep streaming it undisturbed."""
         with self._lock:
             self.weights_version, self.weights = version, state_dict
+
+    def published(self) -> tuple[int, Mapping[str, torch.Tensor]]:
+        """(version, weights) of the latest snapshot, read together."""
+        with self._lock:
+            return self.weights_version, self.weights
 
     def publish_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         with self._lock:

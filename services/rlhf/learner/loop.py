@@ -25,15 +25,15 @@ from rlhf.core import distributed
 from rlhf.core.client import describe_rpc_error
 from rlhf.core.errors import UserError
 from rlhf.core.processes import PeakRSS
-from rlhf.core.types import GenerationParams
 from rlhf.learner import ppo
 from rlhf.learner.advantages import critic_free_advantages, group_std
+from rlhf.learner.ahead import RolloutsAhead
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.control import CheckpointResult, LearnerControl
 from rlhf.learner.ranks import gather_rollout, replicas_of
 from rlhf.learner.replicas import Services, name_of
 from rlhf.learner.retries import ServiceDown, on_all_ranks
-from rlhf.learner.rollout import Rollout, collect_rollout
+from rlhf.learner.rollout import Rollout, collect_rollout, sampling_params
 from rlhf.learner.state import (
     TrainState,
     build_state,
@@ -116,27 +116,22 @@ def sync_weights(state: TrainState, services: Services, control: LearnerControl)
     return time.perf_counter() - start
 
 
-def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: LearnerControl):
-    """Rollout -> rewards with KL -> advantages -> update on a fresh batch; returns (metrics, rollout)."""
-    params = GenerationParams(
-        max_new_tokens=config.max_new_tokens,
-        min_new_tokens=config.min_new_tokens,
-        n=config.samples_per_prompt,
-        seed=config.seed * 1_000_003 + state.step * 1009,
-    )
+def lockstep_rollout(state: TrainState, services: Services, config: PPOConfig, control: LearnerControl):
+    """--rollout-ahead 0: collect step state.step's batch now, with the current weights; returns (rollout, how the
+    flow went: the learner waits for the services except for its own forward, the services for the update)."""
     cursor = state.prompts.cursor
     prompts = state.prompts.take(config.batch_size)  # the same on every rank; each collects its share
     share = distributed.shard_rows(len(prompts))
     here = distributed.world()
     replicas, first_share = replicas_of(services.policies, here)
-    republish = (lambda: control.weights) if here.is_main else None  # rank 0 pushes to a stale replica
+    republish = control.published if here.is_main else None  # rank 0 pushes to a stale replica
     try:
-        rollout = collect_rollout(
+        rollout, dropped = collect_rollout(
             state,
             services,
             prompts[share],
-            params,
-            config.max_staleness,
+            sampling_params(config, state.step),
+            config.staleness_limit,
             control.set_phase,
             republish,
             replicas,
@@ -145,7 +140,26 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
     except BaseException:
         state.prompts.cursor = cursor  # the step did not happen: its prompts come again on resume
         raise
-    rollout = gather_rollout(rollout, share.start)
+    t = rollout.timings
+    waited = t["time/generate"] + max(0.0, max(t["time/score"], t["time/reference"]) - t["time/logprobs"])
+    dropped = distributed.all_reduce_sum(torch.tensor(float(dropped))).item()
+    return gather_rollout(rollout, share.start), {"rollout/dropped_stale": dropped, "time/learner_idle": waited}
+
+
+def staleness(rollout: Rollout, step: int) -> dict[str, float]:
+    """How many weight versions behind step `step`'s the samples were drawn with."""
+    behind = torch.tensor([float(step - s.weights_version) for s in rollout.samples])
+    return {"rollout/staleness_mean": behind.mean().item(), "rollout/staleness_max": behind.max().item()}
+
+
+def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: LearnerControl, ahead=None):
+    """Rollout -> rewards with KL -> advantages -> update; returns (metrics, rollout). The rollout is collected now
+    (lockstep), or taken from those collected ahead (`ahead`, a RolloutsAhead)."""
+    if ahead is not None:
+        rollout, flow = ahead.next_rollout(state)
+    else:
+        rollout, flow = lockstep_rollout(state, services, config, control)
+    flow |= staleness(rollout, state.step)
     mask = rollout.mask
 
     # Rewards, with the KL penalty unless it goes into the loss; then advantages
@@ -164,6 +178,7 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
     start = time.perf_counter()
     stats = ppo_update(state, config, rollout, advantages, returns, weights)
     update_time = time.perf_counter() - start
+    flow.setdefault("time/services_idle", update_time)  # lockstep: the services wait out the update
     state.step += 1
     kl_per_sequence = kl.sum(1).mean().item()
     state.kl_ctl.update(kl_per_sequence, len(rollout.samples))
@@ -197,10 +212,11 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
         "rollout/response_length": mask.sum(1).mean().item(),
         "rollout/eos_fraction": rollout.ended_with_eos.float().mean().item(),
         "rollout/weights_version": float(min(s.weights_version for s in rollout.samples)),
-        # sampler vs learner log-probs of the same ids, same weights: numerics only, should be ~0
+        # sampler vs learner log-probs of the same ids: numerics only in lockstep (~0), staleness with --rollout-ahead
         "rollout/logprob_mismatch": ppo.masked_mean((rollout.sampler_logprobs - rollout.logprobs).abs(), mask).item(),
         "lr": lr,
         **rollout.timings,
+        **flow,
         "time/update": update_time,
     }
     return metrics, rollout
@@ -301,9 +317,12 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
     distributed.barrier()
     run_log = RunLog(Path(config.out), state.step, config.log_rollouts) if here.is_main else None
     rss = PeakRSS()
+    ahead = None
     try:
         control.set_phase("weight_sync")
         sync_weights(state, services, control)  # version state.step everywhere before sampling
+        if config.rollout_ahead:
+            ahead = RolloutsAhead(state, services, config, control)  # from now on, batches are collected ahead
         with tqdm(
             total=config.steps, initial=state.step, desc="ppo", unit="step", disable=None if here.is_main else True
         ) as bar:
@@ -311,10 +330,11 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
                 step_start = time.perf_counter()
                 rss.start_window()
                 update_replicas(state, services)
-                metrics, rollout = ppo_step(state, services, config, control)
+                metrics, rollout = ppo_step(state, services, config, control, ahead)
                 try:
                     control.set_phase("weight_sync")
-                    metrics["time/weight_sync"] = sync_weights(state, services, control)
+                    synced = ahead.sync_weights(state) if ahead else sync_weights(state, services, control)
+                    metrics["time/weight_sync"] = synced
                 finally:  # the update happened: the step is logged even if the sync failed
                     metrics["time/step"] = time.perf_counter() - step_start
                     metrics |= memory(state, rss)
@@ -326,11 +346,15 @@ def train(config: PPOConfig, services: Services, control: LearnerControl | None 
                 if serve_requests(state, control, config):
                     log.info("stopping on request", extra={"step": state.step})
                     break
+        if ahead is not None:
+            ahead.wait_for_push()  # the replicas serve the final weights
     except (ServiceDown, grpc.RpcError) as err:
         path = save_checkpoint(state, config.out, config.keep_checkpoints)
         detail = describe_rpc_error(err) if isinstance(err, grpc.RpcError) else str(err)
         raise UserError(f"{detail}. Saved {path}; continue with --resume") from err
     finally:
+        if ahead is not None:
+            ahead.close()
         if run_log is not None:
             run_log.close()
         control.finish()

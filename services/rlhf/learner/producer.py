@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rlhf.learner.data import CursorSampler
+from rlhf.learner.retries import ServiceDown
 
 
 class Collected(Protocol):
@@ -165,7 +166,7 @@ class Producer:
             worker.join(max(0.0, deadline - time.monotonic()))
 
 
-class StaleWeights(RuntimeError):
+class StaleWeights(ServiceDown):
     """A batch came too stale again and again: a replica keeps serving old weights."""
 
 
@@ -174,23 +175,24 @@ def fresh_batch(
     step: int,
     max_staleness: int,
     agree: Callable[[bool], bool] = lambda stale: stale,
+    together: Callable = lambda fn, *args: fn(*args),
     attempts: int = 3,
 ) -> tuple[Batch, int, float]:
     """Step `step`'s batch with every sample at most max_staleness versions old: an older batch is dropped and its
-    prompts are regenerated (under torchrun, `agree` makes every rank drop its share if any rank's is stale).
+    prompts are regenerated. Under torchrun, `agree` makes every rank drop its share if any rank's is stale, and
+    `together` (rlhf.learner.retries.on_all_ranks) makes every rank raise if taking or regenerating failed on one.
     Returns (the batch, the samples dropped, the seconds the learner waited)."""
-    batch, waited = producer.take(step)
+    start = time.perf_counter()
+    batch, _ = together(producer.take, step)
     dropped = 0
-    for _attempt in range(attempts):
+    for _attempt in range(attempts + 1):
         if not agree(batch.weights_version < step - max_staleness):
-            return batch, dropped, waited
+            return batch, dropped, time.perf_counter() - start
+        if _attempt == attempts:
+            break
         dropped += len(batch.collected)
-        start = time.perf_counter()
-        batch = producer.regenerate(batch)
-        waited += time.perf_counter() - start
-    if agree(batch.weights_version < step - max_staleness):
-        raise StaleWeights(
-            f"step {step}'s batch came with weights version {batch.weights_version}, more than --max-staleness "
-            f"{max_staleness} old, {attempts + 1} times"
-        )
-    return batch, dropped, waited
+        batch = together(producer.regenerate, batch)
+    raise StaleWeights(
+        f"step {step}'s batch came with weights version {batch.weights_version}, more than --max-staleness "
+        f"{max_staleness} old, {attempts + 1} times"
+    )

@@ -34,6 +34,10 @@ class LearnerServicer(learner_pb2_grpc.LearnerServicer):
             phase=c.phase,
             total_steps=c.total_steps,
             out_dir=c.out_dir,
+            in_flight=[
+                learner_pb2.InFlightBatch(step=step, state=state, prompts=prompts)
+                for step, state, prompts in c.in_flight()
+            ],
         )
 
     async def WatchMetrics(self, request, context) -> AsyncIterator[learner_pb2.MetricsUpdate]:

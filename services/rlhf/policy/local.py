@@ -10,6 +10,7 @@ gives the same samples as `PolicyClient` against a server on the same weights.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -21,27 +22,31 @@ from rlhf.v1 import common_pb2, policy_pb2
 
 
 class LocalPolicy:
-    """Generates in batches of up to max_batch_size rows, shortest prompts together."""
+    """Generates in batches of up to max_batch_size rows, shortest prompts together. As in the service, new weights
+    land between Generate calls (a lock), so no call mixes two versions, whatever threads call it."""
 
     def __init__(
         self, model_dir: str | os.PathLike, device: str = "auto", dtype: str = "float32", max_batch_size: int = 64
     ):
         self.policy = PolicyModel(model_dir, device=device, dtype=dtype)
         self.max_batch_size = max_batch_size
+        self._lock = threading.Lock()
 
     def generate(self, prompts: Sequence[PromptInput], params: GenerationParams) -> list[Sample]:
         """Samples, prompt-major (n per prompt); raises InvalidRequest (a ValueError) on bad input."""
-        rows = self.policy.rows(prompts, params)
-        results = [None] * len(rows)
-        for chunk in by_length_chunks([len(r.prompt_ids) for r in rows], self.max_batch_size):
-            for i, out in zip(chunk, self.policy.generate_rows([rows[i] for i in chunk]), strict=True):
-                results[i] = out
-        return self.policy.samples(rows, results)
+        with self._lock:
+            rows = self.policy.rows(prompts, params)
+            results = [None] * len(rows)
+            for chunk in by_length_chunks([len(r.prompt_ids) for r in rows], self.max_batch_size):
+                for i, out in zip(chunk, self.policy.generate_rows([rows[i] for i in chunk]), strict=True):
+                    results[i] = out
+            return self.policy.samples(rows, results)
 
     def update_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> policy_pb2.UpdateWeightsResponse:
         """Check every tensor against the model, then apply them all (or none, on a mismatch)."""
         self.policy.check_weights(state_dict)
-        self.policy.apply_weights(state_dict, version)
+        with self._lock:
+            self.policy.apply_weights(state_dict, version)
         return policy_pb2.UpdateWeightsResponse(
             weights_version=version,
             tensors_updated=len(state_dict),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from rlhf.v1 import common_pb2 as rlhf_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rlhf/v1/learner.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\"\x12\n\x10GetStatusRequest\"\xd1\x01\n\rLearnerStatus\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x17\n\x0fweights_version\x18\x02 \x01(\x03\x12\x34\n\x07metrics\x18\x03 \x03(\x0b\x32#.rlhf.v1.LearnerStatus.MetricsEntry\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x03\x12\x0f\n\x07out_dir\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x15\n\x13WatchMetricsRequest\"\x83\x01\n\rMetricsUpdate\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x34\n\x07metrics\x18\x02 \x03(\x0b\x32#.rlhf.v1.MetricsUpdate.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x17\n\x15SaveCheckpointRequest\"4\n\x16SaveCheckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\"\r\n\x0bStopRequest\"5\n\x0cStopResponse\x12\x17\n\x0f\x63heckpoint_path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\"\"\n\x11GetWeightsRequest\x12\r\n\x05\x64type\x18\x01 \x01(\t2\xdb\x02\n\x07Learner\x12>\n\tGetStatus\x12\x19.rlhf.v1.GetStatusRequest\x1a\x16.rlhf.v1.LearnerStatus\x12\x46\n\x0cWatchMetrics\x12\x1c.rlhf.v1.WatchMetricsRequest\x1a\x16.rlhf.v1.MetricsUpdate0\x01\x12Q\n\x0eSaveCheckpoint\x12\x1e.rlhf.v1.SaveCheckpointRequest\x1a\x1f.rlhf.v1.SaveCheckpointResponse\x12\x33\n\x04Stop\x12\x14.rlhf.v1.StopRequest\x1a\x15.rlhf.v1.StopResponse\x12@\n\nGetWeights\x12\x1a.rlhf.v1.GetWeightsRequest\x1a\x14.rlhf.v1.WeightChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rlhf/v1/learner.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\"\x12\n\x10GetStatusRequest\"\xfc\x01\n\rLearnerStatus\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x17\n\x0fweights_version\x18\x02 \x01(\x03\x12\x34\n\x07metrics\x18\x03 \x03(\x0b\x32#.rlhf.v1.LearnerStatus.MetricsEntry\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x03\x12\x0f\n\x07out_dir\x18\x06 \x01(\t\x12)\n\tin_flight\x18\x07 \x03(\x0b\x32\x16.rlhf.v1.InFlightBatch\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"=\n\rInFlightBatch\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07prompts\x18\x03 \x01(\x03\"\x15\n\x13WatchMetricsRequest\"\x83\x01\n\rMetricsUpdate\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x34\n\x07metrics\x18\x02 \x03(\x0b\x32#.rlhf.v1.MetricsUpdate.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x17\n\x15SaveCheckpointRequest\"4\n\x16SaveCheckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\"\r\n\x0bStopRequest\"5\n\x0cStopResponse\x12\x17\n\x0f\x63heckpoint_path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\"\"\n\x11GetWeightsRequest\x12\r\n\x05\x64type\x18\x01 \x01(\t2\xdb\x02\n\x07Learner\x12>\n\tGetStatus\x12\x19.rlhf.v1.GetStatusRequest\x1a\x16.rlhf.v1.LearnerStatus\x12\x46\n\x0cWatchMetrics\x12\x1c.rlhf.v1.WatchMetricsRequest\x1a\x16.rlhf.v1.MetricsUpdate0\x01\x12Q\n\x0eSaveCheckpoint\x12\x1e.rlhf.v1.SaveCheckpointRequest\x1a\x1f.rlhf.v1.SaveCheckpointResponse\x12\x33\n\x04Stop\x12\x14.rlhf.v1.StopRequest\x1a\x15.rlhf.v1.StopResponse\x12@\n\nGetWeights\x12\x1a.rlhf.v1.GetWeightsRequest\x1a\x14.rlhf.v1.WeightChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,25 +39,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=56
   _globals['_GETSTATUSREQUEST']._serialized_end=74
   _globals['_LEARNERSTATUS']._serialized_start=77
-  _globals['_LEARNERSTATUS']._serialized_end=286
-  _globals['_LEARNERSTATUS_METRICSENTRY']._serialized_start=240
-  _globals['_LEARNERSTATUS_METRICSENTRY']._serialized_end=286
-  _globals['_WATCHMETRICSREQUEST']._serialized_start=288
-  _globals['_WATCHMETRICSREQUEST']._serialized_end=309
-  _globals['_METRICSUPDATE']._serialized_start=312
-  _globals['_METRICSUPDATE']._serialized_end=443
-  _globals['_METRICSUPDATE_METRICSENTRY']._serialized_start=240
-  _globals['_METRICSUPDATE_METRICSENTRY']._serialized_end=286
-  _globals['_SAVECHECKPOINTREQUEST']._serialized_start=445
-  _globals['_SAVECHECKPOINTREQUEST']._serialized_end=468
-  _globals['_SAVECHECKPOINTRESPONSE']._serialized_start=470
-  _globals['_SAVECHECKPOINTRESPONSE']._serialized_end=522
-  _globals['_STOPREQUEST']._serialized_start=524
-  _globals['_STOPREQUEST']._serialized_end=537
-  _globals['_STOPRESPONSE']._serialized_start=539
-  _globals['_STOPRESPONSE']._serialized_end=592
-  _globals['_GETWEIGHTSREQUEST']._serialized_start=594
-  _globals['_GETWEIGHTSREQUEST']._serialized_end=628
-  _globals['_LEARNER']._serialized_start=631
-  _globals['_LEARNER']._serialized_end=978
+  _globals['_LEARNERSTATUS']._serialized_end=329
+  _globals['_LEARNERSTATUS_METRICSENTRY']._serialized_start=283
+  _globals['_LEARNERSTATUS_METRICSENTRY']._serialized_end=329
+  _globals['_INFLIGHTBATCH']._serialized_start=331
+  _globals['_INFLIGHTBATCH']._serialized_end=392
+  _globals['_WATCHMETRICSREQUEST']._serialized_start=394
+  _globals['_WATCHMETRICSREQUEST']._serialized_end=415
+  _globals['_METRICSUPDATE']._serialized_start=418
+  _globals['_METRICSUPDATE']._serialized_end=549
+  _globals['_METRICSUPDATE_METRICSENTRY']._serialized_start=283
+  _globals['_METRICSUPDATE_METRICSENTRY']._serialized_end=329
+  _globals['_SAVECHECKPOINTREQUEST']._serialized_start=551
+  _globals['_SAVECHECKPOINTREQUEST']._serialized_end=574
+  _globals['_SAVECHECKPOINTRESPONSE']._serialized_start=576
+  _globals['_SAVECHECKPOINTRESPONSE']._serialized_end=628
+  _globals['_STOPREQUEST']._serialized_start=630
+  _globals['_STOPREQUEST']._serialized_end=643
+  _globals['_STOPRESPONSE']._serialized_start=645
+  _globals['_STOPRESPONSE']._serialized_end=698
+  _globals['_GETWEIGHTSREQUEST']._serialized_start=700
+  _globals['_GETWEIGHTSREQUEST']._serialized_end=734
+  _globals['_LEARNER']._serialized_start=737
+  _globals['_LEARNER']._serialized_end=1084
 # @@protoc_insertion_point(module_scope)
