@@ -70,7 +70,7 @@ def prepare(workdir: Path, seed: int, pretrained_base: bool = False) -> dict[str
         ("data", ["data", "synth", "--out", str(paths["data"]), "--seed", str(seed), "--preference-scale", "3"]),
     ]
     if pretrained_base:
-        from rlhf.core.synthetic import write_base_text
+        from rlhf.toy.synthetic import write_base_text
 
         paths["pretrained"] = sft_base = workdir / "pretrained"
         text = workdir / "base-text.jsonl"
@@ -160,10 +160,10 @@ def prepare(workdir: Path, seed: int, pretrained_base: bool = False) -> dict[str
 
 def evaluate(policy_dir: Path, rm_dir: Path, prompts: list[str]) -> dict[str, float]:
     """Mean ground truth and reward-model score of 4 samples per held-out prompt, fixed seed."""
-    from rlhf.core.synthetic import ground_truth_score
     from rlhf.core.types import GenerationParams
     from rlhf.policy.local import LocalPolicy
     from rlhf.reward.local import LocalReward
+    from rlhf.toy.synthetic import ground_truth_score
 
     samples = LocalPolicy(str(policy_dir), device="cpu").generate(
         prompts, GenerationParams(max_new_tokens=12, n=4, seed=1234)
@@ -250,7 +250,7 @@ def main() -> int:
     if args.samples % GROUP:
         parser.error(f"--samples must be a multiple of {GROUP}")
 
-    from rlhf.core.processes import ServiceProcess
+    from rlhf.toy.processes import ServiceProcess
 
     with ExitStack() as stack:
         workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-algos-")))

@@ -40,7 +40,7 @@ HALF_TARGET = 0.6  # "about half": at most 0.6x of 1 rank's bytes (the unsharded
 
 def learner(inputs: dict, targets: dict, out: Path, ranks: int, args) -> list[dict]:
     """One run of `rlhf train ppo` at `ranks` ranks; its metrics.jsonl rows."""
-    from rlhf.core.processes import RLHF_COMMAND
+    from rlhf.toy.processes import RLHF_COMMAND
 
     command = [
         *RLHF_COMMAND,
@@ -122,7 +122,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from rlhf.core.processes import ServiceProcess
+    from rlhf.toy.processes import ServiceProcess
 
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp, ExitStack() as stack:
         root = Path(tmp)

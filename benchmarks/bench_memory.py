@@ -55,7 +55,7 @@ PUSH_SHARE_TARGET = 0.02
 def peak() -> dict[str, float]:
     import torch
 
-    from rlhf.core.processes import peak_rss
+    from rlhf.core.resources import peak_rss
 
     figures = {"rss_gb": peak_rss() / 2**30}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -108,8 +108,8 @@ def run_worker(stage: str, argv: list[str]) -> dict[str, float]:
 
 
 def make_inputs(root: Path, layers: int, hidden: int, heads: int) -> dict[str, Path]:
-    from rlhf.core.synthetic import write_task
-    from rlhf.core.tiny import TinyModelConfig, make_tiny_model
+    from rlhf.toy.synthetic import write_task
+    from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
 
     model = root / "model"
     make_tiny_model(model, TinyModelConfig(n_layer=layers, n_embd=hidden, n_head=heads))
@@ -215,7 +215,7 @@ def main() -> int:
         return 0
 
     from rlhf.core.modeling import parameter_count
-    from rlhf.core.processes import ServiceProcess
+    from rlhf.toy.processes import ServiceProcess
 
     key = "cuda_gb" if args.device.startswith("cuda") else "rss_gb"
     results: dict[str, dict[str, dict[str, float]]] = {}

@@ -29,9 +29,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rlhf.core.processes import ServiceProcess, free_port  # noqa: E402
-from rlhf.core.synthetic import make_prompt  # noqa: E402
 from rlhf.core.types import GenerationParams  # noqa: E402
+from rlhf.toy.processes import ServiceProcess, free_port  # noqa: E402
+from rlhf.toy.synthetic import make_prompt  # noqa: E402
 
 MB = 1e6
 
@@ -88,8 +88,8 @@ def bench_generation(args, workdir: Path) -> None:
     each figure is its best round."""
     import torch
 
-    from rlhf.core.tiny import TinyModelConfig, make_tiny_model
     from rlhf.policy.local import LocalPolicy
+    from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
 
     model_dir = make_tiny_model(
         workdir / "policy", TinyModelConfig(n_layer=args.layers, n_embd=args.hidden, n_head=args.heads)
@@ -196,8 +196,8 @@ def bench_update_weights(args, workdir: Path) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from rlhf.core.tiny import train_tokenizer
     from rlhf.policy.client import PolicyClient
+    from rlhf.toy.tiny import train_tokenizer
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config())  # GPT-2 small: 12 layers, 768 hidden, 50257 vocab

@@ -69,7 +69,6 @@ def run(config, services) -> list[dict]:
 
 def start_services(stack: ExitStack, model: Path, replicas: int, logs: Path, threads: int):
     """(services as separate processes behind gRPC clients, the same services in this process)."""
-    from rlhf.core.processes import ServiceProcess
     from rlhf.learner.replicas import Services
     from rlhf.policy.client import PolicyClient
     from rlhf.policy.local import LocalPolicy
@@ -77,6 +76,7 @@ def start_services(stack: ExitStack, model: Path, replicas: int, logs: Path, thr
     from rlhf.reference.local import LocalReference
     from rlhf.reward.client import RewardClient
     from rlhf.reward.local import LocalReward
+    from rlhf.toy.processes import ServiceProcess
 
     def serve(name: str, index: int = 0) -> str:
         proc = ServiceProcess(

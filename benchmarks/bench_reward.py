@@ -32,8 +32,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rlhf.core.processes import ServiceProcess  # noqa: E402
-from rlhf.core.synthetic import make_prompt, make_response, topic_of  # noqa: E402
+from rlhf.toy.processes import ServiceProcess  # noqa: E402
+from rlhf.toy.synthetic import make_prompt, make_response, topic_of  # noqa: E402
 
 
 def synthetic_items(count: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -50,8 +50,8 @@ def make_reward_model(workdir: Path, layers: int, hidden: int, heads: int) -> Pa
     import torch
 
     from rlhf.core.modeling import load_tokenizer
-    from rlhf.core.tiny import TinyModelConfig, make_tiny_model
     from rlhf.reward.model import load_sequence_classifier
+    from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
 
     lm = make_tiny_model(workdir / "lm", TinyModelConfig(n_layer=layers, n_embd=hidden, n_head=heads))
     tokenizer = load_tokenizer(lm)

@@ -91,7 +91,7 @@ def run_trl(paths: dict, out: Path, steps: int, samples: int, seed: int) -> floa
 
 def compare_one_seed(workdir: Path, steps: int, samples: int, seed: int) -> dict:
     """SFT, TRL's run and ours for one seed; ground truth before and after, and each RL stage's seconds."""
-    from rlhf.core.processes import ServiceProcess
+    from rlhf.toy.processes import ServiceProcess
 
     paths = algos.prepare(workdir, seed)
     held_out = [json.loads(line)["prompt"] for line in (paths["data"] / "prompts_eval.jsonl").read_text().splitlines()]

@@ -62,8 +62,8 @@ def main() -> int:
 
     import grpc
 
-    from rlhf.core.processes import ServiceProcess
     from rlhf.core.server import ServerOptions, ServerThread
+    from rlhf.toy.processes import ServiceProcess
     from tests.core.test_fuzz import SERVICES, make_services
 
     failures = 0
@@ -83,7 +83,7 @@ def main() -> int:
                 "serve",
                 "reward",
                 "--function",
-                "rlhf.core.synthetic:ground_truth_rewards",
+                "rlhf.toy.synthetic:ground_truth_rewards",
                 "--max-items-per-request",
                 "8",
             ],

@@ -56,7 +56,7 @@ def make_model(out: Path, shape: dict) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhf.core.tiny import train_tokenizer
+    from rlhf.toy.tiny import train_tokenizer
 
     tokenizer = train_tokenizer(1024, n_positions=shape["max_position_embeddings"])
     eos = tokenizer.eos_token_id
@@ -186,8 +186,8 @@ def main() -> int:
             f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
             f"bf16 {torch.cuda.is_bf16_supported()}"
         )
-    from rlhf.core.processes import ServiceProcess
-    from rlhf.core.synthetic import write_task
+    from rlhf.toy.processes import ServiceProcess
+    from rlhf.toy.synthetic import write_task
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp, ExitStack() as stack:

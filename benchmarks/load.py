@@ -111,7 +111,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=["reward", "policy"], default=["reward", "policy"])
     args = parser.parse_args()
 
-    from rlhf.core.processes import ServiceProcess, peak_rss
+    from rlhf.core.resources import peak_rss
+    from rlhf.toy.processes import ServiceProcess
 
     failed = False
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:

@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = {
     "sft": [
-        "tests/policy/test_sft.py::test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss",
+        "tests/training/test_sft.py::test_sft_on_the_synthetic_task_lowers_the_held_out_response_loss",
         "tests/policy/test_cli.py::test_train_serve_and_generate_through_the_cli",
     ],
-    "rm": ["tests/reward/test_train.py::test_held_out_accuracy_against_the_ground_truth_rule_clears_the_bound"],
+    "rm": ["tests/training/test_rm.py::test_held_out_accuracy_against_the_ground_truth_rule_clears_the_bound"],
     "ppo": ["tests/learner/test_learner_acceptance.py::test_ppo_raises_reward_and_ground_truth_within_kl_bound"],
     "lora-ppo": [
         "tests/learner/test_learner_acceptance.py::test_lora_bf16_ppo_through_the_services_raises_the_ground_truth"
@@ -39,7 +39,7 @@ TESTS = {
     "lora-sft": [
         "tests/reward/test_lora_stages.py::test_lora_sft_from_a_pretrained_base_reaches_full_sfts_held_out_loss"
     ],
-    "dpo": ["tests/policy/test_dpo.py::test_dpo_through_the_cli_raises_the_ground_truth"],
+    "dpo": ["tests/training/test_dpo.py::test_dpo_through_the_cli_raises_the_ground_truth"],
     "critic-free": ["tests/learner/test_critic_free_acceptance.py::test_critic_free_estimators_raise_the_ground_truth"],
 }
 # `rlhf demo` sizes: reduced (what the sweep runs by default) and full (`make demo`).

@@ -19,7 +19,7 @@ os.environ.setdefault("RLHF_LOG_FORMAT", "text")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A freshly made tiny GPT-2 (random weights) with its byte-level BPE tokenizer."""
-    from rlhf.core.tiny import make_tiny_model
+    from rlhf.toy.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
@@ -27,7 +27,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """The synthetic task at full size (files are small; tests take what they need)."""
-    from rlhf.core.synthetic import write_task
+    from rlhf.toy.synthetic import write_task
 
     out = tmp_path_factory.mktemp("data")
     write_task(out, seed=0)

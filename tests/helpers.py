@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf.core.processes import RLHF_COMMAND, ServiceProcess, free_port
+from rlhf.toy.processes import RLHF_COMMAND, ServiceProcess, free_port
 
 RLHF = RLHF_COMMAND
 __all__ = ["RLHF", "CliServer", "free_port"]

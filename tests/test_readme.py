@@ -188,7 +188,7 @@ def proto_name_exists(name: str) -> bool:
 
 
 def test_every_module_object_and_proto_name_the_readme_and_the_docs_name_exists():
-    """`rlhf.core.server`, `rlhf.core.synthetic:ground_truth_rewards`, `rlhf.v1.WeightChunk.kind`: code moves
+    """`rlhf.core.server`, `rlhf.toy.synthetic:ground_truth_rewards`, `rlhf.v1.WeightChunk.kind`: code moves
     and renames must carry the text with them."""
     pattern = r"(?<![\w./-])(rlhf(?:\.[A-Za-z_]\w*)+(?::[A-Za-z_]\w*)?)"
     named = {(where, ref) for where, span in code_spans() for ref in re.findall(pattern, span)}

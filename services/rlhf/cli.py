@@ -23,7 +23,7 @@ from rlhf.core.errors import UserError
 
 # Packages that contribute commands, in --help order.
 COMMAND_MODULES = [
-    "rlhf.core.commands",
+    "rlhf.toy.cli",
     "rlhf.label.cli",
     "rlhf.reward.cli",
     "rlhf.policy.cli",

@@ -53,7 +53,7 @@ def make_services(model_dir, out_dir) -> dict:
         ),
         "reward": RewardService(
             RewardServiceConfig(
-                function="rlhf.core.synthetic:ground_truth_rewards", max_wait_ms=0, max_items_per_request=8
+                function="rlhf.toy.synthetic:ground_truth_rewards", max_wait_ms=0, max_items_per_request=8
             )
         ),
         "learner": LearnerService(control),

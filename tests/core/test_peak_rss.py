@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.core.processes import PeakRSS, peak_rss
+from rlhf.core.resources import PeakRSS, peak_rss
 
 MB = 2**20
 

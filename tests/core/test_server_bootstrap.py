@@ -81,7 +81,7 @@ def test_bearer_token_guards_everything_but_health(port, tmp_path):
 
 
 def test_the_health_port_answers_health_in_plaintext_and_nothing_else(port, tls_dir):
-    from rlhf.core.processes import free_port
+    from rlhf.toy.processes import free_port
 
     service = SlowLoadingService()
     health_port = free_port()

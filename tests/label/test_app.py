@@ -10,7 +10,7 @@ import pytest
 
 from rlhf.core.jsonl import read_jsonl
 from rlhf.label.config import LabelConfig
-from rlhf.reward.data import load_rankings
+from rlhf.training.preferences import load_rankings
 from tests.label.conftest import PROMPTS, RESPONSES, call, label_server
 
 

@@ -12,7 +12,7 @@ from rlhf.cli import main
 from rlhf.core.errors import UserError
 from rlhf.core.jsonl import read_jsonl
 from rlhf.label.imports import argilla_rows, label_studio_rows
-from rlhf.reward.data import load_rankings
+from rlhf.training.preferences import load_rankings
 
 DATA = Path(__file__).parent / "data"
 

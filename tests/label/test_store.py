@@ -11,7 +11,7 @@ import pytest
 from rlhf.core.errors import UserError
 from rlhf.core.jsonl import read_jsonl
 from rlhf.label.store import RankingStore
-from rlhf.reward.data import load_rankings
+from rlhf.training.preferences import load_rankings
 
 
 def line(item: str, annotator: str = "ana") -> str:

@@ -23,7 +23,7 @@ def untrained(tiny_model_dir, synth_dir) -> SimpleNamespace:
 @pytest.fixture(scope="session")
 def trained(tiny_model_dir, synth_dir, tmp_path_factory, seed) -> SimpleNamespace:
     """SFT and reward models trained through the CLI on the synthetic task (one epoch each)."""
-    from rlhf.core.synthetic import write_task
+    from rlhf.toy.synthetic import write_task
 
     root = tmp_path_factory.mktemp("ppo-models")
     sft, rm = root / "sft", root / "rm"

@@ -89,11 +89,11 @@ def test_grpo_on_a_reward_function_served_in_place_of_a_model(trained, synth_dir
     held_out = held_out_prompts(synth_dir)
     with ExitStack() as stack:
         run = Run(
-            stack, trained, tmp_path / "run", replicas=1, reward_function="rlhf.core.synthetic:ground_truth_rewards"
+            stack, trained, tmp_path / "run", replicas=1, reward_function="rlhf.toy.synthetic:ground_truth_rewards"
         )
         policy = stack.enter_context(PolicyClient(run.policies[0].target))
         reward = stack.enter_context(RewardClient(run.reward.target))
-        assert reward.model_info().model_name == "function:rlhf.core.synthetic:ground_truth_rewards"
+        assert reward.model_info().model_name == "function:rlhf.toy.synthetic:ground_truth_rewards"
         before = evaluate(policy, reward, held_out)
         run_critic_free(run, "grpo", seed, *KL_IN_LOSS)
         after = evaluate(policy, reward, held_out)

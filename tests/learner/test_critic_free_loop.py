@@ -8,13 +8,13 @@ from collections import Counter
 import pytest
 
 from rlhf.core.errors import UserError
-from rlhf.core.synthetic import ground_truth_score
 from rlhf.learner.checkpoints import saved_tensors
 from rlhf.learner.config import validate
 from rlhf.learner.loop import train
 from rlhf.learner.replicas import Services
 from rlhf.policy.local import LocalPolicy
 from rlhf.reference.local import LocalReference
+from rlhf.toy.synthetic import ground_truth_score
 from tests.learner.inprocess import CallableReward
 from tests.learner.test_learner_loop import make_config
 

@@ -215,7 +215,7 @@ def test_lora_bf16_grpo_on_two_ranks_checkpoints_adapters_and_resumes_on_one(unt
 
 def test_two_machines_meet_at_a_c10d_rendezvous_as_the_ppo_job_pods_do(untrained, tmp_path):
     # What each pod of the ppo Job runs (rlhf k8s submit ppo --nodes 2): here both "machines" are this one.
-    from rlhf.core.processes import free_port
+    from rlhf.toy.processes import free_port
 
     rendezvous = [
         "--nnodes",

@@ -18,12 +18,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlhf.core.processes import RLHF_COMMAND, ServiceProcess, free_port
-from rlhf.core.synthetic import ground_truth_score
 from rlhf.core.types import GenerationParams
 from rlhf.learner.client import LearnerClient
 from rlhf.policy.client import PolicyClient
 from rlhf.reward.client import RewardClient
+from rlhf.toy.processes import RLHF_COMMAND, ServiceProcess, free_port
+from rlhf.toy.synthetic import ground_truth_score
 
 pytestmark = pytest.mark.slow
 

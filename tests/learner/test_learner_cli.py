@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlhf.core.processes import RLHF_COMMAND, free_port
 from rlhf.learner.cli import describe_progress
+from rlhf.toy.processes import RLHF_COMMAND, free_port
 
 
 def train_ppo(tmp_path, *flags: str) -> subprocess.CompletedProcess:

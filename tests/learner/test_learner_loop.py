@@ -19,8 +19,6 @@ import torch
 from rlhf.core.errors import UserError
 from rlhf.core.flags import add_config_arguments, config_from_args, field_docs
 from rlhf.core.server import ServerOptions, ServerThread
-from rlhf.core.synthetic import ground_truth_score
-from rlhf.core.tiny import TinyModelConfig, make_tiny_model
 from rlhf.learner.client import LearnerClient
 from rlhf.learner.config import PPOConfig
 from rlhf.learner.control import LearnerControl
@@ -29,6 +27,8 @@ from rlhf.learner.replicas import Services, name_of
 from rlhf.learner.service import LearnerService
 from rlhf.policy.local import LocalPolicy
 from rlhf.reference.local import LocalReference
+from rlhf.toy.synthetic import ground_truth_score
+from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
 from tests.learner.inprocess import CallableReward, RestartingReplica
 
 REQUIRED_METRICS = [

@@ -18,9 +18,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rlhf.core.client import ClientOptions, make_channel
-from rlhf.core.processes import RLHF_COMMAND, ServiceProcess, free_port
 from rlhf.learner.client import LearnerClient
 from rlhf.policy.client import PolicyClient
+from rlhf.toy.processes import RLHF_COMMAND, ServiceProcess, free_port
 from tests.certs import make_ca, make_leaf
 from tests.learner.test_learner_acceptance import read_jsonl
 

@@ -19,9 +19,9 @@ import grpc
 import pytest
 
 from rlhf.core.client import BaseClient
-from rlhf.core.processes import RLHF_COMMAND, free_port
 from rlhf.core.server import ServerOptions, ServerThread
 from rlhf.learner.retries import ServiceDown, with_retries
+from rlhf.toy.processes import RLHF_COMMAND, free_port
 
 
 class BareService:

@@ -15,10 +15,10 @@ from rlhf.core.distributed import close_world, full_tensor, init_world, shard, w
 from rlhf.core.modeling import load_causal_lm, load_tokenizer
 from rlhf.core.text import encode_pair, encode_pairs
 from rlhf.core.training import TrainingOptions, disable_dropout, trainable_parameters
-from rlhf.policy.sft import batch_loss, load_pairs
-from rlhf.reward.data import collate, completions, load_rankings
 from rlhf.reward.model import load_sequence_classifier
-from rlhf.reward.train import comparison_loss
+from rlhf.training.preferences import collate, completions, load_rankings
+from rlhf.training.rm import comparison_loss
+from rlhf.training.sft import batch_loss, load_pairs
 
 CPU = torch.device("cpu")
 MAX_NORM = 0.1  # below the gradients' norm: the clipping acts

@@ -12,7 +12,7 @@ from rlhf.core.text import encode_prompt
 from rlhf.core.types import GenerationParams
 from rlhf.policy.client import PolicyClient
 from tests.helpers import RLHF, CliServer
-from tests.policy.test_sft import taught_examples
+from tests.training.test_sft import taught_examples
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.reward.data import completions, load_rankings, split_rankings
 from rlhf.reward.model import RewardScorer
+from rlhf.training.preferences import completions, load_rankings, split_rankings
 from tests.helpers import RLHF, free_port
 from tests.policy.fsdp_step import every_step
 
@@ -96,8 +96,8 @@ def logged(run: subprocess.CompletedProcess, message: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict[str, Path]:
-    from rlhf.core.synthetic import write_task
-    from rlhf.core.tiny import TinyModelConfig, make_tiny_model
+    from rlhf.toy.synthetic import write_task
+    from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
 
     root = tmp_path_factory.mktemp("distributed")
     model = make_tiny_model(root / "tiny", TinyModelConfig(n_embd=64))

@@ -10,11 +10,11 @@ import re
 import pytest
 import torch
 
-from rlhf.core.processes import ServiceProcess
 from rlhf.core.types import GenerationParams
 from rlhf.policy.client import PolicyClient
-from rlhf.reward.data import completions, load_rankings, split_rankings
 from rlhf.reward.model import RewardScorer
+from rlhf.toy.processes import ServiceProcess
+from rlhf.training.preferences import completions, load_rankings, split_rankings
 from tests.learner.test_learner_acceptance import rlhf
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ IDS = torch.tensor([[5, 9, 13, 2, 7, 11, 40, 41]])
 
 @pytest.fixture(scope="module")
 def stages(tiny_model_dir, synth_dir, tmp_path_factory):
-    from rlhf.core.synthetic import write_task
+    from rlhf.toy.synthetic import write_task
 
     root = tmp_path_factory.mktemp("lora-stages")
     rlhf(
@@ -228,7 +228,7 @@ def test_a_lora_reward_model_on_an_rmsnorm_model_carries_its_offset_in_the_adapt
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rlhf.core.modeling import CONFIG_OVERRIDES
-    from rlhf.core.tiny import train_tokenizer
+    from rlhf.toy.tiny import train_tokenizer
 
     _, preferences, _ = stages
     tokenizer = train_tokenizer(1024)
@@ -287,7 +287,7 @@ LORA_SFT_GAP = 0.05
 def test_lora_sft_from_a_pretrained_base_reaches_full_sfts_held_out_loss(
     tiny_model_dir, synth_dir, tmp_path, seed, record_figures
 ):
-    from rlhf.core.synthetic import write_base_text
+    from rlhf.toy.synthetic import write_base_text
 
     world = write_base_text(tmp_path / "base-text.jsonl", seed)
     common = ["--batch-size", "32", "--seed", str(seed), "--device", "cpu"]

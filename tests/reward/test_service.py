@@ -14,9 +14,9 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
 
-from rlhf.core.processes import free_port
 from rlhf.reward import RewardClient
 from rlhf.reward.local import LocalReward
+from rlhf.toy.processes import free_port
 from rlhf.v1 import reward_pb2
 from tests.helpers import RLHF, CliServer
 

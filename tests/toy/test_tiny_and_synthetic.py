@@ -3,7 +3,7 @@
 import json
 import random
 
-from rlhf.core.synthetic import ground_truth_score, noisy_ranking, write_task
+from rlhf.toy.synthetic import ground_truth_score, noisy_ranking, write_task
 
 
 def test_tiny_model_is_small_and_tokenizes_any_utf8(tiny_model_dir):

@@ -10,10 +10,10 @@ import subprocess
 import pytest
 import torch
 
-from rlhf.core.synthetic import ground_truth_score, write_task
 from rlhf.core.text import encode_pair
 from rlhf.core.types import GenerationParams
-from rlhf.policy.dpo import (
+from rlhf.toy.synthetic import ground_truth_score, write_task
+from rlhf.training.dpo import (
     DPOConfig,
     dpo_loss,
     ipo_loss,

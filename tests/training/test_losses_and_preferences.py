@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rlhf.core.errors import UserError
-from rlhf.reward.data import Ranking, collate, load_rankings, prompt_batches, split_rankings
-from rlhf.reward.loss import kwise_loss, pairwise_accuracy
+from rlhf.training.losses import kwise_loss, pairwise_accuracy
+from rlhf.training.preferences import Ranking, collate, load_rankings, prompt_batches, split_rankings
 
 # -log sigma(x) = log(1 + e^-x), by hand:
 # x=1.0 -> 0.3132617, x=2.5 -> 0.0788897, x=1.5 -> 0.2014133, x=-0.5 -> 0.9740770

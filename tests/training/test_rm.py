@@ -9,9 +9,9 @@ import subprocess
 import pytest
 import torch
 
-from rlhf.core.synthetic import ground_truth_score
-from rlhf.reward.data import completions, load_rankings, split_rankings
 from rlhf.reward.local import LocalReward
+from rlhf.toy.synthetic import ground_truth_score
+from rlhf.training.preferences import completions, load_rankings, split_rankings
 from tests.helpers import RLHF, CliServer
 
 pytestmark = pytest.mark.slow
@@ -34,8 +34,8 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, seed):
-    from rlhf.core.synthetic import write_task
-    from rlhf.core.tiny import TinyModelConfig, make_tiny_model
+    from rlhf.toy.synthetic import write_task
+    from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
 
     work = tmp_path_factory.mktemp("rm-train")
     lm = make_tiny_model(work / "lm", TinyModelConfig(n_embd=HIDDEN))
@@ -133,7 +133,7 @@ def test_from_pretrained_scores_match_the_service(trained, tmp_path):
 
 def test_the_finished_bar_is_not_drawn_again_below_the_last_epoch_line(tiny_model_dir, tmp_path):
     """As on a terminal: stdout and stderr in one stream; after the last epoch's accuracy line, no bar."""
-    from rlhf.core.synthetic import write_task
+    from rlhf.toy.synthetic import write_task
 
     data = write_task(tmp_path / "data", scale=0.02)["preferences"]
     run = subprocess.run(

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rlhf.core.logprobs import response_logprobs
-from rlhf.core.synthetic import topic_of
 from rlhf.core.text import Encoded
-from rlhf.policy.sft import IGNORE, SFTConfig, collate, load_pairs, response_loss_sum, train_sft
+from rlhf.toy.synthetic import topic_of
+from rlhf.training.sft import IGNORE, SFTConfig, collate, load_pairs, response_loss_sum, train_sft
 
 EXAMPLES = [Encoded([10, 11, 12], [20, 21, 0]), Encoded([13], [22, 0])]
 
@@ -49,7 +49,7 @@ def test_completion_is_accepted_for_response_and_bad_lines_are_named(tmp_path):
 
 def test_a_text_line_is_plain_text_trained_on_every_token_after_the_first(tmp_path, tiny_model_dir):
     from rlhf.core.modeling import load_tokenizer
-    from rlhf.policy.sft import encode_text
+    from rlhf.training.sft import encode_text
 
     data = tmp_path / "mixed.jsonl"
     data.write_text('{"text": "The cats look warm."}\n{"prompt": "a", "response": " b"}\n')

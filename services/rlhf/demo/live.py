@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rlhf.core.synthetic import ground_truth_score
 from rlhf.demo.plot import read_metrics
+from rlhf.toy.synthetic import ground_truth_score
 
 
 def ground_truth_by_step(rollouts: Path) -> dict[int, float]:

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlhf.core.errors import UserError
-from rlhf.core.processes import RLHF_COMMAND, ServiceProcess, die_with_parent
+from rlhf.core.resources import die_with_parent
+from rlhf.toy.processes import RLHF_COMMAND, ServiceProcess
 
 # The demo's recipe, chosen with benchmarks/seed_sweep.py (docs/benchmarks.md#seed-sweep), learns on every seed and CPU:
 # - the reward model trains on 3x the preferences at lr 1e-3 with AdamW beta2 0.95 (on 1x, or at lr 2e-3,

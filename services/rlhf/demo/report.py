@@ -6,9 +6,9 @@ import json
 import random
 from pathlib import Path
 
-from rlhf.core.synthetic import ground_truth_score, make_prompt, make_response, topic_of
 from rlhf.demo.live import add_ground_truth
 from rlhf.demo.plot import plot_training
+from rlhf.toy.synthetic import ground_truth_score, make_prompt, make_response, topic_of
 
 EVAL_SEED = 1234  # sampling seed shared by both policies, so they face the same draws
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from rlhf.core.errors import UserError
 from rlhf.core.jsonl import read_jsonl
-from rlhf.reward.data import parse_row
+from rlhf.training.preferences import parse_row
 
 
 @dataclass

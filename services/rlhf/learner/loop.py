@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rlhf.core import distributed
 from rlhf.core.client import describe_rpc_error
 from rlhf.core.errors import UserError
-from rlhf.core.processes import PeakRSS
+from rlhf.core.resources import PeakRSS
 from rlhf.learner import ppo
 from rlhf.learner.advantages import critic_free_advantages, group_std
 from rlhf.learner.ahead import RolloutsAhead

@@ -1,4 +1,4 @@
-"""pi_RL: supervised fine-tuning (`sft`), the PolicyInference service, and its clients.
+"""pi_RL served: the PolicyInference service and its clients (SFT and DPO training are in rlhf.training).
 
 from rlhf.policy import PolicyClient, LocalPolicy
 """

@@ -42,7 +42,7 @@ def register(commands) -> None:
     add_launch_arguments(sft)
     sft.set_defaults(func=_train_sft)
 
-    from rlhf.policy.dpo_config import DPOConfig
+    from rlhf.training.config import DPOConfig
 
     dpo = commands.train.add_parser(
         "dpo",
@@ -127,7 +127,7 @@ def register(commands) -> None:
 def _train_sft(args: argparse.Namespace) -> int:
     from rlhf.core.distributed import is_main_process
     from rlhf.core.flags import config_from_args
-    from rlhf.policy.sft import SFTConfig, train_sft
+    from rlhf.training.sft import SFTConfig, train_sft
 
     result = train_sft(config_from_args(args, SFTConfig))
     if not is_main_process():  # under torchrun: rank 0 reports
@@ -142,8 +142,8 @@ def _train_sft(args: argparse.Namespace) -> int:
 
 def _train_dpo(args: argparse.Namespace) -> int:
     from rlhf.core.flags import config_from_args
-    from rlhf.policy.dpo import train_dpo
-    from rlhf.policy.dpo_config import DPOConfig
+    from rlhf.training.config import DPOConfig
+    from rlhf.training.dpo import train_dpo
 
     result = train_dpo(config_from_args(args, DPOConfig))
     if result.eval_accuracy_after is not None:

@@ -8,7 +8,8 @@ import sys
 from itertools import islice
 
 from rlhf.core.flags import add_config_arguments, config_from_args
-from rlhf.reward.config import DEFAULT_PORT, RewardServiceConfig, RewardTrainConfig
+from rlhf.reward.config import DEFAULT_PORT, RewardServiceConfig
+from rlhf.training.config import RewardTrainConfig
 
 SCORE_CHUNK = 256  # --input lines scored per round trip
 
@@ -43,7 +44,7 @@ def register(commands) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from rlhf.core.distributed import is_main_process
-    from rlhf.reward.train import train_reward_model
+    from rlhf.training.rm import train_reward_model
 
     result = train_reward_model(config_from_args(args, RewardTrainConfig))
     if not is_main_process():  # under torchrun: rank 0 reports

@@ -157,7 +157,7 @@ def _serve(conn, model: str, device: str, dtype: str, threads: int | None) -> No
     """The child: load the model, then answer batches until told to stop (None) or the parent dies."""
     import torch
 
-    from rlhf.core.processes import die_with_parent
+    from rlhf.core.resources import die_with_parent
     from rlhf.reward.model import RewardScorer
 
     die_with_parent()

@@ -1,4 +1,4 @@
-"""Core commands: `rlhf tiny-model` and `rlhf data synth`."""
+"""The toy world's commands: `rlhf tiny-model` and `rlhf data synth`."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def register(commands) -> None:
 def _tiny_model(args: argparse.Namespace) -> int:
     from rlhf.core.errors import UserError
     from rlhf.core.modeling import parameter_count
-    from rlhf.core.tiny import TinyModelConfig, make_tiny_model
+    from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
 
     if args.hidden % args.heads:
         raise UserError(f"--hidden {args.hidden} must be divisible by --heads {args.heads}")
@@ -55,7 +55,7 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from rlhf.core.synthetic import write_task
+    from rlhf.toy.synthetic import write_task
 
     for name, path in write_task(
         args.out, seed=args.seed, scale=args.scale, preference_scale=args.preference_scale

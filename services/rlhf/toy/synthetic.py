@@ -85,7 +85,7 @@ def ground_truth_score(prompt: str, response: str) -> float:
 
 
 def ground_truth_rewards(prompts: list[str], responses: list[str]) -> list[float]:
-    """The hidden rule as a programmable reward: `rlhf serve reward --function rlhf.core.synthetic:ground_truth_rewards`
+    """The hidden rule as a programmable reward: `rlhf serve reward --function rlhf.toy.synthetic:ground_truth_rewards`
     (a verifiable reward for the synthetic task, in place of a learned reward model)."""
     return [ground_truth_score(p, r) for p, r in zip(prompts, responses, strict=True)]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from rlhf.core.modeling import save_model_dir
-from rlhf.core.synthetic import tokenizer_corpus
+from rlhf.toy.synthetic import tokenizer_corpus
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 
@@ -31,7 +31,7 @@ class TinyModelConfig:
 
 
 def bundled_text() -> list[str]:
-    return resources.files("rlhf.core").joinpath("data/corpus.txt").read_text(encoding="utf-8").splitlines()
+    return resources.files("rlhf.toy").joinpath("data/corpus.txt").read_text(encoding="utf-8").splitlines()
 
 
 def train_tokenizer(vocab_size: int, seed: int = 0, n_positions: int = 256):

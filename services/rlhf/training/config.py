@@ -1,5 +1,5 @@
-"""`rlhf train dpo` settings; its flags and --help are generated from the field docstrings (rlhf.core.flags).
-Kept apart from rlhf.policy.dpo so that building the CLI imports no torch."""
+"""`rlhf train rm` and `rlhf train dpo` settings; their flags and --help are generated from the field docstrings
+(rlhf.core.flags). Kept apart from rlhf.training.rm and rlhf.training.dpo so that building the CLI imports no torch."""
 
 from __future__ import annotations
 
@@ -7,6 +7,37 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from rlhf.core.training_options import TrainingOptions
+
+
+@dataclass
+class RewardTrainConfig(TrainingOptions):
+    """`rlhf train rm`."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "data", "out")
+    model: str = ""
+    """starting point: a causal LM dir (e.g. the SFT model) or a cached Hub name"""
+    data: str = ""
+    """preference data: JSONL or Parquet file, or a cached `datasets` name[:split]"""
+    out: str = ""
+    """where to write the reward model dir (model + tokenizer)"""
+    epochs: int = 3
+    """passes over the training rankings"""
+    lr: float = 3e-4
+    """AdamW peak learning rate (warmup over 5%% of steps, then linear decay)"""
+    batch_size: int = 16
+    """prompts per batch; each brings all C(K,2) of its comparisons"""
+    max_length: int | None = None
+    """tokens per (prompt, response); longer inputs lose the prompt start (default: the model context)"""
+    eval_fraction: float = 0.1
+    """share of prompts held out to measure pairwise accuracy"""
+    seed: int = 0
+    """data split, shuffling and head initialisation"""
+    device: str = "auto"
+    """auto, cpu, cuda, mps"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    adam_beta2: float = 0.999
+    """AdamW beta2; 0.95 (as in GPT-3) helps small models learn the task"""
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from rlhf.core.errors import UserError
 from rlhf.core.text import Encoded
-from rlhf.policy.dpo_config import DPOConfig
+from rlhf.training.config import DPOConfig
 
 log = logging.getLogger("rlhf.dpo")
 
@@ -146,7 +146,7 @@ def batch_loss(model, batch, encoded: dict, ref: dict, config: DPOConfig, pad_id
 def evaluate(model, rankings, encoded: dict, ref: dict, config: DPOConfig, pad_id: int) -> tuple[float, float, int]:
     """(share of comparisons ranked right by the implicit reward, h > 0, with a tie counted half; mean loss;
     comparisons) over the rankings. Before training h = 0 everywhere, so accuracy starts at 0.5."""
-    from rlhf.reward.data import prompt_batches
+    from rlhf.training.preferences import prompt_batches
 
     hits, losses, count = 0.0, 0.0, 0
     for batch in prompt_batches(rankings, config.batch_size):
@@ -171,7 +171,7 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
         trainable_parameters,
         weights_dtype,
     )
-    from rlhf.reward.data import completions, load_rankings, prompt_batches, split_rankings
+    from rlhf.training.preferences import completions, load_rankings, prompt_batches, split_rankings
 
     check_config(config)
     rankings = load_rankings(config.data)  # before any model loads: bad data fails at once

@@ -57,13 +57,20 @@ from rlhf.core.training import (
     unsharded,
     weights_dtype,
 )
-from rlhf.reward.config import RewardTrainConfig
-from rlhf.reward.data import ComparisonBatch, collate, completions, load_rankings, prompt_batches, split_rankings
-from rlhf.reward.loss import kwise_loss, pairwise_accuracy
 from rlhf.reward.model import OFFSET_KEY, RewardScorer, load_sequence_classifier, reward_forward
-from rlhf.reward.normalize import fold_offset, offset_modules
+from rlhf.training.config import RewardTrainConfig
+from rlhf.training.losses import kwise_loss, pairwise_accuracy
+from rlhf.training.normalize import fold_offset, offset_modules
+from rlhf.training.preferences import (
+    ComparisonBatch,
+    collate,
+    completions,
+    load_rankings,
+    prompt_batches,
+    split_rankings,
+)
 
-log = logging.getLogger("rlhf.reward.train")
+log = logging.getLogger("rlhf.training.rm")
 
 
 @dataclass
