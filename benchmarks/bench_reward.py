@@ -50,7 +50,7 @@ def make_reward_model(workdir: Path, layers: int, hidden: int, heads: int) -> Pa
     import torch
 
     from rlhf.core.modeling import load_tokenizer
-    from rlhf.reward.model import load_sequence_classifier
+    from rlhf.core.reward_model import load_sequence_classifier
     from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
 
     lm = make_tiny_model(workdir / "lm", TinyModelConfig(n_layer=layers, n_embd=hidden, n_head=heads))
@@ -65,7 +65,7 @@ def in_process_items_per_s(model_dir: Path, items, device: str, seconds: float) 
     """Items/s of RewardScorer.score_batch (batched tokenizing + forward: the server's work per batch)
     at each batch size, on length-sorted items."""
     from rlhf.core.batching import by_length_chunks
-    from rlhf.reward.model import RewardScorer
+    from rlhf.core.reward_model import RewardScorer
 
     scorer = RewardScorer.load(model_dir, device=device)
     rates = {}

@@ -36,7 +36,7 @@ def make_models(root: Path) -> tuple[Path, Path]:
     import torch
 
     from rlhf.core.modeling import load_tokenizer
-    from rlhf.reward.model import load_sequence_classifier
+    from rlhf.core.reward_model import load_sequence_classifier
 
     lm, rm = root / "tiny", root / "rm"
     subprocess.run(

@@ -82,7 +82,7 @@ def reward_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     import torch
 
     from rlhf.core.modeling import load_tokenizer
-    from rlhf.reward.model import load_sequence_classifier
+    from rlhf.core.reward_model import load_sequence_classifier
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(tiny_model_dir)

@@ -13,9 +13,9 @@ import torch
 
 from rlhf.core.distributed import close_world, full_tensor, init_world, shard, world
 from rlhf.core.modeling import load_causal_lm, load_tokenizer
+from rlhf.core.reward_model import load_sequence_classifier
 from rlhf.core.text import encode_pair, encode_pairs
 from rlhf.core.training import TrainingOptions, disable_dropout, trainable_parameters
-from rlhf.reward.model import load_sequence_classifier
 from rlhf.training.preferences import collate, completions, load_rankings
 from rlhf.training.rm import comparison_loss
 from rlhf.training.sft import batch_loss, load_pairs

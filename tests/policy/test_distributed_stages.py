@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf.reward.model import RewardScorer
+from rlhf.core.reward_model import RewardScorer
 from rlhf.training.preferences import completions, load_rankings, split_rankings
 from tests.helpers import RLHF, free_port
 from tests.policy.fsdp_step import every_step

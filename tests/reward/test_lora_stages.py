@@ -10,9 +10,9 @@ import re
 import pytest
 import torch
 
+from rlhf.core.reward_model import RewardScorer
 from rlhf.core.types import GenerationParams
 from rlhf.policy.client import PolicyClient
-from rlhf.reward.model import RewardScorer
 from rlhf.toy.processes import ServiceProcess
 from rlhf.training.preferences import completions, load_rankings, split_rankings
 from tests.learner.test_learner_acceptance import rlhf

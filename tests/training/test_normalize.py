@@ -5,7 +5,7 @@ import torch
 
 from rlhf.core.logprobs import pad_right
 from rlhf.core.modeling import load_tokenizer
-from rlhf.reward.model import OFFSET_KEY, RewardScorer, load_sequence_classifier, reward_forward
+from rlhf.core.reward_model import OFFSET_KEY, RewardScorer, load_sequence_classifier, reward_forward
 from rlhf.training.normalize import fold_offset
 
 ITEMS = [

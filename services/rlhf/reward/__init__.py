@@ -1,6 +1,6 @@
-"""The reward model served: the RewardScoring service and its clients (training is in rlhf.training).
+"""The reward model served: the RewardScoring service and its clients (training is in rlhf.training; r_theta itself,
+shared by both, in rlhf.core.reward_model).
 
-model.py      r_theta(x, y): loading, encoding, the forward every path shares (training's too)
 service.py    the gRPC servicer over a dynamic batcher
 client.py     RewardClient (gRPC);  local.py  LocalReward (in-process), same interface
 cli.py        `rlhf train rm`, `rlhf serve reward`, `rlhf score`

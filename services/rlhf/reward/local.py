@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rlhf.reward.model import RewardScorer
+from rlhf.core.reward_model import RewardScorer
 from rlhf.v1 import common_pb2
 
 

@@ -158,7 +158,7 @@ def _serve(conn, model: str, device: str, dtype: str, threads: int | None) -> No
     import torch
 
     from rlhf.core.resources import die_with_parent
-    from rlhf.reward.model import RewardScorer
+    from rlhf.core.reward_model import RewardScorer
 
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides

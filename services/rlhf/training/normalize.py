@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.core.distributed import add_to_parameter, full_tensor, reshard
-from rlhf.reward.model import OFFSET_KEY
+from rlhf.core.reward_model import OFFSET_KEY
 
 
 def trained_copy(module: torch.nn.Module) -> torch.nn.Module:

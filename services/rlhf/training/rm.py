@@ -41,6 +41,7 @@ from rlhf.core.distributed import (
 from rlhf.core.errors import UserError
 from rlhf.core.logprobs import pad_right
 from rlhf.core.modeling import load_tokenizer, resolve_device
+from rlhf.core.reward_model import OFFSET_KEY, RewardScorer, load_sequence_classifier, reward_forward
 from rlhf.core.text import Encoded, encode_pairs
 from rlhf.core.training import (
     TrainingOptions,
@@ -57,7 +58,6 @@ from rlhf.core.training import (
     unsharded,
     weights_dtype,
 )
-from rlhf.reward.model import OFFSET_KEY, RewardScorer, load_sequence_classifier, reward_forward
 from rlhf.training.config import RewardTrainConfig
 from rlhf.training.losses import kwise_loss, pairwise_accuracy
 from rlhf.training.normalize import fold_offset, offset_modules
