@@ -2,14 +2,14 @@
 
 - `core` (and the generated stubs, `v1`) import no other package.
 - The model services (policy, reward, reference) import only core, the stubs and themselves.
-- The learner reaches the other services only through their `client` and `local` modules (or the package,
-  which exports just those two).
+- The learner reaches the other services only through their `client` and `local` modules.
 - `training` (SFT, RM training, DPO) is built like the learner: core, the stubs, itself, and services only
   through their `client`/`local` (DPO's pi_ref is a reference service or a LocalReference).
 - `toy` (tiny model, synthetic task, local processes) and the demo sit on top and may import any package;
-  k8s only core. Only the entry point (rlhf/cli.py) reaches a package's `cli` module.
-- A package's `cli` module is where its commands are wired: it may also import `training`, because
-  `rlhf train sft|dpo` and `rlhf train rm` are registered by the policy and reward CLIs.
+  k8s only core; `label` (rlhf label) core, the row parser of training.preferences and the front doors.
+- Only the entry point (rlhf/cli.py) reaches a package's `cli` module. A `cli` module wires its package's
+  commands: it may also import `training`, because `rlhf train sft|dpo` and `rlhf train rm` are registered by
+  the policy and reward CLIs.
 - No cycles between packages.
 """
 
@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "services" / "rlhf"
 MODEL_SERVICES = ("policy", "reward", "reference")
 FRONT_DOORS = {f"{service}.{module}" for service in MODEL_SERVICES for module in ("client", "local")}
-PACKAGES = {"core", "v1", "policy", "reward", "reference", "learner", "training", "toy", "demo", "k8s"}
+PACKAGES = {"core", "v1", "policy", "reward", "reference", "learner", "training", "toy", "demo", "k8s", "label"}
 
 # package -> what it may import besides itself: a package, or a module (and the names in it)
 ALLOWED: dict[str, set[str]] = {
@@ -37,6 +37,9 @@ ALLOWED: dict[str, set[str]] = {
     "toy": PACKAGES,
     "demo": PACKAGES,  # the top of the stack: it runs every stage and reads the learner's checkpoints
     "k8s": {"core", "v1"},
+    # rlhf label writes the rankings that training reads: it checks each against the one row parser; it
+    # samples responses through the policy's client
+    "label": {"core", "v1", "training.preferences"} | FRONT_DOORS,
     "": {"core", "cli"},  # rlhf/cli.py, __main__.py: the packages' commands are found by name (COMMAND_MODULES)
 }
 CLI_ALSO = {"training"}  # `rlhf train sft|dpo|rm` are registered by the policy and reward CLIs
