@@ -173,3 +173,17 @@ def test_a_policy_that_cannot_be_reached_is_a_502_with_a_message(tmp_path):
     with label_server(config, sample=policy_sampler(config)) as url:
         status, reply = call(f"{url}/api/next")
         assert status == 502 and "policy service" in reply["error"]
+
+
+def test_prompts_pick_and_order_the_candidates(tmp_path, candidates, capsys):
+    from rlhf.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in (PROMPTS[2], PROMPTS[0])))
+    config = LabelConfig(prompts=str(prompts), candidates=str(candidates), out=str(tmp_path / "r.jsonl"), annotator="a")
+    with label_server(config) as url:
+        assert call(f"{url}/api/next")[1]["responses"] == RESPONSES[2]
+        assert call(f"{url}/api/next")[1]["remaining"] == 2
+    prompts.write_text(json.dumps({"prompt": "unknown"}) + "\n")
+    assert main(["label", "--prompts", str(prompts), "--candidates", str(candidates), "--out", config.out]) == 2
+    assert "has no responses for prompt 'unknown'" in capsys.readouterr().err

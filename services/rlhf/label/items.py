@@ -49,22 +49,30 @@ def load_items(config: LabelConfig) -> list[Item]:
         prompts = read_jsonl_field(config.prompts, "prompt")
         return [Item(i, p, n) for n, (i, p) in enumerate(zip(item_ids(prompts), prompts, strict=True))]
     candidates = _read_candidates(config.candidates)
-    prompts = read_jsonl_field(config.prompts, "prompt") if config.prompts else list(candidates)
-    missing = [p for p in prompts if p not in candidates]
-    if missing:
-        raise UserError(f"{config.candidates} has no responses for prompt {missing[0]!r} of {config.prompts}")
-    return [Item(i, p, n, list(candidates[p])) for n, (i, p) in enumerate(zip(item_ids(prompts), prompts, strict=True))]
+    if config.prompts:  # the candidates of each listed prompt, in the prompts file's order
+        by_prompt: dict[str, list[list[str]]] = {}
+        for prompt, responses in candidates:
+            by_prompt.setdefault(prompt, []).append(responses)
+        prompts = read_jsonl_field(config.prompts, "prompt")
+        missing = [p for p in prompts if not by_prompt.get(p)]
+        if missing:
+            raise UserError(f"{config.candidates} has no responses for prompt {missing[0]!r} of {config.prompts}")
+        candidates = [(p, by_prompt[p].pop(0) if len(by_prompt[p]) > 1 else by_prompt[p][0]) for p in prompts]
+    ids = item_ids([prompt for prompt, _ in candidates])
+    return [
+        Item(i, prompt, n, responses) for n, (i, (prompt, responses)) in enumerate(zip(ids, candidates, strict=True))
+    ]
 
 
-def _read_candidates(path: str) -> dict[str, list[str]]:
-    candidates = {}
+def _read_candidates(path: str) -> list[tuple[str, list[str]]]:
+    candidates = []
     for where, row in read_jsonl(path):
         prompt, responses = row.get("prompt"), row.get("responses")
         if not isinstance(prompt, str):
             raise UserError(f'{where}: needs a string "prompt"')
         if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
             raise UserError(f'{where}: "responses" must be a list of at least 2 strings')
-        candidates[prompt] = responses
+        candidates.append((prompt, responses))
     if not candidates:
         raise UserError(f"{path} holds no candidates")
     return candidates

@@ -127,10 +127,9 @@ def _mean(values: list[float]) -> float | None:
 
 def _parse(where: str, row: dict) -> tuple[str, list[str], list[int]]:
     """(annotator, responses, each response's tier) of a rankings line, checked as `rlhf train rm` checks it."""
-    ranking, ties = parse_row(row, where), row.get("ties", [])
-    if not isinstance(ties, list) or not all(isinstance(t, list) and set(t) <= set(ranking.order) for t in ties):
-        raise UserError(f"{where}: 'ties' must be a list of lists of response indices")
-    return str(row.get("annotator", "(unnamed)")), list(ranking.responses), levels(list(ranking.order), ties)
+    ranking = parse_row(row, where)
+    tiers = levels(list(ranking.order), [list(group) for group in ranking.ties])
+    return str(row.get("annotator", "(unnamed)")), list(ranking.responses), tiers
 
 
 def _item_key(row: dict) -> str:

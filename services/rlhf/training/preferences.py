@@ -4,6 +4,9 @@ Two row shapes, mixed freely in one file (JSONL, Parquet, or a cached Hugging Fa
 
     {"prompt": P, "chosen": A, "rejected": B}                        # pairwise: K = 2
     {"prompt": P, "responses": [y0, ..., yK-1], "ranking": [i, ...]}  # K-wise, indices best first
+    ... "ranking": [2, 0, 1, 3], "ties": [[0, 1]]}                    # 2 > {0, 1} > 3 (`rlhf label --ties`)
+
+Tied responses stand next to each other in "ranking"; the pairs among them are no comparison.
 
 A batch holds whole prompts: every comparison of a prompt lands in the same batch (InstructGPT's
 fix for the overfitting that comes from seeing a completion in K-1 separate updates), and each
@@ -29,10 +32,12 @@ class Ranking:
     prompt: str
     responses: tuple[str, ...]
     order: tuple[int, ...]
+    ties: tuple[frozenset[int], ...] = ()  # groups of responses ranked equal
 
     def comparisons(self) -> list[tuple[int, int]]:
-        """All C(K,2) (winner, loser) index pairs implied by the order."""
-        return list(itertools.combinations(self.order, 2))
+        """The (winner, loser) index pairs implied by the order: all C(K,2) of them, less the tied pairs."""
+        tied = {i: group for group in self.ties for i in group}
+        return [(w, lo) for w, lo in itertools.combinations(self.order, 2) if lo not in tied.get(w, ())]
 
 
 @dataclass
@@ -59,11 +64,31 @@ def parse_row(row: dict, where: str) -> Ranking:
             raise UserError(f"{where}: a ranking needs at least 2 responses, got {len(responses)}")
         if not isinstance(order, Sequence) or sorted(order) != list(range(len(responses))):
             raise UserError(f"{where}: 'ranking' must list each index 0..{len(responses) - 1} once, best first")
-        return Ranking(prompt, tuple(responses), tuple(int(i) for i in order))
+        order = tuple(int(i) for i in order)
+        return Ranking(prompt, tuple(responses), order, _ties(row.get("ties") or [], order, where))
     chosen, rejected = row.get("chosen"), row.get("rejected")
     if isinstance(chosen, str) and isinstance(rejected, str):
         return Ranking(prompt, (chosen, rejected), (0, 1))
     raise UserError(f"{where}: needs 'chosen' and 'rejected' strings, or 'responses' and 'ranking'")
+
+
+def _ties(ties, order: tuple[int, ...], where: str) -> tuple[frozenset[int], ...]:
+    """The tie groups, checked: each holds 2+ distinct indices that stand together in the order, in no other group."""
+    bad = UserError(f"{where}: 'ties' must be groups of 2+ response indices that stand together in 'ranking'")
+    if not isinstance(ties, list):
+        raise bad
+    groups: list[frozenset[int]] = []
+    for group in ties:
+        if not isinstance(group, list) or len(group) < 2 or not all(isinstance(i, int) for i in group):
+            raise bad
+        members = frozenset(group)
+        if len(members) != len(group) or not members <= set(order) or any(members & g for g in groups):
+            raise bad
+        positions = sorted(order.index(i) for i in members)
+        if positions[-1] - positions[0] != len(group) - 1:
+            raise bad
+        groups.append(members)
+    return tuple(groups)
 
 
 def load_rankings(source: str) -> list[Ranking]:

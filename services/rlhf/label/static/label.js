@@ -32,8 +32,10 @@ function showError(message) {
 async function start() {
   try {
     const session = await api("/api/session").catch((err) => {
-      if (err.status === 401) return { auth: true, annotator: null };
-      throw err;
+      if (err.status !== 401) throw err;
+      if (state.token) showError(err.message); // a wrong token: ask again
+      forgetToken();
+      return { auth: true, annotator: null };
     });
     state.ties = session.ties;
     state.annotator = session.annotator || (session.auth ? null : localStorage.getItem("rlhf-label-annotator"));
@@ -47,10 +49,16 @@ async function start() {
   }
 }
 
+function forgetToken() {
+  state.token = null;
+  localStorage.removeItem("rlhf-label-token");
+}
+
 function askLogin(auth) {
   $("login-label").textContent = auth ? "Your token" : "Your name";
   $("login-input").type = auth ? "password" : "text";
   $("login").hidden = false;
+  $("login-input").value = "";
   $("login-input").focus();
 }
 
@@ -89,8 +97,7 @@ async function loadNext() {
     render();
   } catch (err) {
     if (err.status === 401) {
-      localStorage.removeItem("rlhf-label-token");
-      state.token = null;
+      forgetToken();
       askLogin(true);
     }
     showError(err.message);
@@ -166,10 +173,11 @@ document.addEventListener("keydown", (event) => {
 });
 
 // Dragging with pointer events (mouse, pen and touch alike): the card follows the pointer through the list.
+// The listeners sit on the document: moving the card in the DOM would end a pointer capture on the card.
 function beginDrag(event, li) {
   const index = Number(li.dataset.index);
   state.selected = index;
-  li.setPointerCapture(event.pointerId);
+  event.preventDefault();
   li.classList.add("dragging", "selected");
   const onMove = (moveEvent) => {
     const over = [...$("responses").children].find((other) => {
@@ -187,18 +195,17 @@ function beginDrag(event, li) {
     state.order.splice(from, 1);
     state.order.splice(to, 0, index);
     state.tied.delete(index);
-    const dragged = li;
-    over.parentNode.insertBefore(dragged, after ? over.nextSibling : over);
+    over.parentNode.insertBefore(li, after ? over.nextSibling : over);
   };
   const onUp = () => {
-    li.removeEventListener("pointermove", onMove);
-    li.removeEventListener("pointerup", onUp);
-    li.removeEventListener("pointercancel", onUp);
+    document.removeEventListener("pointermove", onMove);
+    document.removeEventListener("pointerup", onUp);
+    document.removeEventListener("pointercancel", onUp);
     render();
   };
-  li.addEventListener("pointermove", onMove);
-  li.addEventListener("pointerup", onUp);
-  li.addEventListener("pointercancel", onUp);
+  document.addEventListener("pointermove", onMove);
+  document.addEventListener("pointerup", onUp);
+  document.addEventListener("pointercancel", onUp);
 }
 
 async function submit() {
