@@ -243,3 +243,13 @@ def by_length_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
     """Indices sorted by length, cut into chunks of `size`: in-process batches with little padding."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     return [order[s : s + size] for s in range(0, len(order), size)]
+
+
+def check_batch_settings(config) -> None:
+    """A service's batching flags make sense (every model service's config has these four), in one line if not."""
+    from rlhf.core.errors import UserError
+
+    if min(config.max_batch_size, config.max_items_per_request) < 1 or config.max_wait_ms < 0:
+        raise UserError("--max-batch-size and --max-items-per-request must be >= 1, --max-wait-ms >= 0")
+    if config.max_queue < config.max_items_per_request:
+        raise UserError("--max-queue must be at least --max-items-per-request")

@@ -10,7 +10,6 @@ import argparse
 import functools
 import inspect
 import json
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rlhf.core.errors import UserError
+from rlhf.core.flags import add_config_arguments, config_from_args, setting
 from rlhf.core.security import read_secret
 
 # The codes on which the same call may succeed when sent again: the server is down or still starting
@@ -52,44 +52,47 @@ def _service_config(max_attempts: int) -> str:
     )
 
 
+@dataclass(kw_only=True)
+class ClientTLS:
+    """A client's TLS files: the CA it trusts and, for servers that require mTLS, its own certificate and key.
+    Every command that calls a service takes them (`rlhf serve policy` and the learner with a prefix)."""
+
+    tls_ca: str | None = setting(None, env="RLHF_TLS_CA")
+    """CA certificate that signed the server's: connect with TLS"""
+    tls_cert: str | None = setting(None, env="RLHF_TLS_CLIENT_CERT")
+    """client certificate, PEM, for a server that requires mTLS (with the key)"""
+    tls_key: str | None = setting(None, env="RLHF_TLS_CLIENT_KEY")
+    """client private key, PEM, for the client certificate"""
+
+    def check_tls_pair(self, prefix: str = "") -> None:
+        """UserError unless the client certificate and key come together (`prefix`: the flags' prefix)."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise UserError(f"--{prefix}tls-cert and --{prefix}tls-key go together")
+
+
 @dataclass
-class ClientOptions:
-    timeout: float = 60.0  # deadline per call, seconds
-    max_attempts: int = 5  # gRPC caps retries at 5 attempts
-    max_message_mb: float = 64.0
-    auth_token: str | None = None
-    tls_ca: str | None = None  # CA that signed the server's certificate: turns on TLS
-    tls_cert: str | None = None  # client certificate for mTLS
-    tls_key: str | None = None
-    tls_server_name: str | None = None  # override the name checked against the server certificate
+class ClientOptions(ClientTLS):
+    timeout: float = 60.0
+    """deadline per call in seconds"""
+    max_attempts: int = setting(5, cli=False)  # gRPC caps retries at 5 attempts
+    max_message_mb: float = setting(64.0, cli=False)
+    auth_token_file: str | None = setting(None, env="RLHF_AUTH_TOKEN_FILE")
+    """send the bearer token in this file"""
+    auth_token: str | None = setting(None, cli=False)  # the token itself (default: read from auth_token_file)
+    tls_server_name: str | None = None
+    """expected server name in its certificate (default: the target's host)"""
+
+    def __post_init__(self) -> None:
+        if self.auth_token is None and self.auth_token_file:
+            self.auth_token = read_secret(self.auth_token_file)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        env = os.environ.get
-        g = parser.add_argument_group("connection")
-        g.add_argument("--timeout", type=float, default=60.0, help="deadline per call in seconds")
-        g.add_argument(
-            "--auth-token-file",
-            default=env("RLHF_AUTH_TOKEN_FILE"),
-            help="send this bearer token (env RLHF_AUTH_TOKEN_FILE)",
-        )
-        g.add_argument(
-            "--tls-ca", default=env("RLHF_TLS_CA"), help="CA certificate: connect with TLS (env RLHF_TLS_CA)"
-        )
-        g.add_argument("--tls-cert", default=env("RLHF_TLS_CLIENT_CERT"), help="client certificate for mTLS")
-        g.add_argument("--tls-key", default=env("RLHF_TLS_CLIENT_KEY"), help="client key for mTLS")
-        g.add_argument("--tls-server-name", default=None, help="expected server name in its certificate")
+        add_config_arguments(parser.add_argument_group("connection"), ClientOptions)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ClientOptions:
-        return cls(
-            timeout=args.timeout,
-            auth_token=read_secret(args.auth_token_file),
-            tls_ca=args.tls_ca,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_server_name=args.tls_server_name,
-        )
+        return config_from_args(args, cls)
 
 
 def _read(path: str | None) -> bytes | None:

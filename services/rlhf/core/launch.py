@@ -19,30 +19,35 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from rlhf.core.flags import add_config_arguments, config_flags, setting
+
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-LAUNCH_FLAGS = {"--nproc-per-node": 1, "--nnodes": 1, "--rdzv-endpoint": 1, "--rdzv-id": 1}
+GROUP = "distributed (torchrun)"
 SHUTDOWN_TIMEOUT_S = 10  # after a rank died: how long torchrun lets the others exit before SIGKILL
 
 
+@dataclass
+class LaunchOptions:
+    """Every `rlhf train` stage's launcher flags: above one rank, torchrun starts the ranks."""
+
+    nproc_per_node: int = setting(1, metavar="N", group=GROUP)
+    """ranks on this machine (one per GPU): above 1, torchrun starts them"""
+    nnodes: int = setting(1, metavar="M", group=GROUP)
+    """machines (pods) in the run"""
+    rdzv_endpoint: str | None = setting(None, metavar="HOST:PORT", group=GROUP)
+    """c10d rendezvous, on the first machine (needed with --nnodes above 1)"""
+    rdzv_id: str = setting("rlhf", group=GROUP)
+    """the run's rendezvous id, the same on every machine"""
+
+
+LAUNCH_FLAGS = {flag.name: 1 for flag in config_flags(LaunchOptions)}  # each takes one value
+
+
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("distributed (torchrun)")
-    group.add_argument(
-        "--nproc-per-node",
-        type=int,
-        default=1,
-        metavar="N",
-        help="ranks on this machine (one per GPU): above 1, torchrun starts them",
-    )
-    group.add_argument("--nnodes", type=int, default=1, metavar="M", help="machines (pods) in the run")
-    group.add_argument(
-        "--rdzv-endpoint",
-        default=None,
-        metavar="HOST:PORT",
-        help="c10d rendezvous, on the first machine (needed with --nnodes above 1)",
-    )
-    group.add_argument("--rdzv-id", default="rlhf", help="the run's rendezvous id, the same on every machine")
+    add_config_arguments(parser, LaunchOptions)
 
 
 def launched_by_torchrun() -> bool:

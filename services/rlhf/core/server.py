@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import errno
 import logging
-import os
 import signal
 import socket
 import threading
@@ -30,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from rlhf.core.decoding import MalformedRequestInterceptor
 from rlhf.core.errors import UserError
+from rlhf.core.flags import add_config_arguments, config_from_args, setting
 from rlhf.core.metrics import MetricsInterceptor, start_metrics_server
 from rlhf.core.security import BearerTokenInterceptor, read_secret, server_credentials
 
@@ -53,70 +53,44 @@ class Service(Protocol):
         """Release resources after in-flight RPCs have finished."""
 
 
+SERVER, SECURITY = "server", "security (off by default)"
+
+
 @dataclass
 class ServerOptions:
-    host: str = "127.0.0.1"
-    port: int = 0
-    max_message_mb: float = 64.0
-    metrics_port: int | None = None
-    health_port: int | None = None  # plaintext grpc.health.v1 only, for kubelet probes when the main port has TLS
-    auth_token_file: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
-    grace_seconds: float = 30.0
+    """The server settings of every service (`rlhf serve X`) and of the learner's control API; each command
+    sets its own --port default."""
+
+    host: str = setting("0.0.0.0", env="RLHF_HOST", group=SERVER)
+    """address to bind"""
+    port: int = setting(0, group=SERVER)
+    """gRPC port (0 picks a free one)"""
+    max_message_mb: float = setting(64.0, group=SERVER)
+    """largest request or response, in MiB"""
+    metrics_port: int | None = setting(None, env="RLHF_METRICS_PORT", group=SERVER)
+    """serve Prometheus /metrics on this port (off by default)"""
+    health_port: int | None = setting(None, env="RLHF_HEALTH_PORT", group=SERVER)
+    """also serve grpc.health.v1, and nothing else, in plaintext on this port: kubelet's gRPC probes cannot
+    speak TLS (off by default)"""
+    grace_seconds: float = setting(30.0, group=SERVER)
+    """how long shutdown waits for in-flight RPCs"""
+    auth_token_file: str | None = setting(None, env="RLHF_AUTH_TOKEN_FILE", group=SECURITY)
+    """require `authorization: Bearer <token>` on every RPC but health"""
+    tls_cert: str | None = setting(None, env="RLHF_TLS_CERT", group=SECURITY)
+    """server certificate, PEM"""
+    tls_key: str | None = setting(None, env="RLHF_TLS_KEY", group=SECURITY)
+    """server private key, PEM"""
+    tls_client_ca: str | None = setting(None, env="RLHF_TLS_CLIENT_CA", group=SECURITY)
+    """CA that client certificates must chain to: turns on mTLS"""
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
-        env = os.environ.get
-        g = parser.add_argument_group("server")
-        g.add_argument("--host", default=env("RLHF_HOST", "0.0.0.0"), help="address to bind (default 0.0.0.0)")
-        g.add_argument(
-            "--port", type=int, default=default_port, help=f"gRPC port (default {default_port}; 0 picks one)"
-        )
-        g.add_argument("--max-message-mb", type=float, default=64.0, help="largest request or response, in MiB")
-        g.add_argument(
-            "--metrics-port",
-            type=int,
-            default=int(env("RLHF_METRICS_PORT")) if env("RLHF_METRICS_PORT") else None,
-            help="serve Prometheus /metrics on this port (off by default; env RLHF_METRICS_PORT)",
-        )
-        g.add_argument(
-            "--health-port",
-            type=int,
-            default=int(env("RLHF_HEALTH_PORT")) if env("RLHF_HEALTH_PORT") else None,
-            help="also serve grpc.health.v1, and nothing else, in plaintext on this port: kubelet's gRPC probes "
-            "cannot speak TLS (off by default; env RLHF_HEALTH_PORT)",
-        )
-        g.add_argument("--grace-seconds", type=float, default=30.0, help="how long shutdown waits for in-flight RPCs")
-        s = parser.add_argument_group("security (off by default)")
-        s.add_argument(
-            "--auth-token-file",
-            default=env("RLHF_AUTH_TOKEN_FILE"),
-            help="require `authorization: Bearer <token>` on every RPC but health (env RLHF_AUTH_TOKEN_FILE)",
-        )
-        s.add_argument("--tls-cert", default=env("RLHF_TLS_CERT"), help="server certificate, PEM (env RLHF_TLS_CERT)")
-        s.add_argument("--tls-key", default=env("RLHF_TLS_KEY"), help="server private key, PEM (env RLHF_TLS_KEY)")
-        s.add_argument(
-            "--tls-client-ca",
-            default=env("RLHF_TLS_CLIENT_CA"),
-            help="CA that client certificates must chain to: turns on mTLS (env RLHF_TLS_CLIENT_CA)",
-        )
+        add_config_arguments(parser, ServerOptions)
+        parser.set_defaults(port=default_port)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerOptions:
-        return cls(
-            host=args.host,
-            port=args.port,
-            max_message_mb=args.max_message_mb,
-            metrics_port=args.metrics_port,
-            health_port=args.health_port,
-            auth_token_file=args.auth_token_file,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
-            grace_seconds=args.grace_seconds,
-        )
+        return config_from_args(args, cls)
 
     @property
     def max_message_bytes(self) -> int:

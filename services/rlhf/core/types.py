@@ -10,13 +10,21 @@ class GenerationParams:
     """Sampling settings for one Generate call. temperature == 0 means greedy decoding."""
 
     max_new_tokens: int = 64
+    """longest response"""
     temperature: float = 1.0
+    """0 is greedy"""
     top_p: float = 1.0
-    top_k: int = 0  # 0: no top-k truncation
+    """nucleus sampling: sample from the likeliest tokens whose probabilities add up to this"""
+    top_k: int = 0
+    """sample from the k likeliest tokens; 0: off"""
     seed: int | None = None
-    n: int = 1  # samples per prompt
+    """same seed and weights give the same samples"""
+    n: int = 1
+    """samples per prompt"""
     ignore_eos: bool = False
-    min_new_tokens: int = 0  # EOS is held back until the response has this many tokens
+    """keep sampling after EOS"""
+    min_new_tokens: int = 0
+    """no EOS before this many tokens: EOS is held back until the response has them"""
 
 
 @dataclass

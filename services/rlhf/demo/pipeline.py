@@ -13,10 +13,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from rlhf.core.errors import UserError
+from rlhf.core.flags import setting
 from rlhf.core.resources import die_with_parent
 from rlhf.toy.processes import RLHF_COMMAND, ServiceProcess
 
@@ -36,19 +38,35 @@ MODEL_SIZES = {  # name: (layers, hidden, heads)
 
 @dataclass
 class DemoConfig:
-    workdir: Path
+    """`rlhf demo`; its flags and --help are generated from the field docstrings (rlhf.core.flags)."""
+
+    workdir: Path | str = "demo-run"
+    """keeps every artifact; a rerun reuses finished stages"""
     steps: int = 60
+    """PPO steps"""
     fresh: bool = False
+    """redo every stage"""
     device: str = "cpu"
-    model_size: str = "tiny"
+    """cpu, cuda or auto"""
+    model_size: Literal["tiny", "small"] = "tiny"
+    """size of the bundled model"""
     data_scale: float = 1.0
+    """shrink or grow the synthetic data"""
     seed: int = 0
+    """seed of the model, data and every training stage"""
     ppo_batch_size: int = 32
-    rm_epochs: int = 1
+    """prompts per PPO step"""
+    rm_epochs: int = setting(1, cli=False)  # the recipe's (see above), not a knob
     kl_coef: float = 0.3
+    """beta: PPO's per-token KL penalty weight"""
     min_new_tokens: int = 4
+    """PPO samples: no EOS before this many tokens"""
     eval_prompts: int = 64
-    timings: dict[str, float] = field(default_factory=dict)
+    """held-out prompts for the final comparison"""
+    timings: dict[str, float] = setting(factory=dict, cli=False)  # filled in as the stages run
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
 
     @property
     def paths(self) -> dict[str, Path]:

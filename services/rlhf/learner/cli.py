@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 
 def register(commands) -> None:
     from rlhf.core.client import ClientOptions
     from rlhf.core.flags import add_config_arguments
-    from rlhf.core.launch import add_launch_arguments
-    from rlhf.core.server import ServerOptions
-    from rlhf.learner.config import DEFAULT_PORT, GRPO_DEFAULTS, PPOConfig
+    from rlhf.learner.config import GRPO_DEFAULTS, PPOConfig
 
     ppo = commands.train.add_parser(
         "ppo",
@@ -23,9 +20,7 @@ def register(commands) -> None:
         "the learner serves rlhf.v1.Learner on --port.",
     )
     add_config_arguments(ppo, PPOConfig)
-    ServerOptions.add_arguments(ppo, default_port=DEFAULT_PORT)
-    add_service_security_arguments(ppo)
-    add_launch_arguments(ppo)
+    add_learner_arguments(ppo)
     ppo.set_defaults(func=run_ppo)
 
     grpo = commands.train.add_parser(
@@ -37,9 +32,7 @@ def register(commands) -> None:
         "ratio-corrected) with --kl-coef 0.1. Every flag of `rlhf train ppo` applies.",
     )
     add_config_arguments(grpo, PPOConfig)
-    ServerOptions.add_arguments(grpo, default_port=DEFAULT_PORT)
-    add_service_security_arguments(grpo)
-    add_launch_arguments(grpo)
+    add_learner_arguments(grpo)
     grpo.set_defaults(func=run_ppo, **GRPO_DEFAULTS)
 
     learner = commands.top.add_parser("learner", help="talk to a running learner: status, watch, stop")
@@ -56,38 +49,20 @@ def register(commands) -> None:
         action.set_defaults(func=handler)
 
 
-def add_service_security_arguments(parser) -> None:
-    """The learner's side of auth and TLS towards the policy, reward and reference services."""
+def add_learner_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag of `rlhf train ppo` and `rlhf train grpo` but the run's (PPOConfig)."""
+    from rlhf.core.flags import add_config_arguments
+    from rlhf.core.launch import add_launch_arguments
+    from rlhf.core.server import ServerOptions
+    from rlhf.learner.config import DEFAULT_PORT, LearnerProcess
+
+    ServerOptions.add_arguments(parser, default_port=DEFAULT_PORT)
     parser._option_string_actions["--auth-token-file"].help = (
         "bearer token file: required on every RPC to this learner's control API, and sent on the learner's own "
         "calls to the policy, reward and reference services (env RLHF_AUTH_TOKEN_FILE)"
     )
-    env = os.environ.get
-    parser.add_argument(
-        "--service-tls-ca",
-        default=env("RLHF_TLS_CA"),
-        help="CA certificate: reach the services over TLS (env RLHF_TLS_CA)",
-    )
-    parser.add_argument(
-        "--service-tls-cert",
-        default=env("RLHF_TLS_CLIENT_CERT"),
-        help="client certificate, PEM: mTLS to services that require one (with --service-tls-key; "
-        "env RLHF_TLS_CLIENT_CERT)",
-    )
-    parser.add_argument(
-        "--service-tls-key",
-        default=env("RLHF_TLS_CLIENT_KEY"),
-        help="client private key, PEM, for --service-tls-cert (env RLHF_TLS_CLIENT_KEY)",
-    )
-    parser.add_argument(
-        "--signal-exit-code",
-        type=int,
-        default=0,
-        metavar="N",
-        help="exit status after SIGTERM or Ctrl-C stopped the run, checkpointed, before its last "
-        "step: the ppo Job sets 143, so that an evicted learner counts as failed (and is replaced, "
-        "or fails a multi-pod Job), not as done",
-    )
+    add_config_arguments(parser, LearnerProcess)
+    add_launch_arguments(parser)
 
 
 def connect_services(config, args: argparse.Namespace):
@@ -96,22 +71,20 @@ def connect_services(config, args: argparse.Namespace):
     import dataclasses
 
     from rlhf.core.client import ClientOptions, resolve_replicas, split_target
-    from rlhf.core.errors import UserError
-    from rlhf.core.security import read_secret
+    from rlhf.core.flags import config_from_args
+    from rlhf.learner.config import LearnerProcess
     from rlhf.learner.replicas import Services
     from rlhf.policy.client import PolicyClient
     from rlhf.reference.client import ReferenceClient
     from rlhf.reward.client import RewardClient
 
+    process = config_from_args(args, LearnerProcess)
+    process.service_tls.check_tls_pair("service-")
     options = ClientOptions(
         timeout=config.rpc_timeout,
-        auth_token=read_secret(args.auth_token_file),
-        tls_ca=args.service_tls_ca,
-        tls_cert=getattr(args, "service_tls_cert", None),
-        tls_key=getattr(args, "service_tls_key", None),
+        auth_token_file=args.auth_token_file,
+        **dataclasses.asdict(process.service_tls),
     )
-    if bool(options.tls_cert) != bool(options.tls_key):
-        raise UserError("--service-tls-cert and --service-tls-key go together")
     # A headless Service name stands for every policy pod: each one gets its own client, so rollouts
     # spread over all of them and every one receives the new weights.
     # The names are resolved again before every step, so pods added (or removed) mid-run are followed.

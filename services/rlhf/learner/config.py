@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from rlhf.core.client import ClientTLS
+from rlhf.core.flags import setting
 from rlhf.core.training_options import TrainingOptions
 
 DEFAULT_PORT = 50054
@@ -203,6 +205,19 @@ class PPOConfig(TrainingOptions):
     @property
     def policy_targets(self) -> list[str]:
         return [t.strip() for t in self.policy.split(",") if t.strip()]
+
+
+@dataclass
+class LearnerProcess:
+    """`rlhf train ppo` settings of the learner process rather than of its run: how it reaches the services (its
+    bearer token is the server's --auth-token-file) and how it exits."""
+
+    service_tls: ClientTLS = setting(factory=ClientTLS, prefix="service_")
+    """TLS towards the policy, reward and reference services: --service-tls-ca, --service-tls-cert,
+    --service-tls-key"""
+    signal_exit_code: int = setting(0, metavar="N")
+    """exit status after SIGTERM or Ctrl-C stopped the run, checkpointed, before its last step: the ppo Job sets
+    143, so that an evicted learner counts as failed (and is replaced, or fails a multi-pod Job), not as done"""
 
 
 def validate(config: PPOConfig) -> PPOConfig:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import logging
 import sys
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 from prometheus_client import Counter
@@ -25,10 +25,10 @@ from prometheus_client import Counter
 from rlhf.core.checks import InvalidRequest
 from rlhf.core.client import BaseClient, ClientOptions
 from rlhf.core.errors import UserError
-from rlhf.core.security import read_secret
 from rlhf.core.servicer import ModelServicer
 from rlhf.core.tensors import dtype_name
 from rlhf.core.weights import WeightStreamAssembler, WeightStreamError
+from rlhf.policy.config import PolicyServiceConfig
 from rlhf.policy.convert import params_from_proto, prompts_from_proto, sample_to_proto
 from rlhf.policy.model import PolicyModel, Row, RowResult
 from rlhf.v1 import common_pb2, learner_pb2, learner_pb2_grpc, policy_pb2, policy_pb2_grpc
@@ -36,26 +36,6 @@ from rlhf.v1 import common_pb2, learner_pb2, learner_pb2_grpc, policy_pb2, polic
 log = logging.getLogger("rlhf.policy")
 
 GENERATED_TOKENS = Counter("rlhf_generated_tokens", "Response tokens sampled by the policy service")
-
-
-@dataclass
-class PolicyServiceConfig:
-    model: str
-    device: str = "auto"
-    dtype: str = "float32"  # float32 keeps log-probs comparable with the reference and the learner
-    max_batch_size: int = 32
-    # Generation batches take 0.1-1 s, so a 50 ms window costs a lone client little, while a shorter one
-    # let clients that were slow to send their next request split into two half-full batches for good.
-    max_wait_ms: float = 50.0
-    max_items_per_request: int = 1024  # prompts x n
-    max_queue: int = 16384  # admission control: most rows waiting for a batch; beyond, RESOURCE_EXHAUSTED
-    learner: str | None = None  # HOST:PORT to pull the current weights from at start
-    learner_auth_token_file: str | None = None
-    learner_tls_ca: str | None = None  # the learner's CA: pull over TLS
-    learner_tls_cert: str | None = None  # this replica's client certificate, for a learner that wants mTLS
-    learner_tls_key: str | None = None
-    learner_timeout: float = 300.0  # the whole pull; a stall (no chunk for weights_stream_timeout) ends it sooner
-    weights_stream_timeout: float = 60.0  # an UpdateWeights stream with no chunk for this long is cut
 
 
 def keep_freed_memory() -> None:
@@ -184,10 +164,8 @@ class PolicyService(
         c = self.config
         options = ClientOptions(
             timeout=c.learner_timeout,
-            auth_token=read_secret(c.learner_auth_token_file),
-            tls_ca=c.learner_tls_ca,
-            tls_cert=c.learner_tls_cert,
-            tls_key=c.learner_tls_key,
+            auth_token_file=c.learner_auth_token_file,
+            **dataclasses.asdict(c.learner_tls),
         )
         try:
             version, tensors = await asyncio.to_thread(

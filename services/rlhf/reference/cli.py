@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_PORT = 50053
+from rlhf.core.flags import add_config_arguments, config_from_args
+from rlhf.reference.config import DEFAULT_PORT, ReferenceServiceConfig
 
 
 def register(commands) -> None:
@@ -12,21 +13,7 @@ def register(commands) -> None:
     from rlhf.core.server import ServerOptions
 
     serve = commands.serve.add_parser("reference", help="serve the frozen SFT model pi_SFT: LogProbs, GetModelInfo")
-    serve.add_argument("--model", required=True, help="causal LM dir to serve (the SFT model)")
-    serve.add_argument("--max-batch-size", type=int, default=32, help="most pairs in one forward pass (default 32)")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a request waits for a batch to fill")
-    serve.add_argument("--max-items-per-request", type=int, default=1024, help="most pairs in one request")
-    serve.add_argument(
-        "--max-queue",
-        type=int,
-        default=16384,
-        help="admission control: most pairs waiting for a batch; a request that would pass it "
-        "is answered RESOURCE_EXHAUSTED at once (clients back off and retry)",
-    )
-    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    serve.add_argument(
-        "--dtype", default="float32", help="auto, float32, bfloat16 or float16 (default float32: the KL term needs it)"
-    )
+    add_config_arguments(serve, ReferenceServiceConfig)
     ServerOptions.add_arguments(serve, default_port=DEFAULT_PORT)
     serve.set_defaults(func=_serve)
 
@@ -41,22 +28,12 @@ def register(commands) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from rlhf.core.batching import check_batch_settings
     from rlhf.core.server import ServerOptions, serve
-    from rlhf.reference.service import ReferenceService, ReferenceServiceConfig
+    from rlhf.reference.service import ReferenceService
 
-    if args.max_queue < args.max_items_per_request:
-        from rlhf.core.errors import UserError
-
-        raise UserError("--max-queue must be at least --max-items-per-request")
-    config = ReferenceServiceConfig(
-        model=args.model,
-        device=args.device,
-        dtype=args.dtype,
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
-        max_items_per_request=args.max_items_per_request,
-        max_queue=args.max_queue,
-    )
+    config = config_from_args(args, ReferenceServiceConfig)
+    check_batch_settings(config)
     return serve(ReferenceService(config), ServerOptions.from_args(args))
 
 

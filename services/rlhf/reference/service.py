@@ -10,28 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
 import grpc
 
 from rlhf.core.servicer import ModelServicer
+from rlhf.reference.config import ReferenceServiceConfig
 from rlhf.reference.model import ReferenceModel
 from rlhf.v1 import common_pb2, reference_pb2, reference_pb2_grpc
 
 log = logging.getLogger("rlhf.reference")
 
 Pair = tuple[list[int], list[int]]  # (prompt token ids, response token ids)
-
-
-@dataclass
-class ReferenceServiceConfig:
-    model: str
-    device: str = "auto"
-    dtype: str = "float32"  # float32: the KL term needs log-probs that agree with the learner's
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    max_items_per_request: int = 1024
-    max_queue: int = 16384  # admission control: most pairs waiting for a batch; beyond, RESOURCE_EXHAUSTED
 
 
 class ReferenceService(

@@ -60,6 +60,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from rlhf.core.batching import check_batch_settings
     from rlhf.core.errors import UserError
     from rlhf.core.modeling import check_model_path
     from rlhf.core.server import ServerOptions, serve
@@ -74,10 +75,9 @@ def _serve(args: argparse.Namespace) -> int:
         load_reward_function(config.function)  # a bad spec fails here, in one line, before the server starts
     else:
         check_model_path(config.model)
-    if min(config.max_batch_size, config.max_items_per_request, config.instances) < 1 or config.max_wait_ms < 0:
-        raise UserError("--max-batch-size, --max-items-per-request and --instances must be >= 1, --max-wait-ms >= 0")
-    if config.max_queue < config.max_items_per_request:
-        raise UserError("--max-queue must be at least --max-items-per-request")
+    check_batch_settings(config)
+    if config.instances < 1:
+        raise UserError("--instances must be >= 1")
     return serve(RewardService(config), ServerOptions.from_args(args))
 
 

@@ -1,0 +1,47 @@
+"""`rlhf serve policy` settings; its flags and --help are generated from the field docstrings (rlhf.core.flags).
+Kept apart from rlhf.policy.service so that building the CLI imports no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlhf.core.client import ClientTLS
+from rlhf.core.flags import setting
+
+DEFAULT_PORT = 50052  # rlhf serve policy
+
+
+@dataclass
+class PolicyServiceConfig:
+    """`rlhf serve policy` (the server flags themselves come from rlhf.core.server.ServerOptions)."""
+
+    model: str
+    """causal LM dir to serve (usually the SFT model)"""
+    device: str = "auto"
+    """auto, cpu, cuda, mps"""
+    dtype: str = "float32"
+    """auto, float32, bfloat16 or float16 (float32 keeps log-probs comparable with the reference's and the
+    learner's, and is what the learner sends)"""
+    max_batch_size: int = 32
+    """most samples decoded together"""
+    # Generation batches take 0.1-1 s, so a 50 ms window costs a lone client little, while a shorter one
+    # let clients that were slow to send their next request split into two half-full batches for good.
+    max_wait_ms: float = 50.0
+    """longest a request waits for its batch to fill"""
+    max_items_per_request: int = 1024
+    """most prompts x n in one request"""
+    max_queue: int = 16384
+    """admission control: most rows (prompts x n) waiting for a batch; a request that would pass it is answered
+    RESOURCE_EXHAUSTED at once (clients back off and retry)"""
+    learner: str | None = None
+    """learner HOST:PORT: pull its current weights at start (replicas added mid-run)"""
+    learner_auth_token_file: str | None = None
+    """bearer token for the learner, if it wants one"""
+    learner_tls: ClientTLS = setting(factory=ClientTLS, prefix="learner_")
+    """TLS towards the learner: --learner-tls-ca, --learner-tls-cert, --learner-tls-key"""
+    learner_timeout: float = 300.0
+    """seconds the whole start-up pull from --learner may take; a stall (no chunk for --weights-stream-timeout)
+    ends it sooner"""
+    weights_stream_timeout: float = 60.0
+    """seconds a weight stream may go without a chunk before it is cut, the served weights untouched: an
+    UpdateWeights push (DEADLINE_EXCEEDED) or the start-up GetWeights pull"""
