@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rlhf.core.errors import UserError
-from rlhf.reward.data import collate, parse_row
+from rlhf.training.preferences import collate, parse_row
 
 ROW = {"prompt": "p", "responses": ["a", "b", "c", "d"], "ranking": [2, 0, 1, 3]}
 
