@@ -163,7 +163,7 @@ ACCURACY_BOUND = 0.65
 def rule_candidates(path: Path, seed: int, n: int) -> list[dict]:
     import random
 
-    from rlhf.core.synthetic import TOPICS, make_prompt, make_response
+    from rlhf.toy.synthetic import TOPICS, make_prompt, make_response
 
     rng = random.Random(f"label-{seed}")
     rows = []
@@ -182,9 +182,9 @@ def test_rankings_made_in_the_browser_by_a_hidden_rule_train_a_reward_model_that
 ):
     from playwright.sync_api import expect
 
-    from rlhf.core.synthetic import ground_truth_score
-    from rlhf.core.tiny import TinyModelConfig, make_tiny_model
     from rlhf.reward.local import LocalReward
+    from rlhf.toy.synthetic import ground_truth_score
+    from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
     from tests.helpers import RLHF
 
     rows = rule_candidates(tmp_path / "candidates.jsonl", seed, ITEMS)
