@@ -187,3 +187,29 @@ def test_prompts_pick_and_order_the_candidates(tmp_path, candidates, capsys):
     prompts.write_text(json.dumps({"prompt": "unknown"}) + "\n")
     assert main(["label", "--prompts", str(prompts), "--candidates", str(candidates), "--out", config.out]) == 2
     assert "has no responses for prompt 'unknown'" in capsys.readouterr().err
+
+
+def test_the_page_forbids_inline_and_foreign_script(tmp_path, candidates):
+    import urllib.request
+
+    with label_server(LabelConfig(candidates=str(candidates), out=str(tmp_path / "r.jsonl"))) as url:
+        with urllib.request.urlopen(f"{url}/", timeout=30) as reply:
+            policy, page = reply.headers["Content-Security-Policy"], reply.read().decode()
+        with urllib.request.urlopen(f"{url}/static/label.js", timeout=30) as reply:
+            script = reply.read().decode()
+    assert "script-src 'self'" in policy and "default-src 'self'" in policy
+    assert "<script>" not in page and "http" not in page  # one same-origin script file, no CDN
+    assert "innerHTML" not in script and "textContent" in script
+
+
+def test_a_failure_of_our_own_is_a_500_with_one_line(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Hi"}) + "\n")
+    config = LabelConfig(prompts=str(prompts), out=str(tmp_path / "r.jsonl"), policy="unused:1", annotator="ana")
+
+    def broken_sampler(item):
+        raise RuntimeError("the sampler broke")
+
+    with label_server(config, sample=broken_sampler) as url:
+        status, reply = call(f"{url}/api/next")
+    assert (status, reply) == (500, {"error": "internal error: RuntimeError: the sampler broke"})
