@@ -91,3 +91,14 @@ def reward_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def vllm_policy(tiny_model_dir, tmp_path_factory):
+    """One `rlhf serve policy --engine vllm` process on the tiny model for the session (tests.engines); a test
+    that changes its weights first puts the model dir's back (tests.engines.with_model_dir_weights)."""
+    from tests.engines import served_policy
+
+    log = tmp_path_factory.mktemp("vllm") / "policy.log"
+    with served_policy("vllm", tiny_model_dir, log, max_wait_ms=50) as served:
+        yield served

@@ -13,5 +13,5 @@ __all__ = ["RLHF", "CliServer", "free_port"]
 class CliServer(ServiceProcess):
     """`rlhf serve <args>` in a subprocess; waits for SERVING; SIGTERM on exit."""
 
-    def __init__(self, args: list[str], log_path: Path | None = None, env: dict | None = None):
-        super().__init__(args, log_path=log_path, env={"RLHF_LOG_FORMAT": "text", **(env or {})})
+    def __init__(self, args: list[str], log_path: Path | None = None, env: dict | None = None, **options):
+        super().__init__(args, log_path=log_path, env={"RLHF_LOG_FORMAT": "text", **(env or {})}, **options)

@@ -6,22 +6,25 @@ import threading
 import grpc
 import pytest
 import torch
-from prometheus_client import REGISTRY
 
 from rlhf.core.modeling import load_tokenizer, tokenizer_fingerprint
-from rlhf.core.server import ServerOptions, ServerThread
 from rlhf.core.text import encode_prompt
 from rlhf.core.types import GenerationParams
 from rlhf.policy.client import PolicyClient
-from rlhf.policy.service import PolicyService, PolicyServiceConfig
+from tests.engines import ENGINES, fresh_policy
 
 PROMPTS = ["Human: Describe cats.\nAssistant:", [5, 6, 7], "Human: Tell me about rivers, please.\nAssistant:"]
 
 
+@pytest.fixture(scope="module", params=ENGINES)
+def served(request, tiny_model_dir):
+    with fresh_policy(request, request.param, tiny_model_dir, max_wait_ms=100) as served:
+        yield served
+
+
 @pytest.fixture(scope="module")
-def policy(tiny_model_dir):
-    service = PolicyService(PolicyServiceConfig(model=str(tiny_model_dir), device="cpu", max_wait_ms=100))
-    with ServerThread(service, ServerOptions(port=0)) as port, PolicyClient(f"127.0.0.1:{port}") as client:
+def policy(served):
+    with PolicyClient(served.target) as client:
         yield client
 
 
@@ -51,18 +54,18 @@ def test_generate_logprobs_equal_an_in_process_recomputation(policy, tiny_model_
     assert samples[0].response_token_ids != samples[1].response_token_ids  # n samples differ
 
 
-def _batched_rows() -> float:
-    return REGISTRY.get_sample_value("rlhf_batch_size_sum", {"service": "policy"}) or 0.0
+def _batched_rows(served) -> float:
+    return served.metric("rlhf_batch_size_sum", {"service": "policy"})
 
 
-def _batches() -> float:
-    return REGISTRY.get_sample_value("rlhf_batch_size_count", {"service": "policy"}) or 0.0
+def _batches(served) -> float:
+    return served.metric("rlhf_batch_size_count", {"service": "policy"})
 
 
-def test_same_seed_gives_the_same_samples_whatever_shares_the_batch(policy):
+def test_same_seed_gives_the_same_samples_whatever_shares_the_batch(policy, served):
     params = GenerationParams(max_new_tokens=10, seed=3, n=2)
     alone = policy.generate(PROMPTS[:1], params)
-    rows_before, batches_before = _batched_rows(), _batches()
+    rows_before, batches_before = _batched_rows(served), _batches(served)
     results: dict[int, list] = {}
 
     def call(i: int) -> None:
@@ -74,7 +77,7 @@ def test_same_seed_gives_the_same_samples_whatever_shares_the_batch(policy):
         t.start()
     for t in threads:
         t.join()
-    rows, batches = _batched_rows() - rows_before, _batches() - batches_before
+    rows, batches = _batched_rows(served) - rows_before, _batches(served) - batches_before
     assert rows == 12 and batches < 6  # concurrent requests shared model batches
     assert [s.response_token_ids for s in results[0]] == [s.response_token_ids for s in alone]
     for a, b in zip(results[0], alone, strict=True):

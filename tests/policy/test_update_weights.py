@@ -14,6 +14,7 @@ from rlhf.policy.client import PolicyClient
 from rlhf.policy.service import PolicyService, PolicyServiceConfig
 from rlhf.v1 import learner_pb2_grpc, policy_pb2, policy_pb2_grpc
 from rlhf.v1.common_pb2 import GetModelInfoRequest, WeightChunk
+from tests.engines import ENGINES, fresh_policy, served_policy
 
 EOS = 0  # the tiny tokenizer's EOS id
 GREEDY = GenerationParams(max_new_tokens=6, temperature=0)
@@ -34,11 +35,13 @@ def eos_weights(original) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.fixture
-def policy(tiny_model_dir):
-    """A fresh server per test: these tests change its weights."""
-    service = PolicyService(PolicyServiceConfig(model=str(tiny_model_dir), device="cpu", max_wait_ms=1))
-    with ServerThread(service, ServerOptions(port=0)) as port, PolicyClient(f"127.0.0.1:{port}") as client:
+@pytest.fixture(params=ENGINES)
+def policy(request, tiny_model_dir):
+    """A fresh server per test (these tests change its weights), under each engine."""
+    with (
+        fresh_policy(request, request.param, tiny_model_dir, max_wait_ms=1) as served,
+        PolicyClient(served.target) as client,
+    ):
         yield client
 
 
@@ -222,16 +225,16 @@ class WeightsOnlyLearner(learner_pb2_grpc.LearnerServicer):
             yield chunk
 
 
-def test_replica_started_mid_run_pulls_the_learners_weights(tiny_model_dir, original):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_replica_started_mid_run_pulls_the_learners_weights(tiny_model_dir, original, engine, tmp_path):
     learner = WeightsOnlyLearner({**original, **eos_weights(original)}, version=12)
-    with ServerThread(learner, ServerOptions(port=0)) as learner_port:
-        config = PolicyServiceConfig(model=str(tiny_model_dir), device="cpu", learner=f"127.0.0.1:{learner_port}")
-        with (
-            ServerThread(PolicyService(config), ServerOptions(port=0)) as port,
-            PolicyClient(f"127.0.0.1:{port}") as policy,
-        ):
-            assert policy.model_info().weights_version == 12
-            assert generated(policy) == ([EOS], 12)
+    with (
+        ServerThread(learner, ServerOptions(port=0)) as learner_port,
+        served_policy(engine, tiny_model_dir, tmp_path / "log", learner=f"127.0.0.1:{learner_port}") as served,
+        PolicyClient(served.target) as policy,
+    ):
+        assert policy.model_info().weights_version == 12
+        assert generated(policy) == ([EOS], 12)
 
 
 def test_unreachable_learner_leaves_the_model_dir_weights_as_version_0(tiny_model_dir, port):

@@ -4,11 +4,24 @@ Kept apart from rlhf.policy.service so that building the CLI imports no torch.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from rlhf.core.client import ClientTLS
 from rlhf.core.flags import setting
 
 DEFAULT_PORT = 50052  # rlhf serve policy
+
+
+@dataclass
+class VllmSettings:
+    """The vLLM engine's own settings (`--engine vllm`; docs/policy.md#the-vllm-engine)."""
+
+    kv_cache_gb: float = 2.0
+    """GiB of KV cache (per GPU; host memory on a CPU); vLLM's own sizing would take 0.9 of all memory"""
+    max_model_len: int = 0
+    """longest prompt + response the engine plans for (0: the model's context)"""
+    enforce_eager: bool = False
+    """no CUDA graphs or compilation: starts in seconds, samples slower"""
 
 
 @dataclass
@@ -45,3 +58,8 @@ class PolicyServiceConfig:
     weights_stream_timeout: float = 60.0
     """seconds a weight stream may go without a chunk before it is cut, the served weights untouched: an
     UpdateWeights push (DEADLINE_EXCEEDED) or the start-up GetWeights pull"""
+    engine: Literal["hf", "vllm"] = "hf"
+    """what samples: hf (transformers and this service's own KV-cache loop) or vllm (vLLM's engine in this
+    process, from its own environment: pip install 'rlhf[vllm]')"""
+    vllm: VllmSettings = setting(factory=VllmSettings, prefix="vllm_")
+    """--engine vllm: --vllm-kv-cache-gb, --vllm-max-model-len, --vllm-enforce-eager"""

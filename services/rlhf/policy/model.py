@@ -90,6 +90,11 @@ class PolicyModel:
         self.max_context = context_length(self.model.config)
         self.vocab_size = self.model.get_input_embeddings().num_embeddings
 
+    @property
+    def device(self) -> str:
+        """Where the sampling runs."""
+        return str(self.model.device)
+
     # -- requests -------------------------------------------------------------------------------
 
     def encode(self, prompt: PromptInput, what: str) -> list[int]:
@@ -112,6 +117,11 @@ class PolicyModel:
             )
             rows += [Row(ids, settings, params.seed, p * params.n + s, p) for s in range(params.n)]
         return rows
+
+    @staticmethod
+    def batch_key(row: Row) -> SamplingSettings:
+        """Rows that may share a batch have equal keys: this loop decodes one setting at a time."""
+        return row.settings
 
     def generate_rows(self, rows: Sequence[Row]) -> list[RowResult]:
         """One model batch; every row must have the same settings. Runs on the model thread."""

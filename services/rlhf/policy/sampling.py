@@ -40,14 +40,19 @@ class Decoded:
     finish_reason: str  # "eos" or "length"
 
 
+def row_seed(seed: int, row: int) -> int:
+    """Row `row`'s own 63-bit seed, from the request's seed: the n samples of a prompt differ."""
+    digest = hashlib.blake2b(f"{seed}:{row}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
 def row_generator(seed: int | None, row: int) -> torch.Generator:
     """The generator for row `row` of a request: from (seed, row) when seeded, fresh entropy otherwise."""
     generator = torch.Generator()
     if seed is None:
         generator.seed()
     else:
-        digest = hashlib.blake2b(f"{seed}:{row}".encode(), digest_size=8).digest()
-        generator.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+        generator.manual_seed(row_seed(seed, row))
     return generator
 
 

@@ -38,6 +38,15 @@ log = logging.getLogger("rlhf.policy")
 GENERATED_TOKENS = Counter("rlhf_generated_tokens", "Response tokens sampled by the policy service")
 
 
+def load_engine(c: PolicyServiceConfig) -> PolicyModel:
+    """The served model behind the chosen engine (both answer PolicyModel's interface)."""
+    if c.engine == "vllm":
+        from rlhf.policy.vllm_engine import VllmPolicyModel
+
+        return VllmPolicyModel(c.model, c.dtype, c.vllm)
+    return PolicyModel(c.model, c.device, c.dtype)
+
+
 def keep_freed_memory() -> None:
     """glibc: keep freed heap memory in the process rather than hand it back to the kernel.
 
@@ -144,15 +153,15 @@ class PolicyService(
 
     async def load(self) -> None:
         c = self.config
-        policy = await asyncio.to_thread(PolicyModel, c.model, c.device, c.dtype)
+        policy = await asyncio.to_thread(load_engine, c)
         if c.learner:
             await self._pull_from_learner(policy)
         self.serve_batched(
-            policy, policy.generate_rows, length_of=lambda row: len(row.prompt_ids), group_of=lambda row: row.settings
+            policy, policy.generate_rows, length_of=lambda row: len(row.prompt_ids), group_of=policy.batch_key
         )
         log.info(
             "policy loaded",
-            extra={"model": c.model, "weights_version": policy.version, "device": str(policy.model.device)},
+            extra={"model": c.model, "engine": c.engine, "weights_version": policy.version, "device": policy.device},
         )
 
     async def _pull_from_learner(self, policy: PolicyModel) -> None:

@@ -37,8 +37,10 @@ class ServiceProcess:
         env: dict | None = None,
         name: str = "",
         health_port: bool = False,
+        command: list[str] | None = None,
     ):
         self.args = args
+        self.command = command or RLHF_COMMAND  # another environment's `python -m rlhf.cli`, e.g. vLLM's
         self.name = name or (args[1] if len(args) > 1 else args[0])
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -53,7 +55,7 @@ class ServiceProcess:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
         self.proc = subprocess.Popen(
             [
-                *RLHF_COMMAND,
+                *self.command,
                 *self.args,
                 "--host",
                 "127.0.0.1",
