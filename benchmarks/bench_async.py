@@ -113,7 +113,7 @@ def run_learner(
 
 def one_seed(workdir: Path, settings: list[str], steps: int, samples: int, seed: int, split: dict) -> dict:
     """Every setting on one seed's models, against one set of services started on the services' cores."""
-    from rlhf.core.processes import ServiceProcess
+    from rlhf.toy.processes import ServiceProcess
 
     paths = algos.prepare(workdir, seed)
     held_out = [json.loads(line)["prompt"] for line in (paths["data"] / "prompts_eval.jsonl").read_text().splitlines()]
