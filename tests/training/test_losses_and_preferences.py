@@ -1,6 +1,7 @@
 """The K-wise loss on hand-computed values, per-prompt grouping, data loading, and bias folding."""
 
 import json
+import math
 import random
 from math import comb
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from rlhf.core.errors import UserError
-from rlhf.training.losses import kwise_loss, pairwise_accuracy
+from rlhf.training.losses import IGNORE, kwise_loss, pairwise_accuracy, response_nll_sum
 from rlhf.training.preferences import Ranking, collate, load_rankings, prompt_batches, split_rankings
 
 # -log sigma(x) = log(1 + e^-x), by hand:
@@ -132,3 +133,12 @@ def test_split_holds_out_whole_prompts():
     assert len(held_out) == 10 and len(train) == 40
     assert not {r.prompt for r in train} & {r.prompt for r in held_out}
     assert split_rankings(rankings, 0.2, seed=3) == (train, held_out)  # seeded
+
+
+def test_response_nll_counts_only_labelled_tokens_each_predicted_by_the_position_before():
+    logits = torch.zeros(1, 4, 5)  # (B, T, V): uniform, -log p = log 5 everywhere
+    logits[0, 1, 3] = 100.0  # position 1 predicts token 3 at position 2 almost surely
+    labels = torch.tensor([[IGNORE, IGNORE, 3, 1]])  # prompt, prompt, response, response
+    loss, count = response_nll_sum(logits, labels)
+    assert count == 2
+    assert loss.item() == pytest.approx(math.log(5), abs=1e-4)  # ~0 for the first response token

@@ -8,7 +8,8 @@ import torch
 from rlhf.core.logprobs import response_logprobs
 from rlhf.core.text import Encoded
 from rlhf.toy.synthetic import topic_of
-from rlhf.training.sft import IGNORE, SFTConfig, collate, load_pairs, response_loss_sum, train_sft
+from rlhf.training.losses import IGNORE
+from rlhf.training.sft import SFTConfig, collate, load_pairs, response_loss_sum, train_sft
 
 EXAMPLES = [Encoded([10, 11, 12], [20, 21, 0]), Encoded([13], [22, 0])]
 

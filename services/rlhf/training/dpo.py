@@ -3,11 +3,8 @@
     rlhf train dpo --model models/sft --data data/preferences.jsonl --out models/dpo \
         [--reference localhost:50053] [--loss sigmoid|ipo] [--beta 0.1] [--label-smoothing 0.0]
 
-With h = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) - log pi_ref(y_l|x)] per comparison:
-
-    sigmoid (DPO)   -log sigma(beta h)
-      + smoothing   -(1 - e) log sigma(beta h) - e log sigma(-beta h)    (cDPO: labels flipped with prob e)
-    ipo             (h - 1 / (2 beta))^2, on per-token mean log-probs    (as TRL does)
+The losses, per comparison, are in rlhf.training.losses (sigmoid for DPO and cDPO, and IPO, which reads
+per-token mean log-probs, as TRL does).
 
 The data is the reward model's: K-wise rankings expand to their C(K,2) comparisons, and a batch holds
 whole prompts. log pi_ref is computed once per (prompt, response) before training, by the reference
@@ -24,30 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from rlhf.core.errors import UserError
 from rlhf.core.text import Encoded
 from rlhf.training.config import DPOConfig
+from rlhf.training.losses import ipo_loss, preference_logits, sigmoid_loss
 
 log = logging.getLogger("rlhf.dpo")
-
-
-def preference_logits(
-    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor
-) -> torch.Tensor:
-    """h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)), per comparison."""
-    return (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-
-
-def sigmoid_loss(h: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
-    """DPO: -log sigma(beta h); with smoothing e, cDPO's -(1 - e) log sigma(beta h) - e log sigma(-beta h)."""
-    return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
-
-
-def ipo_loss(h: torch.Tensor, beta: float) -> torch.Tensor:
-    """IPO: (h - 1/(2 beta))^2, pulling the log-ratio margin to a fixed target instead of to infinity."""
-    return (h - 1 / (2 * beta)) ** 2
 
 
 def dpo_loss(h: torch.Tensor, config: DPOConfig) -> torch.Tensor:

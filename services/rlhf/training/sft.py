@@ -5,7 +5,7 @@
 
 Each JSONL line is {"prompt", "response"} ("completion" is accepted for "response"). The loss
 is next-token cross-entropy on the response tokens only: prompt and padding positions get the
-label -100 and drop out. Prompt and response are tokenized separately, EOS closes the response,
+label -100 and drop out (rlhf.training.losses). Prompt and response are tokenized separately, EOS closes the response,
 and over-long pairs keep the whole response and the end of the prompt (rlhf.core.text), the
 same ids the policy service and the learner see. One epoch by default, because more overfits.
 
@@ -50,10 +50,9 @@ from rlhf.core.training import (
     unsharded,
     weights_dtype,
 )
+from rlhf.training.losses import IGNORE, response_nll_sum
 
 log = logging.getLogger("rlhf.sft")
-
-IGNORE = -100  # label of positions that do not count towards the loss
 
 
 @dataclass
@@ -126,11 +125,7 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]
 def response_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the labelled (response) tokens, and how many there are."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-    targets = batch["labels"][:, 1:]  # the token at t+1 is predicted by the logits at t
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-    )
-    return loss, int((targets != IGNORE).sum())
+    return response_nll_sum(logits, batch["labels"])
 
 
 def summed_over_ranks(*values: float, device: torch.device) -> list[float]:
