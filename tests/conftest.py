@@ -25,6 +25,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A tiny Llama-layout model whose ChatML template ends each turn with the special token <|im_end|>."""
+    from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", TinyModelConfig(layout="llama"))
+
+
+@pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """The synthetic task at full size (files are small; tests take what they need)."""
     from rlhf.toy.synthetic import write_task

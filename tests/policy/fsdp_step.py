@@ -18,7 +18,8 @@ from rlhf.core.text import encode_pair, encode_pairs
 from rlhf.core.training import TrainingOptions, disable_dropout, trainable_parameters
 from rlhf.training.preferences import collate, completions, load_rankings
 from rlhf.training.rm import comparison_loss
-from rlhf.training.sft import batch_loss, load_pairs
+from rlhf.training.sft import batch_loss
+from rlhf.training.sft_data import load_rows
 
 CPU = torch.device("cpu")
 MAX_NORM = 0.1  # below the gradients' norm: the clipping acts
@@ -39,7 +40,7 @@ def one_step(model: torch.nn.Module, loss_of) -> dict:
 
 def sft_step(model_dir: str, data: str, rows: int) -> dict:
     tokenizer = load_tokenizer(model_dir)
-    examples = [encode_pair(tokenizer, p, r, 64) for p, r in load_pairs(data)[:rows]]
+    examples = [encode_pair(tokenizer, p, r, 64) for p, r in load_rows(data)[:rows]]
     model = load_causal_lm(model_dir, CPU, torch.float32)
     disable_dropout(model)  # dropout's masks would fall on other rows under two ranks
     return one_step(model, lambda m: batch_loss(m, examples, tokenizer.pad_token_id, TrainingOptions()))

@@ -9,7 +9,8 @@ from rlhf.core.logprobs import response_logprobs
 from rlhf.core.text import Encoded
 from rlhf.toy.synthetic import topic_of
 from rlhf.training.losses import IGNORE
-from rlhf.training.sft import SFTConfig, collate, load_pairs, response_loss_sum, train_sft
+from rlhf.training.sft import SFTConfig, collate, response_loss_sum, train_sft
+from rlhf.training.sft_data import load_rows
 
 EXAMPLES = [Encoded([10, 11, 12], [20, 21, 0]), Encoded([13], [22, 0])]
 
@@ -42,19 +43,19 @@ def test_completion_is_accepted_for_response_and_bad_lines_are_named(tmp_path):
 
     data = tmp_path / "sft.jsonl"
     data.write_text('{"prompt": "a", "completion": " b"}\n\n{"prompt": "c", "response": " d"}\n')
-    assert load_pairs(data) == [("a", " b"), ("c", " d")]
+    assert load_rows(data) == [("a", " b"), ("c", " d")]
     data.write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "c"}\n')
     with pytest.raises(UserError, match=r"sft.jsonl:2: expected"):
-        load_pairs(data)
+        load_rows(data)
 
 
 def test_a_text_line_is_plain_text_trained_on_every_token_after_the_first(tmp_path, tiny_model_dir):
     from rlhf.core.modeling import load_tokenizer
-    from rlhf.training.sft import encode_text
+    from rlhf.training.sft_data import encode_text
 
     data = tmp_path / "mixed.jsonl"
     data.write_text('{"text": "The cats look warm."}\n{"prompt": "a", "response": " b"}\n')
-    pairs = load_pairs(data)
+    pairs = load_rows(data)
     assert pairs == [(None, "The cats look warm."), ("a", " b")]
     tokenizer = load_tokenizer(tiny_model_dir)
     encoded = encode_text(tokenizer, pairs[0][1], max_length=64)
@@ -69,7 +70,7 @@ def test_a_text_line_is_plain_text_trained_on_every_token_after_the_first(tmp_pa
     from rlhf.core.errors import UserError
 
     with pytest.raises(UserError, match=r'mixed.jsonl:1: expected .*"text" alone'):
-        load_pairs(data)
+        load_rows(data)
 
 
 @pytest.mark.slow

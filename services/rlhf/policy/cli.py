@@ -19,7 +19,8 @@ def register(commands) -> None:
         "--data",
         required=True,
         help='JSONL, one {"prompt", "response"} per line ("completion" works); a {"text"} line is '
-        "plain text, trained on every token (continued pretraining)",
+        'plain text, trained on every token (continued pretraining); or conversations: {"messages": [...]}, '
+        '{"prompt": [...], "completion": [...]}',
     )
     sft.add_argument("--out", required=True, help="model dir to write (with its tokenizer)")
     sft.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1: more overfits)")
@@ -35,6 +36,12 @@ def register(commands) -> None:
     sft.add_argument("--seed", type=int, default=0, help="seed of the held-out split, shuffling and dropout")
     sft.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     sft.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the gradient's norm to this")
+    sft.add_argument(
+        "--loss-on",
+        choices=["assistant", "completion", "all"],
+        help="where the loss falls (default: a response, a conversation's assistant turns, a completion)",
+    )
+    sft.add_argument("--chat-template", default="", help="Jinja chat template file, in place of the tokenizer's own")
     from rlhf.core.launch import add_launch_arguments
     from rlhf.core.training_options import TrainingOptions
 

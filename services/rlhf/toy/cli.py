@@ -14,6 +14,9 @@ def register(commands) -> None:
     tiny.add_argument("--heads", type=int, default=4, help="attention heads")
     tiny.add_argument("--context", type=int, default=256, help="context length in tokens")
     tiny.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size")
+    tiny.add_argument(
+        "--layout", choices=["gpt2", "llama"], default="gpt2", help="architecture (llama: <|im_end|> ends a turn)"
+    )
     tiny.set_defaults(func=_tiny_model)
 
     data = commands.top.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
@@ -45,6 +48,7 @@ def _tiny_model(args: argparse.Namespace) -> int:
         n_head=args.heads,
         n_positions=args.context,
         seed=args.seed,
+        layout=args.layout,
     )
     out = make_tiny_model(args.out, config)
     from transformers import AutoModelForCausalLM

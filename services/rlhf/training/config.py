@@ -38,6 +38,8 @@ class RewardTrainConfig(TrainingOptions):
     """AdamW weight decay"""
     adam_beta2: float = 0.999
     """AdamW beta2; 0.95 (as in GPT-3) helps small models learn the task"""
+    chat_template: str = ""
+    """Jinja chat template file for conversational data, in place of the tokenizer's own"""
 
 
 @dataclass
@@ -73,3 +75,5 @@ class DPOConfig(TrainingOptions):
     """auto, cpu, cuda, mps"""
     max_grad_norm: float = 1.0
     """gradient clipping"""
+    chat_template: str = ""
+    """Jinja chat template file for conversational data, in place of the tokenizer's own"""

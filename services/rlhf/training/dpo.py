@@ -139,6 +139,7 @@ def evaluate(model, rankings, encoded: dict, ref: dict, config: DPOConfig, pad_i
 def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
     from tqdm.auto import tqdm
 
+    from rlhf.core.chat import use_chat_template
     from rlhf.core.modeling import context_length, load_causal_lm, load_tokenizer, resolve_device
     from rlhf.core.text import encode_pair
     from rlhf.core.training import (
@@ -151,16 +152,24 @@ def train_dpo(config: DPOConfig, progress: bool = True) -> DPOResult:
         trainable_parameters,
         weights_dtype,
     )
-    from rlhf.training.preferences import completions, load_rankings, prompt_batches, split_rankings
+    from rlhf.training.preferences import (
+        completions,
+        load_rankings,
+        prompt_batches,
+        render_rankings,
+        split_rankings,
+    )
 
     check_config(config)
     rankings = load_rankings(config.data)  # before any model loads: bad data fails at once
     if not rankings:
         raise UserError(f"no preference rows in {config.data}")
-    train_set, eval_set = split_rankings(rankings, config.eval_fraction, config.seed)
+    split_rankings(rankings, config.eval_fraction, config.seed)  # a bad fraction fails before any model loads
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = use_chat_template(load_tokenizer(config.model), config.chat_template)
+    rankings = render_rankings(rankings, tokenizer)
+    train_set, eval_set = split_rankings(rankings, config.eval_fraction, config.seed)
     pad_id = tokenizer.pad_token_id
     check_precision(config, device)
     # Dropout off (eval mode, or off in train mode under gradient checkpointing) while training: at step 0 pi

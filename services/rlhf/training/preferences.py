@@ -8,6 +8,11 @@ Two row shapes, mixed freely in one file (JSONL, Parquet, or a cached Hugging Fa
 
 Tied responses stand next to each other in "ranking"; the pairs among them are no comparison.
 
+In the conversational form P and each response are lists of messages (rlhf.core.chat), and "prompt" may be left
+out of a chosen/rejected row: the messages the two conversations share from the start become the prompt. One
+file holds one form. render_rankings turns conversational rankings into text with the model's chat template
+once its tokenizer is loaded: the prompt with the generation prompt, each response as what follows it.
+
 A batch holds whole prompts: every comparison of a prompt lands in the same batch (InstructGPT's
 fix for the overfitting that comes from seeing a completion in K-1 separate updates), and each
 distinct (prompt, response) is encoded once per batch however many comparisons it takes part in.
@@ -18,9 +23,10 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from rlhf.core.chat import Conversation, is_conversation, parse_conversation, render, render_completion
 from rlhf.core.errors import UserError
 from rlhf.core.jsonl import read_jsonl
 
@@ -29,10 +35,15 @@ from rlhf.core.jsonl import read_jsonl
 class Ranking:
     """One prompt's responses, ordered by preference: `order[0]` indexes the best response."""
 
-    prompt: str
-    responses: tuple[str, ...]
+    prompt: str | Conversation
+    responses: tuple[str, ...] | tuple[Conversation, ...]
     order: tuple[int, ...]
     ties: tuple[frozenset[int], ...] = ()  # groups of responses ranked equal
+    where: str = field(default="", compare=False)  # the row it came from, for rendering errors
+
+    @property
+    def is_conversation(self) -> bool:
+        return isinstance(self.prompt, tuple)
 
     def comparisons(self) -> list[tuple[int, int]]:
         """The (winner, loser) index pairs implied by the order: all C(K,2) of them, less the tied pairs."""
@@ -52,7 +63,11 @@ class ComparisonBatch:
 
 
 def parse_row(row: dict, where: str) -> Ranking:
-    """A Ranking from either row shape; `where` names the row in error messages."""
+    """A Ranking from either row shape, standard or conversational; `where` names the row in error messages."""
+    if any(is_conversation(row.get(key)) for key in ("prompt", "chosen", "rejected")) or any(
+        is_conversation(r) for r in row.get("responses") or []
+    ):
+        return parse_conversational_row(row, where)
     prompt = row.get("prompt")
     if not isinstance(prompt, str):
         raise UserError(f"{where}: needs a string 'prompt'")
@@ -65,11 +80,52 @@ def parse_row(row: dict, where: str) -> Ranking:
         if not isinstance(order, Sequence) or sorted(order) != list(range(len(responses))):
             raise UserError(f"{where}: 'ranking' must list each index 0..{len(responses) - 1} once, best first")
         order = tuple(int(i) for i in order)
-        return Ranking(prompt, tuple(responses), order, _ties(row.get("ties") or [], order, where))
+        return Ranking(prompt, tuple(responses), order, _ties(row.get("ties") or [], order, where), where)
     chosen, rejected = row.get("chosen"), row.get("rejected")
     if isinstance(chosen, str) and isinstance(rejected, str):
-        return Ranking(prompt, (chosen, rejected), (0, 1))
+        return Ranking(prompt, (chosen, rejected), (0, 1), where=where)
     raise UserError(f"{where}: needs 'chosen' and 'rejected' strings, or 'responses' and 'ranking'")
+
+
+def parse_conversational_row(row: dict, where: str) -> Ranking:
+    if row.get("responses") is not None or row.get("ranking") is not None:
+        responses = row.get("responses")
+        if not isinstance(responses, list):
+            raise UserError(f"{where}: 'responses' must be a list of conversations")
+        texts = [f"r{i}" for i in range(len(responses))]
+        ranking = parse_row({**row, "prompt": "", "responses": texts}, where)  # checks ranking and ties
+        prompt = parse_conversation(row.get("prompt"), where, "prompt")
+        conversations = tuple(parse_conversation(r, where, f"responses[{i}]") for i, r in enumerate(responses))
+        return replace(ranking, prompt=prompt, responses=conversations, where=where)
+    chosen = parse_conversation(row.get("chosen"), where, "chosen")
+    rejected = parse_conversation(row.get("rejected"), where, "rejected")
+    if row.get("prompt") is not None:
+        return Ranking(parse_conversation(row["prompt"], where, "prompt"), (chosen, rejected), (0, 1), where=where)
+    prompt, chosen, rejected = split_shared_prompt(chosen, rejected, where)
+    return Ranking(prompt, (chosen, rejected), (0, 1), where=where)
+
+
+def split_shared_prompt(
+    chosen: Conversation, rejected: Conversation, where: str
+) -> tuple[Conversation, Conversation, Conversation]:
+    """The implicit prompt: the messages both conversations open with; then what follows it in each."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0 or shared == len(chosen) or shared == len(rejected):
+        raise UserError(f"{where}: 'chosen' and 'rejected' must share a prompt and then differ (no 'prompt' given)")
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def render_rankings(rankings: Sequence[Ranking], tokenizer) -> list[Ranking]:
+    """Conversational rankings as text rendered with the tokenizer's chat template; standard ones as they are."""
+    return [render_ranking(r, tokenizer) if r.is_conversation else r for r in rankings]
+
+
+def render_ranking(ranking: Ranking, tokenizer) -> Ranking:
+    prompt = render(tokenizer, ranking.prompt, generation_prompt=True, where=ranking.where)
+    responses = tuple(render_completion(tokenizer, ranking.prompt, y, ranking.where)[1] for y in ranking.responses)
+    return replace(ranking, prompt=prompt, responses=responses)
 
 
 def _ties(ties, order: tuple[int, ...], where: str) -> tuple[frozenset[int], ...]:
@@ -95,12 +151,22 @@ def load_rankings(source: str) -> list[Ranking]:
     """Rankings from a .jsonl/.json-lines file, a .parquet file, or a cached `datasets` name[:split]."""
     path = Path(source)
     if path.suffix == ".parquet":
-        return [parse_row(row, f"{source} row {i}") for i, row in enumerate(_parquet_rows(path))]
-    if path.exists():
-        return [parse_row(row, where) for where, row in read_jsonl(path)]
-    if source.startswith((".", "/")) or path.suffix in (".jsonl", ".json"):
+        rows = [(f"{source} row {i}", row) for i, row in enumerate(_parquet_rows(path))]
+    elif path.exists():
+        rows = read_jsonl(path)
+    elif source.startswith((".", "/")) or path.suffix in (".jsonl", ".json"):
         raise UserError(f"preference data {source} does not exist")
-    return [parse_row(row, f"{source} row {i}") for i, row in enumerate(_dataset_rows(source))]
+    else:
+        rows = [(f"{source} row {i}", row) for i, row in enumerate(_dataset_rows(source))]
+    return one_form([parse_row(row, where) for where, row in rows])
+
+
+def one_form(rankings: list[Ranking]) -> list[Ranking]:
+    """The rankings, if all standard or all conversational; else a one-line error naming the first odd row."""
+    odd = next((r for r in rankings if r.is_conversation != rankings[0].is_conversation), None)
+    if odd is not None:
+        raise UserError(f"{odd.where}: standard (string) and conversational (messages) rows are mixed in one file")
+    return rankings
 
 
 def _parquet_rows(path: Path) -> list[dict]:

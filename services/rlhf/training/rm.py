@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from rlhf.core.batching import by_length_chunks
+from rlhf.core.chat import use_chat_template
 from rlhf.core.distributed import (
     all_gather_objects,
     all_reduce_sum,
@@ -67,6 +68,7 @@ from rlhf.training.preferences import (
     completions,
     load_rankings,
     prompt_batches,
+    render_rankings,
     split_rankings,
 )
 
@@ -116,7 +118,8 @@ def fit(config: RewardTrainConfig, train_set, eval_set, progress: bool) -> Train
     device = resolve_device(rank_device(config.device))
     check_precision(config, device)
     torch.manual_seed(config.seed)  # the same on every rank: the same head (and LoRA) init everywhere
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = use_chat_template(load_tokenizer(config.model), config.chat_template)
+    train_set, eval_set = render_rankings(train_set, tokenizer), render_rankings(eval_set, tokenizer)
     # Under torchrun the model loads on the CPU and moves to the GPU shard by shard (rlhf.core.distributed.shard).
     model, extra_trained = load_model(config, tokenizer, torch.device("cpu") if is_distributed() else device)
     model = shard(model, device)

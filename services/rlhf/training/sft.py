@@ -3,8 +3,10 @@
     rlhf train sft --model models/base --data data/sft.jsonl --out models/sft [--epochs 1 --lr 5e-5]
     torchrun --nproc-per-node 4 --local-ranks-filter 0 -m rlhf train sft ...    # data-parallel, FSDP2
 
-Each JSONL line is {"prompt", "response"} ("completion" is accepted for "response"). The loss
-is next-token cross-entropy on the response tokens only: prompt and padding positions get the
+Each JSONL line is {"prompt", "response"} ("completion" is accepted for "response"), or a conversation:
+{"messages": [...]} or {"prompt": [messages], "completion": [messages]} (rlhf.training.sft_data), rendered
+with the model's chat template (or --chat-template). The loss is next-token cross-entropy on the response
+tokens only (the assistant turns, the completion; --loss-on moves it): prompt and padding positions get the
 label -100 and drop out (rlhf.training.losses). Prompt and response are tokenized separately, EOS closes the response,
 and over-long pairs keep the whole response and the end of the prompt (rlhf.core.text), the
 same ids the policy service and the learner see. One epoch by default, because more overfits.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from rlhf.core.chat import use_chat_template
 from rlhf.core.distributed import (
     all_reduce_sum,
     batch_share,
@@ -36,8 +39,7 @@ from rlhf.core.distributed import (
     world,
 )
 from rlhf.core.errors import UserError
-from rlhf.core.jsonl import read_jsonl
-from rlhf.core.text import Encoded, encode_pair, encode_prompt, encode_response
+from rlhf.core.text import Encoded
 from rlhf.core.training import (
     TrainingOptions,
     autocast,
@@ -51,6 +53,7 @@ from rlhf.core.training import (
     weights_dtype,
 )
 from rlhf.training.losses import IGNORE, response_nll_sum
+from rlhf.training.sft_data import Example, SFTRow, as_example, check_loss_on, encode_row, load_rows
 
 log = logging.getLogger("rlhf.sft")
 
@@ -68,6 +71,8 @@ class SFTConfig(TrainingOptions):
     seed: int = 0  # split, shuffling and dropout
     device: str = "auto"  # auto, cpu, cuda, mps
     max_grad_norm: float = 1.0  # gradient clipping
+    loss_on: str | None = None  # assistant, completion or all (default: the response, assistant turns, completion)
+    chat_template: str = ""  # a Jinja chat template file, in place of the tokenizer's own
 
 
 @dataclass
@@ -80,45 +85,18 @@ class SFTResult:
     train_loss: float  # mean over the last epoch's batches
 
 
-def load_pairs(path: str | Path) -> list[tuple[str | None, str]]:
-    """(prompt, response) pairs from JSONL; a bad line is a one-line error naming it. A {"text"} row is plain
-    text (continued pretraining), (None, text): no prompt, the loss on every token (encode_text)."""
-    pairs: list[tuple[str | None, str]] = []
-    for where, row in read_jsonl(path):
-        if set(row) == {"text"} and isinstance(row["text"], str):
-            pairs.append((None, row["text"]))
-            continue
-        prompt, response = row.get("prompt"), row.get("response", row.get("completion"))
-        if not isinstance(prompt, str) or not isinstance(response, str):
-            raise UserError(
-                f'{where}: expected string fields "prompt" and "response" (or "completion"), or "text" alone'
-            )
-        pairs.append((prompt, response))
-    if not pairs:
-        raise UserError(f"{path} holds no examples")
-    return pairs
-
-
-def encode_text(tokenizer, text: str, max_length: int) -> Encoded:
-    """A {"text"} row: the tokenizer's own prompt for no text (BOS, where it adds one), then the text and EOS;
-    a text longer than max_length keeps its start, as pretraining does (a pair keeps the end of its prompt)."""
-    prompt = encode_prompt(tokenizer, "")[:1]
-    response = encode_response(tokenizer, text)
-    room = max(max_length - len(prompt), 1)
-    return Encoded(prompt, response[:room], truncated=len(response) > room)
-
-
-def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded (B, T) input_ids, attention_mask, and labels with -100 on prompt and padding."""
+def collate(examples: Sequence[Example | Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (B, T) input_ids, attention_mask, and labels with -100 on untrained tokens and padding."""
+    examples = [as_example(e) if isinstance(e, Encoded) else e for e in examples]
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     for row, e in enumerate(examples):
-        p, n = len(e.prompt_ids), len(e.input_ids)
+        n = len(e.input_ids)
         input_ids[row, :n] = torch.tensor(e.input_ids)
         attention_mask[row, :n] = 1
-        labels[row, p:n] = torch.tensor(e.response_ids)
+        labels[row, :n] = torch.where(torch.tensor(e.trained), torch.tensor(e.input_ids), IGNORE)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
@@ -133,7 +111,7 @@ def summed_over_ranks(*values: float, device: torch.device) -> list[float]:
 
 
 def batch_loss(
-    model: torch.nn.Module, examples: Sequence[Encoded], pad_id: int, options: TrainingOptions
+    model: torch.nn.Module, examples: Sequence[Example | Encoded], pad_id: int, options: TrainingOptions
 ) -> tuple[torch.Tensor, float]:
     """What this rank backpropagates for one step's batch, and the batch's mean loss per response token.
 
@@ -152,7 +130,7 @@ def batch_loss(
 @torch.no_grad()
 def eval_loss(
     model: torch.nn.Module,
-    examples: Sequence[Encoded],
+    examples: Sequence[Example | Encoded],
     pad_id: int,
     batch_size: int,
     options: TrainingOptions | None = None,
@@ -176,7 +154,7 @@ def eval_loss(
     return total / count if count else math.nan
 
 
-def split(examples: list[Encoded], eval_fraction: float, seed: int) -> tuple[list[Encoded], list[Encoded]]:
+def split(examples: list[Example], eval_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     shuffled = examples[:]
     random.Random(seed).shuffle(shuffled)
     n_eval = min(len(shuffled) - 1, round(len(shuffled) * eval_fraction)) if eval_fraction > 0 else 0
@@ -187,7 +165,8 @@ def train_sft(config: SFTConfig, progress: bool = True) -> SFTResult:
     if config.epochs < 1 or config.batch_size < 1 or not 0 <= config.eval_fraction < 1:
         raise UserError("need --epochs >= 1, --batch-size >= 1 and 0 <= --eval-fraction < 1")
     config.check_training_options()
-    pairs = load_pairs(config.data)  # before any model loads: a bad or empty file fails at once
+    check_loss_on(config.loss_on)
+    pairs = load_rows(config.data)  # before any model loads: a bad or empty file fails at once
     here = init_world(config.device, config.dist_timeout)  # a no-op outside torchrun
     try:
         return fit(config, pairs, progress and here.is_main)
@@ -201,7 +180,7 @@ def load_model(config: SFTConfig, device: torch.device) -> torch.nn.Module:
     return prepare_model(load_causal_lm(config.model, device, weights_dtype(config)), config, "causal-lm")
 
 
-def fit(config: SFTConfig, pairs: list[tuple[str | None, str]], progress: bool) -> SFTResult:
+def fit(config: SFTConfig, pairs: list[SFTRow], progress: bool) -> SFTResult:
     from tqdm.auto import tqdm
 
     from rlhf.core.modeling import context_length, load_tokenizer, resolve_device
@@ -209,14 +188,11 @@ def fit(config: SFTConfig, pairs: list[tuple[str | None, str]], progress: bool) 
     torch.manual_seed(config.seed)  # the same on every rank: the same LoRA init everywhere
     device = resolve_device(rank_device(config.device))
     check_precision(config, device)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = use_chat_template(load_tokenizer(config.model), config.chat_template)
     # Under torchrun the model loads on the CPU and moves to the GPU shard by shard (rlhf.core.distributed.shard).
     model = shard(load_model(config, torch.device("cpu") if is_distributed() else device), device)
     max_length = min(config.max_length, context_length(model.config))
-    examples = [
-        encode_text(tokenizer, r, max_length) if p is None else encode_pair(tokenizer, p, r, max_length)
-        for p, r in pairs
-    ]
+    examples = [encode_row(tokenizer, row, max_length, config.loss_on) for row in pairs]
     train, held_out = split(examples, config.eval_fraction, config.seed)
     pad_id = tokenizer.pad_token_id
     main = world().is_main
