@@ -6,7 +6,8 @@
 - `training` (SFT, RM training, DPO) is built like the learner: core, the stubs, itself, and services only
   through their `client`/`local` (DPO's pi_ref is a reference service or a LocalReference).
 - `toy` (tiny model, synthetic task, local processes) and the demo sit on top and may import any package;
-  k8s only core; `label` (rlhf label) core, the row parser of training.preferences and the front doors.
+  k8s only core and the stages' configs (`rlhf k8s submit` takes their flags); `label` (rlhf label) core, the
+  row parser of training.preferences and the front doors.
 - Only the entry point (rlhf/cli.py) reaches a package's `cli` module. A `cli` module wires its package's
   commands: it may also import `training`, because `rlhf train sft|dpo` and `rlhf train rm` are registered by
   the policy and reward CLIs.
@@ -36,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"core", "v1"} | FRONT_DOORS,
     "toy": PACKAGES,
     "demo": PACKAGES,  # the top of the stack: it runs every stage and reads the learner's checkpoints
-    "k8s": {"core", "v1"},
+    "k8s": {"core", "v1", "training.config", "learner.config"},  # `k8s submit STAGE` takes the stages' flags
     # rlhf label writes the rankings that training reads: it checks each against the one row parser; it
     # samples responses through the policy's client
     "label": {"core", "v1", "training.preferences"} | FRONT_DOORS,

@@ -140,15 +140,16 @@ def test_manifests_are_found_from_anywhere(tmp_path, monkeypatch):
 def test_submit_flags_are_flags_of_rlhf_train():
     """Each flag submit passes on must exist on `rlhf train STAGE`, where that command is registered."""
     from rlhf.cli import build_parser
+    from rlhf.core.flags import config_flags
 
     parser = build_parser()
     top = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     train = next(a for a in top.choices["train"]._actions if isinstance(a, argparse._SubParsersAction))
     checked = 0
-    for stage, flags in (("sft", k8s_cli.TRAIN_FLAGS), ("rm", k8s_cli.TRAIN_FLAGS), ("ppo", k8s_cli.PPO_FLAGS)):
+    for stage, configs in k8s_cli.stage_configs().items():
         if stage in train.choices:
             known = {s for a in train.choices[stage]._actions for s in a.option_strings}
-            assert {flag for flag, _, _ in flags} <= known, stage
+            assert {flag.name for config in configs for flag in config_flags(config)} <= known, stage
             checked += 1
     if not checked:
         pytest.skip("no `rlhf train` stage is registered in the CLI yet")

@@ -127,16 +127,22 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
             common.pop("metavar", None)
             action = argparse.BooleanOptionalAction if flag.negatable else "store_true"
             target.add_argument(flag.name, action=action, default=flag.default, **common)
-        elif get_origin(flag.hint) is Literal:
-            target.add_argument(flag.name, choices=get_args(flag.hint), default=flag.default, **common)
+        elif choices(flag.hint):
+            target.add_argument(flag.name, choices=choices(flag.hint), default=flag.default, **common)
         else:
             target.add_argument(flag.name, type=value_type(flag.hint), default=flag.default, **common)
 
 
+def choices(hint: Any) -> tuple | None:
+    """A Literal's values (`Literal[...] | None` too), or None."""
+    literal = next((h for h in (hint, *get_args(hint)) if get_origin(h) is Literal), None)
+    return get_args(literal) if literal else None
+
+
 def value_type(hint: Any) -> type:
-    """int, float or str: what a flag's text is parsed as (`int | None` is int)."""
-    if get_origin(hint) is Literal:
-        return type(get_args(hint)[0])
+    """int, float or str: what a flag's text is parsed as (`int | None` is int, a Literal its values' type)."""
+    if choices(hint):
+        return type(choices(hint)[0])
     return next(t for t in (int, float, str) if t == hint or t in get_args(hint))
 
 

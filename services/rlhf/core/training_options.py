@@ -9,30 +9,32 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rlhf.core.errors import UserError
+from rlhf.core.flags import setting
 
 Precision = Literal["fp32", "bf16-mixed", "bf16-true"]
+GROUP = "memory: precision, checkpointing, LoRA"
 
 
 @dataclass(kw_only=True)
 class TrainingOptions:
     """The flags every `rlhf train` stage takes for memory: mixed into each stage's config."""
 
-    precision: Precision = "fp32"
+    precision: Precision = setting("fp32", group=GROUP)
     """fp32; bf16-mixed: bfloat16 autocast over float32 weights and optimizer states; bf16-true: bfloat16 weights,
     float32 optimizer states"""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = setting(False, group=GROUP)
     """recompute each block's activations in the backward pass: far less activation memory, about a third
     more compute"""
-    lora_r: int = 0
+    lora_r: int = setting(0, group=GROUP)
     """LoRA rank (peft); 0 trains every weight"""
-    lora_alpha: float = 16.0
+    lora_alpha: float = setting(16.0, group=GROUP)
     """LoRA scale numerator: the update is (alpha / r) * B @ A"""
-    lora_dropout: float = 0.0
+    lora_dropout: float = setting(0.0, group=GROUP)
     """dropout on the LoRA branch's input"""
-    lora_target_modules: str | None = None
+    lora_target_modules: str | None = setting(None, group=GROUP)
     """comma-separated names of the modules LoRA adapts (default: every linear projection in attention and MLP,
     found by type, not name)"""
-    merge: bool = True
+    merge: bool = setting(True, group=GROUP)
     """with LoRA, also write the merged standard model dir OUT/merged beside the adapter in OUT"""
     dist_timeout: float = 600.0
     """under torchrun: seconds a collective waits for another rank before every rank gives up"""

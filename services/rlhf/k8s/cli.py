@@ -18,37 +18,38 @@ import time
 import yaml
 
 from rlhf.core.errors import UserError
+from rlhf.core.flags import Flag, choices, config_flags, value_type
 from rlhf.k8s import manifests
 
-# Flags of `rlhf train STAGE` that `submit` turns into the Job's args: (flag, type, help).
-TRAIN_FLAGS = [
-    ("--model", str, "model dir to start from (on the volume)"),
-    ("--data", str, "training data, JSONL (on the volume)"),
-    ("--out", str, "output model dir (on the volume)"),
-    ("--epochs", int, "passes over the data"),
-    ("--lr", float, "learning rate"),
-    ("--batch-size", int, "examples per optimizer step"),
-    ("--max-length", int, "longest example in tokens"),
-    ("--eval-fraction", float, "share of the data held out for evaluation"),
-    ("--seed", int, "random seed"),
-]
-PPO_FLAGS = [
-    ("--model", str, "SFT model dir: the policy starts here"),
-    ("--policy", str, "policy replicas, HOST:PORT[,HOST:PORT...]"),
-    ("--reward", str, "reward service, HOST:PORT"),
-    ("--reference", str, "reference service, HOST:PORT"),
-    ("--prompts", str, "RL prompts, JSONL (on the volume)"),
-    ("--out", str, "run dir: checkpoints, metrics, final policy; the Job resumes from a checkpoint here"),
-    ("--steps", int, "PPO steps"),
-    ("--save-every", int, "checkpoint every N steps"),
-    ("--kl-coef", float, "weight of the per-token KL penalty"),
-    ("--max-new-tokens", int, "longest response sampled"),
-    ("--batch-size", int, "prompts per PPO step"),
-    ("--lr", float, "learning rate"),
-    ("--seed", int, "random seed"),
-    ("--value-model", str, "value model init dir"),
-    ("--port", int, "port of the learner's control API"),
-]
+
+def stage_configs() -> dict[str, tuple[type, ...]]:
+    """The configs each Job's `rlhf train STAGE` takes its flags from: `submit STAGE` takes each of them too."""
+    from rlhf.core.server import ServerOptions
+    from rlhf.learner.config import LearnerProcess, PPOConfig
+    from rlhf.training.config import RewardTrainConfig, SFTConfig
+
+    return {"sft": (SFTConfig,), "rm": (RewardTrainConfig,), "ppo": (PPOConfig, ServerOptions, LearnerProcess)}
+
+
+def add_override_argument(group, flag: Flag) -> None:
+    """A flag of `rlhf train` as a Job override: None, the overlay's value, unless given (bools: --flag/--no-flag)."""
+    if flag.hint is bool:
+        group.add_argument(flag.name, dest=flag.dest, action=argparse.BooleanOptionalAction, help=flag.help)
+        return
+    values = choices(flag.hint)
+    group.add_argument(flag.name, dest=flag.dest, type=value_type(flag.hint), choices=values, help=flag.help)
+
+
+def job_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The given stage flags as merge_args overrides: a bool that `rlhf train` turns off with --no-flag
+    comes with that flag set or removed."""
+    overrides: dict[str, object] = {}
+    for flag in args.flags:
+        name, value = flag.name.removeprefix("--"), getattr(args, flag.dest)
+        overrides[name] = value
+        if flag.negatable and value is not None:
+            overrides.update({name: value, f"no-{name}": not value})
+    return overrides
 
 
 def register(commands) -> None:
@@ -63,11 +64,12 @@ def register(commands) -> None:
 
     submit = sub.add_parser("submit", help="create a training Job: sft, rm or ppo")
     stages = submit.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    for stage, flags in (("sft", TRAIN_FLAGS), ("rm", TRAIN_FLAGS), ("ppo", PPO_FLAGS)):
+    for stage, configs in stage_configs().items():
         p = stages.add_parser(stage, help=f"the {stage} Job; flags not given keep the overlay's values")
         train = p.add_argument_group(f"rlhf train {stage} flags")
-        for flag, kind, help_text in flags:
-            train.add_argument(flag, type=kind, default=None, help=help_text)
+        flags = [flag for config in configs for flag in config_flags(config)]
+        for flag in flags:
+            add_override_argument(train, flag)
         if stage == "ppo":
             world = p.add_argument_group("distributed learner (an Indexed Job, one pod per node)")
             world.add_argument(
@@ -90,7 +92,7 @@ def register(commands) -> None:
         _component_option(p)
         _manifests_option(p)
         _cluster_options(p)
-        p.set_defaults(func=cmd_submit, flags=[f for f, _, _ in flags])
+        p.set_defaults(func=cmd_submit, flags=flags)
 
     status = sub.add_parser("status", help="Job and pod phases, and the learner's step")
     status.add_argument("--learner", help="learner HOST:PORT (default: port-forward to the running learner pod)")
@@ -157,7 +159,7 @@ def build_submitted_job(args: argparse.Namespace):
     template = manifests.job_template(manifests.find_manifests(args.manifests), args.overlay, args.stage, components)
     if args.stage == "ppo":
         template = manifests.distribute_learner(template, nodes, args.gpus_per_node, args.name)
-    overrides = {flag[2:]: getattr(args, flag[2:].replace("-", "_")) for flag in args.flags}
+    overrides = job_overrides(args)
     extra = [word for word in args.extra if word != "--"]
     return manifests.build_job(
         template, overrides, name=args.name, namespace=args.namespace, image=args.image, extra=extra

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 from rlhf.core.flags import add_config_arguments, config_from_args
+from rlhf.core.launch import add_launch_arguments
 from rlhf.core.types import GenerationParams
 from rlhf.policy.config import DEFAULT_PORT, PolicyServiceConfig
+from rlhf.training.config import DPOConfig, SFTConfig
 
 
 def register(commands) -> None:
@@ -14,42 +16,9 @@ def register(commands) -> None:
     from rlhf.core.server import ServerOptions
 
     sft = commands.train.add_parser("sft", help="supervised fine-tuning on prompt-response pairs")
-    sft.add_argument("--model", required=True, help="pretrained causal LM dir (any Hugging Face model dir)")
-    sft.add_argument(
-        "--data",
-        required=True,
-        help='JSONL, one {"prompt", "response"} per line ("completion" works); a {"text"} line is '
-        'plain text, trained on every token (continued pretraining); or conversations: {"messages": [...]}, '
-        '{"prompt": [...], "completion": [...]}',
-    )
-    sft.add_argument("--out", required=True, help="model dir to write (with its tokenizer)")
-    sft.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1: more overfits)")
-    sft.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate, decayed linearly (default 5e-5)")
-    sft.add_argument("--batch-size", type=int, default=16, help="pairs per step (default 16)")
-    sft.add_argument(
-        "--max-length",
-        type=int,
-        default=512,
-        help="longest prompt + response in tokens; longer pairs lose the start of the prompt",
-    )
-    sft.add_argument("--eval-fraction", type=float, default=0.05, help="share held out for the eval loss")
-    sft.add_argument("--seed", type=int, default=0, help="seed of the held-out split, shuffling and dropout")
-    sft.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    sft.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the gradient's norm to this")
-    sft.add_argument(
-        "--loss-on",
-        choices=["assistant", "completion", "all"],
-        help="where the loss falls (default: a response, a conversation's assistant turns, a completion)",
-    )
-    sft.add_argument("--chat-template", default="", help="Jinja chat template file, in place of the tokenizer's own")
-    from rlhf.core.launch import add_launch_arguments
-    from rlhf.core.training_options import TrainingOptions
-
-    add_config_arguments(sft.add_argument_group("memory: precision, checkpointing, LoRA"), TrainingOptions)
+    add_config_arguments(sft, SFTConfig)
     add_launch_arguments(sft)
     sft.set_defaults(func=_train_sft)
-
-    from rlhf.training.config import DPOConfig
 
     dpo = commands.train.add_parser(
         "dpo",
@@ -76,8 +45,7 @@ def register(commands) -> None:
 
 def _train_sft(args: argparse.Namespace) -> int:
     from rlhf.core.distributed import is_main_process
-    from rlhf.core.flags import config_from_args
-    from rlhf.training.sft import SFTConfig, train_sft
+    from rlhf.training.sft import train_sft
 
     result = train_sft(config_from_args(args, SFTConfig))
     if not is_main_process():  # under torchrun: rank 0 reports
@@ -91,8 +59,6 @@ def _train_sft(args: argparse.Namespace) -> int:
 
 
 def _train_dpo(args: argparse.Namespace) -> int:
-    from rlhf.core.flags import config_from_args
-    from rlhf.training.config import DPOConfig
     from rlhf.training.dpo import train_dpo
 
     result = train_dpo(config_from_args(args, DPOConfig))

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from rlhf.core.flags import add_config_arguments, config_from_args
+from rlhf.toy.config import TinyModelConfig
+
 
 def register(commands) -> None:
     tiny = commands.top.add_parser("tiny-model", help="write the small default model (offline, CPU-friendly)")
     tiny.add_argument("--out", required=True, help="model directory to write")
-    tiny.add_argument("--seed", type=int, default=0, help="initialisation and tokenizer seed")
-    tiny.add_argument("--layers", type=int, default=2, help="transformer blocks")
-    tiny.add_argument("--hidden", type=int, default=128, help="embedding width")
-    tiny.add_argument("--heads", type=int, default=4, help="attention heads")
-    tiny.add_argument("--context", type=int, default=256, help="context length in tokens")
-    tiny.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size")
-    tiny.add_argument(
-        "--layout", choices=["gpt2", "llama"], default="gpt2", help="architecture (llama: <|im_end|> ends a turn)"
-    )
+    add_config_arguments(tiny, TinyModelConfig)
     tiny.set_defaults(func=_tiny_model)
 
     data = commands.top.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
@@ -37,19 +32,11 @@ def register(commands) -> None:
 def _tiny_model(args: argparse.Namespace) -> int:
     from rlhf.core.errors import UserError
     from rlhf.core.modeling import parameter_count
-    from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
+    from rlhf.toy.tiny import make_tiny_model
 
-    if args.hidden % args.heads:
-        raise UserError(f"--hidden {args.hidden} must be divisible by --heads {args.heads}")
-    config = TinyModelConfig(
-        vocab_size=args.vocab_size,
-        n_layer=args.layers,
-        n_embd=args.hidden,
-        n_head=args.heads,
-        n_positions=args.context,
-        seed=args.seed,
-        layout=args.layout,
-    )
+    config = config_from_args(args, TinyModelConfig)
+    if config.n_embd % config.n_head:
+        raise UserError(f"--hidden {config.n_embd} must be divisible by --heads {config.n_head}")
     out = make_tiny_model(args.out, config)
     from transformers import AutoModelForCausalLM
 

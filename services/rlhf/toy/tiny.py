@@ -12,13 +12,13 @@ special tokens, `<|im_end|>` ending a turn, as chat models' templates do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 from rlhf.core.modeling import save_model_dir
+from rlhf.toy.config import TinyModelConfig
 from rlhf.toy.synthetic import tokenizer_corpus
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -31,17 +31,6 @@ def chatml_template(turn_end: str) -> str:
         "{% for m in messages %}" + TURN_START + "{{ m['role'] }}\n{{ m['content'] }}" + turn_end + "\n{% endfor %}"
         "{% if add_generation_prompt %}" + TURN_START + "assistant\n{% endif %}"
     )
-
-
-@dataclass
-class TinyModelConfig:
-    vocab_size: int = 1024  # BPE merges learned up to this size (special tokens included)
-    n_layer: int = 2
-    n_embd: int = 128
-    n_head: int = 4
-    n_positions: int = 256  # context length
-    seed: int = 0
-    layout: str = "gpt2"  # gpt2 or llama
 
 
 def bundled_text() -> list[str]:

@@ -1,5 +1,5 @@
-"""`rlhf train rm` and `rlhf train dpo` settings; their flags and --help are generated from the field docstrings
-(rlhf.core.flags). Kept apart from rlhf.training.rm and rlhf.training.dpo so that building the CLI imports no torch."""
+"""`rlhf train sft`, `rlhf train rm` and `rlhf train dpo` settings; their flags and --help are generated from the
+field docstrings (rlhf.core.flags). Kept apart from the stages' modules so that building the CLI imports no torch."""
 
 from __future__ import annotations
 
@@ -7,6 +7,41 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from rlhf.core.training_options import TrainingOptions
+
+
+@dataclass
+class SFTConfig(TrainingOptions):
+    """`rlhf train sft`."""
+
+    model: str
+    """pretrained causal LM dir (any Hugging Face model dir, or a cached Hub name)"""
+    data: str
+    """JSONL, one {"prompt", "response"} per line ("completion" works); a {"text"} line is plain text, trained on
+    every token (continued pretraining); or conversations: {"messages": [...]}, {"prompt": [...], "completion":
+    [...]}"""
+    out: str
+    """model dir to write (with its tokenizer)"""
+    epochs: int = 1
+    """passes over the training split (more overfits)"""
+    lr: float = 5e-5
+    """AdamW learning rate, decayed linearly to 0"""
+    batch_size: int = 16
+    """pairs per optimizer step"""
+    max_length: int = 512
+    """longest prompt + response in tokens (capped at the model context); longer pairs lose the start of the
+    prompt"""
+    eval_fraction: float = 0.05
+    """share of pairs held out for the eval loss"""
+    seed: int = 0
+    """seed of the held-out split, shuffling and dropout"""
+    device: str = "auto"
+    """auto, cpu, cuda, mps"""
+    max_grad_norm: float = 1.0
+    """clip the gradient's norm to this"""
+    loss_on: Literal["assistant", "completion", "all"] | None = None
+    """where the loss falls (default: a response, a conversation's assistant turns, a completion)"""
+    chat_template: str = ""
+    """Jinja chat template file for conversational data, in place of the tokenizer's own"""
 
 
 @dataclass

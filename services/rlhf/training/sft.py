@@ -52,27 +52,11 @@ from rlhf.core.training import (
     unsharded,
     weights_dtype,
 )
+from rlhf.training.config import SFTConfig
 from rlhf.training.losses import IGNORE, response_nll_sum
 from rlhf.training.sft_data import Example, SFTRow, as_example, check_loss_on, encode_row, load_rows
 
 log = logging.getLogger("rlhf.sft")
-
-
-@dataclass
-class SFTConfig(TrainingOptions):
-    model: str  # pretrained causal LM dir (or a cached Hub name)
-    data: str  # JSONL of {"prompt", "response"}
-    out: str  # where the tuned model dir (with its tokenizer) is written
-    epochs: int = 1  # passes over the training split; more overfits
-    lr: float = 5e-5  # AdamW learning rate, decayed linearly to 0
-    batch_size: int = 16  # pairs per optimizer step
-    max_length: int = 512  # longest prompt + response in tokens (capped at the model context)
-    eval_fraction: float = 0.05  # share of pairs held out for the eval loss
-    seed: int = 0  # split, shuffling and dropout
-    device: str = "auto"  # auto, cpu, cuda, mps
-    max_grad_norm: float = 1.0  # gradient clipping
-    loss_on: str | None = None  # assistant, completion or all (default: the response, assistant turns, completion)
-    chat_template: str = ""  # a Jinja chat template file, in place of the tokenizer's own
 
 
 @dataclass
