@@ -97,16 +97,18 @@ def config_flags(cls: type, prefix: str = "", group: str | None = None) -> list[
         if env and os.environ.get(env):
             default = value_type(hint)(os.environ[env])
         no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        name = f.metadata.get("flag") or "--" + (prefix + f.name).replace("_", "-")
         flags.append(
             Flag(
                 dest=prefix + f.name,
-                name=f.metadata.get("flag") or "--" + (prefix + f.name).replace("_", "-"),
+                name=name,
                 hint=hint,
                 default=default,
                 negatable=hint is bool and bool(default),
                 required=no_default or f.name in getattr(cls, "REQUIRED", ()),
                 help=docs.get(f.name, "") + (f" (env {env})" if env else ""),
-                metavar=f.metadata.get("metavar"),
+                metavar=f.metadata.get("metavar")
+                or (name[2:].upper().replace("-", "_") if f.metadata.get("flag") else None),
                 group=title,
             )
         )
