@@ -112,3 +112,28 @@ def render_completion(
     if not whole.startswith(head):
         raise UserError(f"{where or 'conversation'}: the chat template's generation prompt does not start the reply")
     return head, whole[len(head) :]
+
+
+def checked_request_messages(messages, what: str) -> Conversation:
+    """A request's ChatMessage list, checked as rows are; a bad one is InvalidRequest (INVALID_ARGUMENT)."""
+    from rlhf.core.checks import InvalidRequest
+
+    try:
+        return parse_conversation([{"role": m.role, "content": m.content} for m in messages], what, "messages")
+    except UserError as err:
+        raise InvalidRequest(str(err)) from err
+
+
+def render_for_request(tokenizer, render_one, what: str):
+    """render_one(tokenizer)'s text; a template that fails (or none) is InvalidRequest, not a server error."""
+    from rlhf.core.checks import InvalidRequest
+
+    try:
+        return render_one(tokenizer)
+    except UserError as err:
+        raise InvalidRequest(f"{what}: {err}") from err
+
+
+def plain_prompt(conversation: Sequence[Message]) -> str:
+    """A model-free rendering (for reward functions): one "role: content" line per message, then "assistant: "."""
+    return "".join(f"{role}: {content}\n" for role, content in conversation) + "assistant: "

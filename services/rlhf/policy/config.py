@@ -58,6 +58,8 @@ class PolicyServiceConfig:
     weights_stream_timeout: float = 60.0
     """seconds a weight stream may go without a chunk before it is cut, the served weights untouched: an
     UpdateWeights push (DEADLINE_EXCEEDED) or the start-up GetWeights pull"""
+    chat_template: str = ""
+    """Jinja chat template file for conversational prompts, in place of the model tokenizer's own"""
     engine: Literal["hf", "vllm"] = "hf"
     """what samples: hf (transformers and this service's own KV-cache loop) or vllm (vLLM's engine in this
     process, from its own environment: pip install 'rlhf[vllm]')"""

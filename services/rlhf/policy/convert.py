@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rlhf.core.chat import checked_request_messages, render, render_for_request
 from rlhf.core.types import GenerationParams, Sample
 from rlhf.v1 import common_pb2, policy_pb2
 
@@ -45,9 +46,21 @@ def prompts_to_proto(prompts: Sequence[str | Sequence[int]]) -> list[policy_pb2.
     ]
 
 
-def prompts_from_proto(messages: Sequence[policy_pb2.Prompt]) -> list[str | list[int]]:
-    """Text or ids; a prompt with neither set becomes an empty text (refused later as empty)."""
-    return [list(m.token_ids.ids) if m.WhichOneof("prompt") == "token_ids" else m.text for m in messages]
+def prompts_from_proto(messages: Sequence[policy_pb2.Prompt], tokenizer) -> list[str | list[int]]:
+    """Text or ids; a conversation becomes the text the tokenizer's chat template writes for it, with the
+    generation prompt; a prompt with nothing set becomes an empty text (refused later as empty). Raises
+    InvalidRequest for a bad conversation or a template that cannot render it."""
+    return [prompt_from_proto(m, tokenizer, f"prompt {i}") for i, m in enumerate(messages)]
+
+
+def prompt_from_proto(message: policy_pb2.Prompt, tokenizer, what: str) -> str | list[int]:
+    kind = message.WhichOneof("prompt")
+    if kind == "token_ids":
+        return list(message.token_ids.ids)
+    if kind == "messages":
+        conversation = checked_request_messages(message.messages.messages, what)
+        return render_for_request(tokenizer, lambda t: render(t, conversation, generation_prompt=True), what)
+    return message.text
 
 
 def sample_to_proto(sample: Sample) -> policy_pb2.Sample:

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 import grpc
 from prometheus_client import Counter
 
+from rlhf.core.chat import use_chat_template
 from rlhf.core.checks import InvalidRequest
 from rlhf.core.client import BaseClient, ClientOptions
 from rlhf.core.errors import UserError
@@ -154,6 +155,7 @@ class PolicyService(
     async def load(self) -> None:
         c = self.config
         policy = await asyncio.to_thread(load_engine, c)
+        use_chat_template(policy.tokenizer, c.chat_template)
         if c.learner:
             await self._pull_from_learner(policy)
         self.serve_batched(
@@ -197,8 +199,13 @@ class PolicyService(
         self, request: policy_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> policy_pb2.GenerateResponse:
         policy = await self.loaded(context)
-        prompts, params = prompts_from_proto(request.prompts), params_from_proto(request.params)
-        rows = await self.checked(context, lambda: policy.rows(prompts, params, self.config.max_items_per_request))
+        params = params_from_proto(request.params)
+        rows = await self.checked(
+            context,
+            lambda: policy.rows(
+                prompts_from_proto(request.prompts, policy.tokenizer), params, self.config.max_items_per_request
+            ),
+        )
         results = await self.batched(context, rows)
         GENERATED_TOKENS.inc(sum(len(r.token_ids) for r in results))
         samples = policy.samples(rows, results)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from itertools import islice
+from pathlib import Path
 
 from rlhf.core.flags import add_config_arguments, config_from_args
 from rlhf.reward.config import DEFAULT_PORT, RewardServiceConfig
@@ -33,10 +34,16 @@ def register(commands) -> None:
     score = commands.top.add_parser("score", help="score (prompt, response) pairs with a reward service")
     score.add_argument("--target", required=True, help="reward service, HOST:PORT")
     score.add_argument("--prompt", help="prompt text (with --response)")
-    score.add_argument("--response", help="response text (with --prompt)")
+    score.add_argument("--response", help="response text (with --prompt or --messages)")
+    score.add_argument(
+        "--messages",
+        help='JSON file holding the prompt as a conversation, [{"role": "user", "content": ...}, ...] (with '
+        "--response): the service renders it with its own chat template",
+    )
     score.add_argument(
         "--input",
-        help='JSONL with "prompt" and "response" per line ("-" for stdin); prints each line with "score" added',
+        help='JSONL with "prompt" and "response" per line ("-" for stdin); prints each line with "score" added; '
+        "a prompt may be a list of messages",
     )
     ClientOptions.add_arguments(score)
     score.set_defaults(func=_score)
@@ -88,12 +95,14 @@ def _score(args: argparse.Namespace) -> int:
     from rlhf.core.errors import UserError
     from rlhf.reward.client import RewardClient
 
-    if (args.input is None) == (args.prompt is None or args.response is None):
-        raise UserError("give either --prompt and --response, or --input FILE.jsonl")
+    one = args.response is not None and (args.prompt is None) != (args.messages is None)
+    if (args.input is None) != one:
+        raise UserError("give either --prompt (or --messages) and --response, or --input FILE.jsonl")
+    prompt = args.prompt if args.messages is None else _messages_file(args.messages)
     try:
         with RewardClient(args.target, ClientOptions.from_args(args)) as client:
             if args.input is None:
-                print(f"{client.score([(args.prompt, args.response)])[0]:.6f}")
+                print(f"{client.score([(prompt, args.response)])[0]:.6f}")
                 return 0
             for rows in _jsonl_chunks(args.input):
                 scores = client.score([(row["prompt"], row["response"]) for row in rows])
@@ -104,8 +113,22 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _messages_file(path: str):
+    from rlhf.core.chat import parse_conversation
+    from rlhf.core.errors import UserError
+
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"cannot read --messages {path}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err.msg})") from None
+    return parse_conversation(value.get("messages") if isinstance(value, dict) else value, path, "messages")
+
+
 def _jsonl_chunks(path: str):
-    """Lists of up to SCORE_CHUNK rows, each checked for string prompt and response."""
+    """Lists of up to SCORE_CHUNK rows, each checked for a prompt (text or messages) and a string response."""
+    from rlhf.core.chat import parse_conversation
     from rlhf.core.errors import UserError
 
     try:
@@ -121,11 +144,9 @@ def _jsonl_chunks(path: str):
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-                if not (
-                    isinstance(row, dict)
-                    and isinstance(row.get("prompt"), str)
-                    and isinstance(row.get("response"), str)
-                ):
-                    raise UserError(f'{path}:{number}: needs string "prompt" and "response" fields')
+                if not (isinstance(row, dict) and isinstance(row.get("response"), str)):
+                    raise UserError(f'{path}:{number}: needs a "prompt" and a string "response"')
+                if not isinstance(row.get("prompt"), str):  # a conversation, checked here for a one-line error
+                    parse_conversation(row.get("prompt"), f"{path}:{number}", "prompt")
                 rows.append(row)
             yield rows

@@ -16,7 +16,10 @@ class RewardServiceConfig:
     """reward model dir (from `rlhf train rm`); or give --function"""
     function: str = ""
     """serve a Python function instead of a model: PKG.MODULE:FN (or path/to/file.py:FN), called as
-    fn(prompts: list[str], responses: list[str]) -> list[float] on each batch (rule-based, verifiable rewards)"""
+    fn(prompts: list[str], responses: list[str]) -> list[float] on each batch (rule-based, verifiable rewards);
+    a function with a `messages` parameter also gets each item's prompt conversation (None for a text prompt)"""
+    chat_template: str = ""
+    """Jinja chat template file for conversational prompts, in place of the reward model tokenizer's own"""
     device: str = "auto"
     """auto, cpu, cuda, mps"""
     dtype: str = "auto"

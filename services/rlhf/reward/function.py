@@ -8,6 +8,13 @@ items (the same dynamic batching as a model). Rule-based and verifiable rewards 
 answers, format checks, unit tests. Its module is imported with the working directory on sys.path (a
 `path/to/file.py` works too). What it raises, or returns wrong (not a list of one finite number per
 item), fails that batch with a clear status, and the server keeps serving.
+
+Conversational prompts (ScoreItem.prompt_messages) reach it as text, one "role: content" line per message
+and then "assistant: " (rlhf.core.chat.plain_prompt), with the response as sent. A function that declares a
+`messages` parameter also gets, per item, the prompt's messages as a list of {"role", "content"} dicts (None
+for a text prompt):
+
+    def judge(prompts, responses, messages=None): ...
 """
 
 from __future__ import annotations
@@ -113,10 +120,19 @@ class FunctionScorer:
         self.device = "cpu"
         self.info = common_pb2.ModelInfo(model_name=f"function:{spec}", model_version=self.model_version, device="cpu")
 
-    def score_batch(self, items: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        prompts, responses = [p for p, _ in items], [r for _, r in items]
+    @property
+    def wants_messages(self) -> bool:
         try:
-            out = self.fn(prompts, responses)
+            return "messages" in inspect.signature(self.fn).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def score_batch(self, items: Sequence[tuple]) -> list[tuple[float, bool]]:
+        """Items are (prompt, response) or (prompt, response, messages or None)."""
+        prompts, responses = [item[0] for item in items], [item[1] for item in items]
+        extra = {"messages": [item[2] if len(item) > 2 else None for item in items]} if self.wants_messages else {}
+        try:
+            out = self.fn(prompts, responses, **extra)
         except BaseException as err:  # noqa: BLE001 - even sys.exit() in the function must not stop the server
             raise RewardFunctionFailed(
                 grpc.StatusCode.INTERNAL, f"the reward function raised {type(err).__name__}: {err}"

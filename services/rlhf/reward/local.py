@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rlhf.core.chat import parse_conversation, render_completion
 from rlhf.core.reward_model import RewardScorer
 from rlhf.v1 import common_pb2
 
@@ -19,8 +20,17 @@ class LocalReward:
         self.scorer = RewardScorer.load(model_dir, device, dtype)
         self.batch_size = batch_size
 
-    def score(self, items: Sequence[tuple[str, str]]) -> list[float]:
-        return self.scorer.score(items, self.batch_size)
+    def score(self, items: Sequence[tuple[str | Sequence, str]]) -> list[float]:
+        """As RewardClient.score: a conversation prompt is rendered with this reward model's chat template."""
+        return self.scorer.score([self.as_text(p, r) for p, r in items], self.batch_size)
+
+    def as_text(self, prompt: str | Sequence, response: str) -> tuple[str, str]:
+        if isinstance(prompt, str):
+            return prompt, response
+        conversation = parse_conversation(
+            [m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in prompt], "score", "prompt"
+        )
+        return render_completion(self.scorer.tokenizer, conversation, (("assistant", response),))
 
     def model_info(self) -> common_pb2.ModelInfo:
         return self.scorer.model_info(max_batch_size=self.batch_size)

@@ -10,6 +10,10 @@ loop only moves messages.
     rlhf serve reward --function mypkg.rewards:exact_match --port 50051   # rlhf.reward.function
 
 With --function, a Python function takes the model workers' place, behind the same batcher.
+
+An item whose prompt is a conversation (prompt_messages) is rendered here, before batching: its messages plus
+an assistant message holding the response, with the reward model's own chat template (the policy's may differ),
+split into the prompt (with the generation prompt) and what follows it, as `rlhf train rm` renders its data.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ import logging
 
 import grpc
 
-from rlhf.core.checks import check_item_count
+from rlhf.core.chat import (
+    as_dicts,
+    checked_request_messages,
+    plain_prompt,
+    render_completion,
+    render_for_request,
+    use_chat_template,
+)
+from rlhf.core.checks import InvalidRequest, check_item_count
 from rlhf.core.metrics import TRUNCATED_INPUTS
 from rlhf.core.servicer import ModelServicer
 from rlhf.reward.config import RewardServiceConfig
@@ -44,12 +56,15 @@ class RewardService(ModelServicer[RewardServiceConfig, Scorer, Pair, Scored], re
     def add_to_server(self, server: grpc.aio.Server) -> None:
         reward_pb2_grpc.add_RewardScoringServicer_to_server(self, server)
 
+    tokenizer = None  # the reward model's, for rendering conversations (none with --function)
+
     async def load(self) -> None:
         config = self.config
         if config.function:
             scorer: Scorer = FunctionScorer(config.function)
         else:
             scorer = await asyncio.to_thread(WorkerPool, config.model, config.device, config.dtype, config.instances)
+            self.tokenizer = await asyncio.to_thread(chat_tokenizer, config.model, config.chat_template)
         self.serve_batched(
             scorer,
             scorer.score_batch,  # the worker tokenizes the whole batch at once, then runs the forward
@@ -79,10 +94,31 @@ class RewardService(ModelServicer[RewardServiceConfig, Scorer, Pair, Scored], re
     ) -> reward_pb2.ScoreResponse:
         scorer = await self.loaded(context)
         await self.checked(context, lambda: check_item_count(len(request.items), self.config.max_items_per_request))
-        results = await self.batched(context, [(item.prompt, item.response) for item in request.items])
+        items = await self.checked(context, lambda: [self.item_of(x, f"item {i}") for i, x in enumerate(request.items)])
+        results = await self.batched(context, items)
         truncated = [cut for _, cut in results]
         if any(truncated):
             TRUNCATED_INPUTS.labels(self.name).inc(sum(truncated))
         return reward_pb2.ScoreResponse(
             scores=[score for score, _ in results], model_version=scorer.model_version, truncated=truncated
         )
+
+    def item_of(self, item: reward_pb2.ScoreItem, what: str) -> tuple:
+        """(prompt, response) text for the model; (prompt, response, messages) for a function. Raises InvalidRequest."""
+        if not item.HasField("prompt_messages"):
+            return (item.prompt, item.response) if self.tokenizer else (item.prompt, item.response, None)
+        if item.prompt:
+            raise InvalidRequest(f"{what}: set prompt or prompt_messages, not both")
+        conversation = checked_request_messages(item.prompt_messages.messages, f"{what} prompt_messages")
+        if self.tokenizer is None:
+            return (plain_prompt(conversation), item.response, as_dicts(conversation))
+        reply = (("assistant", item.response),)
+        return render_for_request(self.tokenizer, lambda t: render_completion(t, conversation, reply), what)
+
+
+def chat_tokenizer(model: str, chat_template: str):
+    """The reward model's tokenizer, with --chat-template's template when given (torch-free: the model itself
+    lives in the worker processes)."""
+    from rlhf.core.modeling import load_tokenizer
+
+    return use_chat_template(load_tokenizer(model), chat_template)

@@ -24,23 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/common.proto\x12\x07rlhf.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xdc\x01\n\x0bWeightChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x03\x12\r\n\x05\x63rc32\x18\x07 \x01(\r\x12\x16\n\x0etarget_version\x18\x08 \x01(\x03\x12\x0e\n\x06\x63ommit\x18\t \x01(\x08\x12\x13\n\x0bnum_tensors\x18\n \x01(\x05\x12\"\n\x04kind\x18\x0b \x01(\x0e\x32\x14.rlhf.v1.WeightsKind\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x15\n\x13GetModelInfoRequest\"\x86\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x17\n\x0fparameter_count\x18\x02 \x01(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x17\n\x0fweights_version\x18\x05 \x01(\x03\x12\x1d\n\x15tokenizer_fingerprint\x18\x06 \x01(\t\x12\x13\n\x0bmax_context\x18\x07 \x01(\x05\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x12\x1d\n\x15max_items_per_request\x18\n \x01(\x05\x12\x12\n\nvocab_size\x18\x0b \x01(\x05*;\n\x0bWeightsKind\x12\x15\n\x11WEIGHTS_KIND_FULL\x10\x00\x12\x15\n\x11WEIGHTS_KIND_LORA\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/common.proto\x12\x07rlhf.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xdc\x01\n\x0bWeightChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x03\x12\r\n\x05\x63rc32\x18\x07 \x01(\r\x12\x16\n\x0etarget_version\x18\x08 \x01(\x03\x12\x0e\n\x06\x63ommit\x18\t \x01(\x08\x12\x13\n\x0bnum_tensors\x18\n \x01(\x05\x12\"\n\x04kind\x18\x0b \x01(\x0e\x32\x14.rlhf.v1.WeightsKind\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"6\n\x0c\x43onversation\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.rlhf.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x15\n\x13GetModelInfoRequest\"\x86\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x17\n\x0fparameter_count\x18\x02 \x01(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x17\n\x0fweights_version\x18\x05 \x01(\x03\x12\x1d\n\x15tokenizer_fingerprint\x18\x06 \x01(\t\x12\x13\n\x0bmax_context\x18\x07 \x01(\x05\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x12\x1d\n\x15max_items_per_request\x18\n \x01(\x05\x12\x12\n\nvocab_size\x18\x0b \x01(\x05*;\n\x0bWeightsKind\x12\x15\n\x11WEIGHTS_KIND_FULL\x10\x00\x12\x15\n\x11WEIGHTS_KIND_LORA\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rlhf.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WEIGHTSKIND']._serialized_start=623
-  _globals['_WEIGHTSKIND']._serialized_end=682
+  _globals['_WEIGHTSKIND']._serialized_start=725
+  _globals['_WEIGHTSKIND']._serialized_end=784
   _globals['_TENSOR']._serialized_start=33
   _globals['_TENSOR']._serialized_end=85
   _globals['_WEIGHTCHUNK']._serialized_start=88
   _globals['_WEIGHTCHUNK']._serialized_end=308
-  _globals['_TOKENIDS']._serialized_start=310
-  _globals['_TOKENIDS']._serialized_end=333
-  _globals['_GETMODELINFOREQUEST']._serialized_start=335
-  _globals['_GETMODELINFOREQUEST']._serialized_end=356
-  _globals['_MODELINFO']._serialized_start=359
-  _globals['_MODELINFO']._serialized_end=621
+  _globals['_CHATMESSAGE']._serialized_start=310
+  _globals['_CHATMESSAGE']._serialized_end=354
+  _globals['_CONVERSATION']._serialized_start=356
+  _globals['_CONVERSATION']._serialized_end=410
+  _globals['_TOKENIDS']._serialized_start=412
+  _globals['_TOKENIDS']._serialized_end=435
+  _globals['_GETMODELINFOREQUEST']._serialized_start=437
+  _globals['_GETMODELINFOREQUEST']._serialized_end=458
+  _globals['_MODELINFO']._serialized_start=461
+  _globals['_MODELINFO']._serialized_end=723
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from rlhf.v1 import common_pb2 as rlhf_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/policy.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\"J\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x11.rlhf.v1.TokenIdsH\x00\x42\x08\n\x06prompt\"\xea\x01\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12\t\n\x01n\x18\x06 \x01(\x05\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x16\n\x0emin_new_tokens\x18\x08 \x01(\x05\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\\\n\x0fGenerateRequest\x12 \n\x07prompts\x18\x01 \x03(\x0b\x32\x0f.rlhf.v1.Prompt\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\"\xad\x01\n\x06Sample\x12\x15\n\rresponse_text\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x1a\n\x12response_token_ids\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x17\n\x0fweights_version\x18\x06 \x01(\x03\x12\x14\n\x0cprompt_index\x18\x07 \x01(\x05\"4\n\x10GenerateResponse\x12 \n\x07samples\x18\x01 \x03(\x0b\x32\x0f.rlhf.v1.Sample\"a\n\x15UpdateWeightsResponse\x12\x17\n\x0fweights_version\x18\x01 \x01(\x03\x12\x17\n\x0ftensors_updated\x18\x02 \x01(\x05\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x03\x32\xdd\x01\n\x0fPolicyInference\x12?\n\x08Generate\x12\x18.rlhf.v1.GenerateRequest\x1a\x19.rlhf.v1.GenerateResponse\x12G\n\rUpdateWeights\x12\x14.rlhf.v1.WeightChunk\x1a\x1e.rlhf.v1.UpdateWeightsResponse(\x01\x12@\n\x0cGetModelInfo\x12\x1c.rlhf.v1.GetModelInfoRequest\x1a\x12.rlhf.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/policy.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\"u\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x11.rlhf.v1.TokenIdsH\x00\x12)\n\x08messages\x18\x03 \x01(\x0b\x32\x15.rlhf.v1.ConversationH\x00\x42\x08\n\x06prompt\"\xea\x01\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12\t\n\x01n\x18\x06 \x01(\x05\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x16\n\x0emin_new_tokens\x18\x08 \x01(\x05\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\\\n\x0fGenerateRequest\x12 \n\x07prompts\x18\x01 \x03(\x0b\x32\x0f.rlhf.v1.Prompt\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\"\xad\x01\n\x06Sample\x12\x15\n\rresponse_text\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x1a\n\x12response_token_ids\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x17\n\x0fweights_version\x18\x06 \x01(\x03\x12\x14\n\x0cprompt_index\x18\x07 \x01(\x05\"4\n\x10GenerateResponse\x12 \n\x07samples\x18\x01 \x03(\x0b\x32\x0f.rlhf.v1.Sample\"a\n\x15UpdateWeightsResponse\x12\x17\n\x0fweights_version\x18\x01 \x01(\x03\x12\x17\n\x0ftensors_updated\x18\x02 \x01(\x05\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x03\x32\xdd\x01\n\x0fPolicyInference\x12?\n\x08Generate\x12\x18.rlhf.v1.GenerateRequest\x1a\x19.rlhf.v1.GenerateResponse\x12G\n\rUpdateWeights\x12\x14.rlhf.v1.WeightChunk\x1a\x1e.rlhf.v1.UpdateWeightsResponse(\x01\x12@\n\x0cGetModelInfo\x12\x1c.rlhf.v1.GetModelInfoRequest\x1a\x12.rlhf.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rlhf.v1.policy_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROMPT']._serialized_start=55
-  _globals['_PROMPT']._serialized_end=129
-  _globals['_SAMPLINGPARAMS']._serialized_start=132
-  _globals['_SAMPLINGPARAMS']._serialized_end=366
-  _globals['_GENERATEREQUEST']._serialized_start=368
-  _globals['_GENERATEREQUEST']._serialized_end=460
-  _globals['_SAMPLE']._serialized_start=463
-  _globals['_SAMPLE']._serialized_end=636
-  _globals['_GENERATERESPONSE']._serialized_start=638
-  _globals['_GENERATERESPONSE']._serialized_end=690
-  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_start=692
-  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_end=789
-  _globals['_POLICYINFERENCE']._serialized_start=792
-  _globals['_POLICYINFERENCE']._serialized_end=1013
+  _globals['_PROMPT']._serialized_end=172
+  _globals['_SAMPLINGPARAMS']._serialized_start=175
+  _globals['_SAMPLINGPARAMS']._serialized_end=409
+  _globals['_GENERATEREQUEST']._serialized_start=411
+  _globals['_GENERATEREQUEST']._serialized_end=503
+  _globals['_SAMPLE']._serialized_start=506
+  _globals['_SAMPLE']._serialized_end=679
+  _globals['_GENERATERESPONSE']._serialized_start=681
+  _globals['_GENERATERESPONSE']._serialized_end=733
+  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_start=735
+  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_end=832
+  _globals['_POLICYINFERENCE']._serialized_start=835
+  _globals['_POLICYINFERENCE']._serialized_end=1056
 # @@protoc_insertion_point(module_scope)

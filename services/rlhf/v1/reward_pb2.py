@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from rlhf.v1 import common_pb2 as rlhf_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/reward.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\"1\n\x0cScoreRequest\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.rlhf.v1.ScoreItem\"-\n\tScoreItem\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\"I\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\ttruncated\x18\x03 \x03(\x08\x32\x89\x01\n\rRewardScoring\x12\x36\n\x05Score\x12\x15.rlhf.v1.ScoreRequest\x1a\x16.rlhf.v1.ScoreResponse\x12@\n\x0cGetModelInfo\x12\x1c.rlhf.v1.GetModelInfoRequest\x1a\x12.rlhf.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/reward.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\"1\n\x0cScoreRequest\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.rlhf.v1.ScoreItem\"]\n\tScoreItem\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\x12.\n\x0fprompt_messages\x18\x03 \x01(\x0b\x32\x15.rlhf.v1.Conversation\"I\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\ttruncated\x18\x03 \x03(\x08\x32\x89\x01\n\rRewardScoring\x12\x36\n\x05Score\x12\x15.rlhf.v1.ScoreRequest\x1a\x16.rlhf.v1.ScoreResponse\x12@\n\x0cGetModelInfo\x12\x1c.rlhf.v1.GetModelInfoRequest\x1a\x12.rlhf.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREREQUEST']._serialized_start=55
   _globals['_SCOREREQUEST']._serialized_end=104
   _globals['_SCOREITEM']._serialized_start=106
-  _globals['_SCOREITEM']._serialized_end=151
-  _globals['_SCORERESPONSE']._serialized_start=153
-  _globals['_SCORERESPONSE']._serialized_end=226
-  _globals['_REWARDSCORING']._serialized_start=229
-  _globals['_REWARDSCORING']._serialized_end=366
+  _globals['_SCOREITEM']._serialized_end=199
+  _globals['_SCORERESPONSE']._serialized_start=201
+  _globals['_SCORERESPONSE']._serialized_end=274
+  _globals['_REWARDSCORING']._serialized_start=277
+  _globals['_REWARDSCORING']._serialized_end=414
 # @@protoc_insertion_point(module_scope)

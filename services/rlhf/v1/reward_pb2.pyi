@@ -14,12 +14,14 @@ class ScoreRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ...) -> None: ...
 
 class ScoreItem(_message.Message):
-    __slots__ = ("prompt", "response")
+    __slots__ = ("prompt", "response", "prompt_messages")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     response: str
-    def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ...) -> None: ...
+    prompt_messages: _common_pb2.Conversation
+    def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ..., prompt_messages: _Optional[_Union[_common_pb2.Conversation, _Mapping]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("scores", "model_version", "truncated")
