@@ -33,7 +33,7 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mkdocs build --strict --quiet
-	$(PY) -m pytest -m "not e2e_kind" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not e2e_kind" --durations=15 $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from rlhf.cli import build_parser, every_parser
+from tests.helpers import hang_guard
 
 CLI_REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
@@ -79,5 +80,5 @@ def test_building_the_cli_imports_no_torch():
     import sys
 
     probe = "import sys; from rlhf.cli import build_parser; build_parser(); print('torch' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=hang_guard(600))
     assert done.stdout.strip() == "False", done.stderr[-2000:]

@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rlhf.core.errors import UserError
 from rlhf.core.server import ServerOptions, ServerThread
+from tests.helpers import hang_guard
 
 
 class SlowLoadingService:
@@ -139,7 +140,7 @@ def test_serve_on_a_taken_port_says_so_in_one_line_with_exit_2(port, tiny_model_
             [*RLHF, "serve", "reference", "--model", str(tiny_model_dir), "--port", str(port), "--device", "cpu"],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=hang_guard(600),
         )
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"rlhf: error: port {port} is in use"]
 

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from tests.helpers import hang_guard
+
 SMALL = ["--steps", "3", "--data-scale", "0.1", "--ppo-batch-size", "8", "--eval-prompts", "8"]
 
 
@@ -50,7 +52,7 @@ def finished_run(tmp_path_factory):
     """A whole small demo run: (work dir, exit code, output)."""
     workdir = tmp_path_factory.mktemp("demo")
     proc = _demo(workdir)
-    output, _ = proc.communicate(timeout=900)
+    output, _ = proc.communicate(timeout=hang_guard(3600))
     return workdir, proc.returncode, output
 
 
@@ -78,7 +80,7 @@ def test_demo_runs_end_to_end_and_reports(finished_run):
 
     # A rerun reuses every finished stage.
     again = _demo(tmp_path)
-    output, _ = again.communicate(timeout=300)
+    output, _ = again.communicate(timeout=hang_guard(1800))
     assert again.returncode == 0, output[-3000:]
     assert output.count("reusing") >= 5
 
@@ -93,7 +95,7 @@ def test_ctrl_c_stops_every_process(finished_run, tmp_path):
     shutil.rmtree(tmp_path / "ppo")
     proc = _demo(tmp_path, "--steps", "200", start_new_session=True)
     seen = ""
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + hang_guard(1800)
     while "learner   control API" not in seen and time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -102,11 +104,11 @@ def test_ctrl_c_stops_every_process(finished_run, tmp_path):
     assert "learner   control API" in seen, seen[-3000:]
     time.sleep(3)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
-    rest, _ = proc.communicate(timeout=120)
+    rest, _ = proc.communicate(timeout=hang_guard(600))
     assert proc.returncode == 130, (seen + rest)[-3000:]
     ports = _ports_in(seen)
     assert len(ports) >= 4
-    deadline = time.monotonic() + 30  # the demo waits for its children, so this should hold at once
+    deadline = time.monotonic() + hang_guard(60)  # the demo waits for its children, so this should hold at once
     while any(_listening(p) for p in ports):
         assert time.monotonic() < deadline, "a demo process outlived Ctrl-C"
         time.sleep(0.1)

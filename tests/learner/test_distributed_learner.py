@@ -16,11 +16,14 @@ import pytest
 
 from rlhf.core.launch import children_of
 from rlhf.learner.checkpoints import saved_tensors
-from tests.learner.test_learner_acceptance import Run, evaluate, read_jsonl
+from tests.helpers import hang_guard
+from tests.learner.test_learner_acceptance import LEARNER_HANG_GUARD_S, Run, evaluate, read_jsonl
 
 pytestmark = pytest.mark.slow
 
-TWO_RANKS = ["--nproc-per-node", "2", "--dist-timeout", "60"]
+# --dist-timeout is a hang guard: how long a rank waits in a collective for the other, which may be busy.
+DIST_TIMEOUT = f"{hang_guard(600):.0f}"
+TWO_RANKS = ["--nproc-per-node", "2", "--dist-timeout", DIST_TIMEOUT]
 SHORT = [
     "--batch-size",
     "8",
@@ -227,13 +230,13 @@ def test_two_machines_meet_at_a_c10d_rendezvous_as_the_ppo_job_pods_do(untrained
         "--rdzv-id",
         "ppo",
         "--dist-timeout",
-        "60",
+        DIST_TIMEOUT,
     ]
     with ExitStack() as stack:
         run = Run(stack, untrained, tmp_path / "ppo", replicas=2)
         pods = [run.start_learner("--steps", "2", "--save-every", "2", *SHORT, *rendezvous) for _ in range(2)]
         stack.callback(lambda: [pod.kill() for pod in pods if pod.poll() is None])
-        codes = [pod.wait(300) for pod in pods]
+        codes = [pod.wait(hang_guard(LEARNER_HANG_GUARD_S)) for pod in pods]
     assert codes == [0, 0], (run.logs / "learner.log").read_text()[-4000:]
     assert [m["step"] for m in run.metrics()] == [1, 2]  # rank 0 alone logs
     ranks = sorted(p.name for p in (run.out / "checkpoints" / "step-000002" / "rng").iterdir())

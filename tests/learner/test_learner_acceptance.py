@@ -22,8 +22,9 @@ from rlhf.core.types import GenerationParams
 from rlhf.learner.client import LearnerClient
 from rlhf.policy.client import PolicyClient
 from rlhf.reward.client import RewardClient
-from rlhf.toy.processes import RLHF_COMMAND, ServiceProcess, free_port
+from rlhf.toy.processes import RLHF_COMMAND, free_port
 from rlhf.toy.synthetic import ground_truth_score
+from tests.helpers import Service, hang_guard
 
 pytestmark = pytest.mark.slow
 
@@ -31,14 +32,8 @@ pytestmark = pytest.mark.slow
 # benchmarks/seed_sweep.py (docs/benchmarks.md#seed-sweep): reward-model score and ground truth must rise, and the
 # KL per response (at most 12 tokens) stay bounded, so the policy improves without wandering off.
 RM_GAIN, TRUTH_GAIN, KL_BOUND = 0.3, 0.2, 10.0
-
-
-def rlhf(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [*RLHF_COMMAND, "--log-level", "WARNING", *args], capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+# What a learner run of these tests may take before it counts as hung (the longest takes minutes idle).
+LEARNER_HANG_GUARD_S = 3600.0
 
 
 class Run:
@@ -64,7 +59,7 @@ class Run:
             self._service(stack, "reward", models.rm)
             if reward_function is None
             else stack.enter_context(
-                ServiceProcess(
+                Service(
                     ["serve", "reward", "--function", reward_function],
                     log_path=self.logs / "reward0.log",
                     name="reward0",
@@ -75,10 +70,10 @@ class Run:
         self.learner: subprocess.Popen | None = None
         stack.callback(self.kill_learner)
 
-    def _service(self, stack, name, model, index=0, *extra) -> ServiceProcess:
+    def _service(self, stack, name, model, index=0, *extra) -> Service:
         # One torch thread per service: four processes sharing two cores with the learner would
         # otherwise spin against each other (on separate machines each would take them all).
-        proc = ServiceProcess(
+        proc = Service(
             ["serve", name, "--model", str(model), "--device", "cpu", *extra],
             log_path=self.logs / f"{name}{index}.log",
             name=f"{name}{index}",
@@ -112,8 +107,8 @@ class Run:
             "--device",
             "cpu",
             "--log-rollouts",
-            "--service-timeout",
-            "60",
+            "--service-timeout",  # a hang guard: a restarted policy replica may take long to load on a busy machine
+            f"{hang_guard(600):.0f}",
             *flags,
         ]
         log = (self.logs / "learner.log").open("ab")
@@ -121,8 +116,8 @@ class Run:
         log.close()
         return self.learner
 
-    def wait_learner(self, timeout: float = 600) -> int:
-        code = self.learner.wait(timeout)
+    def wait_learner(self, timeout: float = LEARNER_HANG_GUARD_S) -> int:
+        code = self.learner.wait(hang_guard(timeout))
         assert code == 0, (self.logs / "learner.log").read_text()[-4000:]
         return code
 
@@ -134,7 +129,8 @@ class Run:
     def metrics(self) -> list[dict]:
         return read_jsonl(self.out / "metrics.jsonl")
 
-    def wait_for_step(self, step: int, timeout: float = 600) -> None:
+    def wait_for_step(self, step: int, timeout: float = LEARNER_HANG_GUARD_S) -> None:
+        timeout = hang_guard(timeout)
         deadline = time.monotonic() + timeout
         while not any(m["step"] >= step for m in self.metrics()):
             assert self.learner.poll() is None, (self.logs / "learner.log").read_text()[-4000:]
@@ -314,16 +310,25 @@ def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path
             [*RLHF_COMMAND, "learner", "status", "--target", f"127.0.0.1:{run.learner_port}", "--json"],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=hang_guard(600),
         )
         assert status.returncode == 0, status.stderr
         reported = json.loads(status.stdout)
         assert reported["total_steps"] == steps and reported["step"] >= 2 and "objective/kl" in reported["metrics"]
+        stop_guard = hang_guard(LEARNER_HANG_GUARD_S)
         stop = subprocess.run(
-            [*RLHF_COMMAND, "learner", "stop", "--target", f"127.0.0.1:{run.learner_port}", "--timeout", "300"],
+            [
+                *RLHF_COMMAND,
+                "learner",
+                "stop",
+                "--target",
+                f"127.0.0.1:{run.learner_port}",
+                "--timeout",
+                f"{stop_guard}",
+            ],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=stop_guard + hang_guard(600),
         )
         run.wait_learner()
         stopped_at = max(m["step"] for m in run.metrics())
@@ -334,7 +339,7 @@ def test_stop_sigterm_sigkill_and_resume_never_repeat_a_step(untrained, tmp_path
         run.start_learner(*flags, "--resume")
         run.wait_for_step(stopped_at + 1)
         run.learner.send_signal(signal.SIGTERM)
-        assert run.learner.wait(600) == 143, (run.logs / "learner.log").read_text()[-4000:]
+        assert run.learner.wait(hang_guard(LEARNER_HANG_GUARD_S)) == 143, (run.logs / "learner.log").read_text()[-4000:]
         terminated_at = max(m["step"] for m in run.metrics())
         assert latest.read_text() == f"step-{terminated_at:06d}"
 
@@ -399,7 +404,7 @@ def test_policy_killed_and_restarted_gets_the_weights_back(untrained, tmp_path):
         run.wait_learner()
         with PolicyClient(policy.target) as replica:
             final_version = replica.model_info().weights_version
-        watch_code = watch.wait(60)  # the stream ends with the run
+        watch_code = watch.wait(hang_guard(600))  # the stream ends with the run
 
     assert watch_code == 0 and watched[1]["step"] == watched[0]["step"] + 1 and "loss/value" in watched[1]
     assert version_at_restart >= 3  # from GetWeights, not the SFT dir's version 0

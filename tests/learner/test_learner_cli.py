@@ -12,6 +12,7 @@ import pytest
 
 from rlhf.learner.cli import describe_progress
 from rlhf.toy.processes import RLHF_COMMAND, free_port
+from tests.helpers import hang_guard
 
 
 def train_ppo(tmp_path, *flags: str) -> subprocess.CompletedProcess:
@@ -33,7 +34,7 @@ def train_ppo(tmp_path, *flags: str) -> subprocess.CompletedProcess:
         "0",
         *flags,
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, timeout=hang_guard(600))
 
 
 @pytest.fixture
@@ -110,7 +111,7 @@ def test_training_data_is_read_before_the_model_loads(tmp_path, stage):
         "--out",
         str(tmp_path / "out"),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=hang_guard(600))
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and str(data) in lines[0] and "no-model" not in lines[0], lines
 
@@ -130,7 +131,7 @@ def test_an_uncached_hub_name_is_one_line(tmp_path):
         str(tmp_path / "out"),
     ]
     result = subprocess.run(
-        command, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        command, capture_output=True, text=True, timeout=hang_guard(600), env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr  # no Hugging Face warning before it

@@ -20,8 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rlhf.core.client import ClientOptions, make_channel
 from rlhf.learner.client import LearnerClient
 from rlhf.policy.client import PolicyClient
-from rlhf.toy.processes import RLHF_COMMAND, ServiceProcess, free_port
+from rlhf.toy.processes import RLHF_COMMAND, free_port
 from tests.certs import make_ca, make_leaf
+from tests.helpers import Service, hang_guard
 from tests.learner.test_learner_acceptance import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -85,9 +86,9 @@ def test_ppo_through_all_four_services_on_mtls(untrained, pki, tmp_path):
     learner_port, learner_health = free_port(), free_port()
     learner_target = f"127.0.0.1:{learner_port}"
 
-    def service(stack: ExitStack, role: str, name: str, *args: str) -> ServiceProcess:
+    def service(stack: ExitStack, role: str, name: str, *args: str) -> Service:
         return stack.enter_context(
-            ServiceProcess(
+            Service(
                 ["serve", role, "--model", str(untrained.sft), "--device", "cpu", *args],
                 log_path=logs / f"{name}.log",
                 name=name,
@@ -138,8 +139,8 @@ def test_ppo_through_all_four_services_on_mtls(untrained, pki, tmp_path):
                     "1",
                     "--save-every",
                     "1000",
-                    "--service-timeout",
-                    "60",
+                    "--service-timeout",  # a hang guard: a replica joins mid-run
+                    f"{hang_guard(600):.0f}",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -147,7 +148,7 @@ def test_ppo_through_all_four_services_on_mtls(untrained, pki, tmp_path):
             )
         stack.callback(lambda: learner.poll() is None and learner.kill())
         with LearnerClient(learner_target, as_role(pki, "operator")) as control:
-            control.wait_until_serving(timeout=120)
+            control.wait_until_serving(timeout=hang_guard(600))
             _wait(lambda: control.status().step >= 1, learner, logs)
             for proc in (policy, reward, reference):
                 assert_mtls_only(pki, proc.target, proc.health_port)
@@ -158,14 +159,14 @@ def test_ppo_through_all_four_services_on_mtls(untrained, pki, tmp_path):
                 assert replica.model_info().weights_version >= 1
             assert "pulled weights from the learner" in joined.logs(20000)
         stop = subprocess.run(
-            [*RLHF_COMMAND, "learner", "stop", "--target", learner_target],
+            [*RLHF_COMMAND, "learner", "stop", "--target", learner_target, "--timeout", f"{hang_guard(600):.0f}"],
             env={**_base_env(), **tls_env(pki, "operator")},
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=hang_guard(1200),
         )
         assert stop.returncode == 0, stop.stderr
-        assert learner.wait(120) == 0, (logs / "learner.log").read_text()[-4000:]
+        assert learner.wait(hang_guard(600)) == 0, (logs / "learner.log").read_text()[-4000:]
 
     steps = [m["step"] for m in read_jsonl(out / "metrics.jsonl")]
     assert len(steps) >= 1 and steps == list(range(1, len(steps) + 1))
@@ -175,8 +176,8 @@ def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("RLHF_TLS_")}
 
 
-def _wait(condition, learner: subprocess.Popen, logs: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
+def _wait(condition, learner: subprocess.Popen, logs: Path, timeout: float = 1800) -> None:
+    deadline = time.monotonic() + hang_guard(timeout)
     while not condition():
         assert learner.poll() is None, (logs / "learner.log").read_text()[-4000:]
         assert time.monotonic() < deadline, "the learner made no step"

@@ -22,6 +22,7 @@ from rlhf.core.client import BaseClient
 from rlhf.core.server import ServerOptions, ServerThread
 from rlhf.learner.retries import ServiceDown, with_retries
 from rlhf.toy.processes import RLHF_COMMAND, free_port
+from tests.helpers import hang_guard
 
 
 class BareService:
@@ -52,7 +53,7 @@ def serve(stack: ExitStack, service_name: str, loaded: bool = True, **options) -
     starter.start()
     stack.callback(server.stop)
     stack.callback(service.loaded.set)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + hang_guard(600)
     while not socket_open(port):
         assert time.monotonic() < deadline, f"nothing listens on {port}"
         time.sleep(0.05)
@@ -94,7 +95,7 @@ def learner(tmp_path, policy: str, reward: str, reference: str, *flags: str) -> 
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
-    _, stderr = proc.communicate(timeout=timeout)
+    _, stderr = proc.communicate(timeout=hang_guard(timeout))
     return proc.returncode, stderr.strip()
 
 
@@ -103,7 +104,7 @@ def test_a_wrong_address_fails_within_seconds_naming_the_flag(tmp_path):
         reward, reference = serve(stack, "rlhf.v1.RewardScoring"), serve(stack, "rlhf.v1.ReferencePolicy")
         nothing = f"127.0.0.1:{free_port()}"
         start = time.monotonic()
-        code, stderr = finish(learner(tmp_path, nothing, reward, reference), timeout=60)
+        code, stderr = finish(learner(tmp_path, nothing, reward, reference), timeout=600)
         elapsed = time.monotonic() - start
     assert code == 2 and elapsed < 15, (code, elapsed, stderr)
     assert stderr.splitlines() == [
@@ -127,7 +128,7 @@ def test_each_flag_is_checked(tmp_path, wrong):
 def test_another_kind_of_service_is_named(tmp_path):
     with ExitStack() as stack:
         reward, reference = serve(stack, "rlhf.v1.RewardScoring"), serve(stack, "rlhf.v1.ReferencePolicy")
-        code, stderr = finish(learner(tmp_path, reward, reward, reference), timeout=60)
+        code, stderr = finish(learner(tmp_path, reward, reward, reference), timeout=600)
     assert code == 2
     assert stderr.splitlines() == [
         f"rlhf: error: --policy: {reward} serves rlhf.v1.RewardScoring, not rlhf.v1.PolicyInference"
@@ -147,7 +148,7 @@ def test_ctrl_c_while_waiting_for_a_loading_service_exits_within_2s(tmp_path):
             seen += line
         proc.send_signal(signal.SIGINT)
         start = time.monotonic()
-        code, stderr = finish(proc, timeout=60)
+        code, stderr = finish(proc, timeout=600)
         elapsed = time.monotonic() - start
     assert elapsed < 2.0 and code == 2, (elapsed, code, stderr)
     assert stderr.splitlines()[-1].startswith(f"rlhf: error: --policy {policy}: stop requested while waiting")
@@ -200,7 +201,7 @@ def test_client_commands_name_the_target_and_the_wrong_kind_of_service():
             ),
         }
         for what, (args, start) in commands.items():
-            result = subprocess.run([*RLHF_COMMAND, *args], capture_output=True, text=True, timeout=120)
+            result = subprocess.run([*RLHF_COMMAND, *args], capture_output=True, text=True, timeout=hang_guard(600))
             lines = result.stderr.strip().splitlines()
             assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(start), (what, result.stderr)
 
@@ -238,7 +239,7 @@ def test_mtls_to_the_services_with_a_client_certificate(tmp_path, tls_dir, clien
             serve(stack, name, **tls)
             for name in ("rlhf.v1.PolicyInference", "rlhf.v1.RewardScoring", "rlhf.v1.ReferencePolicy")
         )
-        code, stderr = finish(learner(tmp_path, policy, reward, reference, *flags), timeout=60)
+        code, stderr = finish(learner(tmp_path, policy, reward, reference, *flags), timeout=600)
     assert code == 2
     if client_cert:  # every service checked out; what fails next is the (absent) model
         assert "--policy" not in stderr and "no-model-here" in stderr.splitlines()[-1], stderr
@@ -262,7 +263,7 @@ def test_a_wrong_token_is_named_before_any_model_loads(tmp_path):
         policy = policy.replace("localhost", "127.0.0.1")
         code, stderr = finish(
             learner(tmp_path, policy, reward, reference, "--auth-token-file", str(tmp_path / "client-token")),
-            timeout=60,
+            timeout=600,
         )
     assert code == 2 and stderr.splitlines()[-1].startswith(f"rlhf: error: --policy {policy}: UNAUTHENTICATED"), stderr
     assert "--auth-token-file" in stderr.splitlines()[-1]

@@ -11,7 +11,7 @@ from rlhf.core.modeling import load_tokenizer
 from rlhf.core.text import encode_prompt
 from rlhf.core.types import GenerationParams
 from rlhf.policy.client import PolicyClient
-from tests.helpers import RLHF, CliServer
+from tests.helpers import RLHF, TRAINING_HANG_GUARD_S, CliServer, hang_guard
 from tests.training.test_sft import taught_examples
 
 
@@ -47,7 +47,7 @@ def test_train_serve_and_generate_through_the_cli(tiny_model_dir, synth_dir, tmp
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=hang_guard(TRAINING_HANG_GUARD_S),
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # a tiny model trains faster on one thread than on a busy two
     )
     assert trained.returncode == 0, trained.stderr

@@ -19,7 +19,7 @@ import torch
 
 from rlhf.core.reward_model import RewardScorer
 from rlhf.training.preferences import completions, load_rankings, split_rankings
-from tests.helpers import RLHF, free_port
+from tests.helpers import RLHF, TRAINING_HANG_GUARD_S, free_port, hang_guard
 from tests.policy.fsdp_step import every_step
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def torchrun(*args: str, ranks: int = 2) -> subprocess.CompletedProcess:
         str(free_port()),
         *args,
     ]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=hang_guard(TRAINING_HANG_GUARD_S), env=ENV)
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
@@ -76,7 +76,9 @@ def train(stage: str, out: Path, *flags: str, ranks: int) -> subprocess.Complete
     args = ["train", stage, *flags, "--out", str(out)]
     if ranks > 1:
         return torchrun("-m", "rlhf", *args, ranks=ranks)
-    run = subprocess.run([*RLHF, *args], capture_output=True, text=True, timeout=300, env=ENV)
+    run = subprocess.run(
+        [*RLHF, *args], capture_output=True, text=True, timeout=hang_guard(TRAINING_HANG_GUARD_S), env=ENV
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 

@@ -10,7 +10,7 @@ import pytest
 from rlhf.core.errors import UserError
 from rlhf.reward import RewardClient
 from rlhf.reward.function import RewardFunctionFailed, checked_scores, load_reward_function
-from tests.helpers import RLHF, CliServer
+from tests.helpers import RLHF, CliServer, hang_guard
 
 FUNCTIONS = "tests.reward.reward_functions"
 
@@ -40,7 +40,7 @@ def test_a_function_scores_through_the_client_and_the_cli(length_server):
         [*RLHF, "score", "--target", length_server.target, "--prompt", "x", "--response", "four"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=hang_guard(600),
     )
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) == 4.0
@@ -97,7 +97,7 @@ def test_bad_function_specs_are_one_line_errors(tmp_path):
     rewards.write_text("def shout(prompts, responses):\n    return [float(r.isupper()) for r in responses]\n")
     assert load_reward_function(f"{rewards}:shout")(["p"], ["HI"]) == [1.0]
     for args in (["--function", "no_colon"], [], ["--function", f"{FUNCTIONS}:length_reward", "--model", "m"]):
-        out = subprocess.run([*RLHF, "serve", "reward", *args], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([*RLHF, "serve", "reward", *args], capture_output=True, text=True, timeout=hang_guard(600))
         assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 

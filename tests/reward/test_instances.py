@@ -19,7 +19,7 @@ import pytest
 from rlhf.reward import RewardClient
 from rlhf.reward.local import LocalReward
 from rlhf.v1 import reward_pb2, reward_pb2_grpc
-from tests.helpers import CliServer
+from tests.helpers import CliServer, hang_guard
 
 PROMPT = "Human: Tell me about cats.\nAssistant:"
 ITEMS = [(PROMPT, f" cats are kind and warm, number {i}.") for i in range(24)]
@@ -39,8 +39,8 @@ def model_workers(server_pid: int) -> list[int]:
     return sorted(workers)
 
 
-def wait_for_workers(server_pid: int, count: int, exclude: set[int], timeout: float = 60) -> list[int]:
-    deadline = time.monotonic() + timeout
+def wait_for_workers(server_pid: int, count: int, exclude: set[int], timeout: float = 600) -> list[int]:
+    deadline = time.monotonic() + hang_guard(timeout)
     while time.monotonic() < deadline:
         workers = model_workers(server_pid)
         if len(workers) == count and not exclude & set(workers):
@@ -49,8 +49,9 @@ def wait_for_workers(server_pid: int, count: int, exclude: set[int], timeout: fl
     raise AssertionError(f"workers of {server_pid}: {model_workers(server_pid)}")
 
 
-def wait_for_log(server: CliServer, *lines: str, timeout: float = 60) -> None:
+def wait_for_log(server: CliServer, *lines: str, timeout: float = 600) -> None:
     """Poll the server's log until every line is in it: a log line is written after the event it reports."""
+    timeout = hang_guard(timeout)
     deadline = time.monotonic() + timeout
     while not all(line in (logs := server.logs(20000)) for line in lines):
         assert time.monotonic() < deadline, f"not all of {lines} in the log after {timeout}s:\n{logs[-3000:]}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +14,8 @@ import torch
 from rlhf.core.reward_model import RewardScorer
 from rlhf.core.types import GenerationParams
 from rlhf.policy.client import PolicyClient
-from rlhf.toy.processes import ServiceProcess
 from rlhf.training.preferences import completions, load_rankings, split_rankings
-from tests.learner.test_learner_acceptance import rlhf
+from tests.helpers import Service, rlhf
 
 pytestmark = pytest.mark.slow
 
@@ -25,102 +25,36 @@ ACCURACY_GAP = 0.04
 IDS = torch.tensor([[5, 9, 13, 2, 7, 11, 40, 41]])
 
 
-@pytest.fixture(scope="module")
-def stages(tiny_model_dir, synth_dir, tmp_path_factory):
-    from rlhf.toy.synthetic import write_task
+def both(adapter: Path) -> dict[str, Path]:
+    """A LoRA output: its adapter dir, and the merged model in it."""
+    return {"adapter": adapter, "merged": adapter / "merged"}
 
-    root = tmp_path_factory.mktemp("lora-stages")
-    rlhf(
-        "train",
-        "sft",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(synth_dir / "sft.jsonl"),
-        "--out",
-        str(root / "sft"),
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "32",
-        "--device",
-        "cpu",
-    )
-    rlhf(
-        "train",
-        "sft",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(synth_dir / "sft.jsonl"),
-        "--out",
-        str(root / "sft-lora"),
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--lora-r",
-        "8",
-    )
-    preferences = write_task(root / "rm-data", preference_scale=3)["preferences"]
-    accuracy = {}
-    for name, extra in (("rm", []), ("rm-lora", ["--lora-r", "8", "--lr", "3e-3"])):
-        out = rlhf(
-            "train",
-            "rm",
-            "--model",
-            str(root / "sft"),
-            "--data",
-            str(preferences),
-            "--out",
-            str(root / name),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--lr",
-            "1e-3",
-            "--adam-beta2",
-            "0.95",
-            "--max-length",
-            "48",
-            "--device",
-            "cpu",
-            *extra,
-        ).stdout
-        accuracy[name] = float(re.search(r"held-out pairwise accuracy: ([0-9.]+)", out).group(1))
-    # a LoRA reward model on the LoRA SFT model: an adapter whose base is an adapter
-    rlhf(
-        "train",
+
+@pytest.fixture(scope="module")
+def stages(lora_sft_model, reward_model, lora_reward_model, rm_preferences, trained_models, seed):
+    """The session's LoRA SFT, reward and LoRA reward models (tests/conftest.py; the reward models from its SFT
+    model), and a LoRA reward model on the LoRA SFT model: an adapter whose base is an adapter."""
+    chain = trained_models.train(
         "rm",
-        "--model",
-        str(root / "sft-lora"),
-        "--data",
-        str(preferences),
-        "--out",
-        str(root / "rm-chain"),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-        "--max-length",
-        "48",
-        "--device",
-        "cpu",
-        "--lora-r",
-        "4",
+        lora_sft_model.dir,
+        rm_preferences,
+        *("--epochs", "1", "--batch-size", "64", "--max-length", "48", "--device", "cpu", "--lora-r", "4"),
+        *("--seed", str(seed)),
     )
-    return root, preferences, accuracy
+    dirs = {"sft-lora": lora_sft_model.dir, "rm-lora": lora_reward_model.dir, "rm-chain": chain.dir}
+    accuracy = {
+        name: float(re.search(r"held-out pairwise accuracy: ([0-9.]+)", trained.stdout).group(1))
+        for name, trained in (("rm", reward_model), ("rm-lora", lora_reward_model))
+    }
+    return dirs, rm_preferences, accuracy
 
 
 def test_lora_sft_writes_an_adapter_and_a_merged_dir_that_agree(stages, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    root = stages[0]
-    adapter, merged = root / "sft-lora", root / "sft-lora" / "merged"
+    adapter = stages[0]["sft-lora"]
+    merged = adapter / "merged"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["base_model_name_or_path"] == str(tiny_model_dir.resolve())
     assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
@@ -135,12 +69,12 @@ def test_lora_sft_writes_an_adapter_and_a_merged_dir_that_agree(stages, tiny_mod
 
 
 def test_the_policy_service_serves_the_adapter_dir_as_it_serves_the_merged_dir(stages):
-    root = stages[0]
+    adapter = stages[0]["sft-lora"]
     greedy = GenerationParams(max_new_tokens=8, temperature=0)
     samples = {}
-    for name in ("sft-lora", "sft-lora/merged"):
+    for name, model in (("sft-lora", adapter), ("sft-lora/merged", adapter / "merged")):
         with (
-            ServiceProcess(["serve", "policy", "--model", str(root / name), "--device", "cpu"], name=name) as proc,
+            Service(["serve", "policy", "--model", str(model), "--device", "cpu"], name=name) as proc,
             PolicyClient(proc.target) as policy,
         ):
             samples[name] = [
@@ -170,43 +104,40 @@ def test_no_merge_writes_the_adapter_only(tiny_model_dir, synth_dir, tmp_path):
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file() and not (tmp_path / "a" / "merged").exists()
 
 
-def test_a_lora_reward_model_matches_full_training_and_both_outputs_score_mean_0(stages):
-    root, preferences, accuracy = stages
+def test_a_lora_reward_model_matches_full_training_and_both_outputs_score_mean_0(stages, seed):
+    dirs, preferences, accuracy = stages
     assert accuracy["rm-lora"] >= accuracy["rm"] - ACCURACY_GAP, accuracy
     items = completions(load_rankings(preferences))[:300]
-    scores = {name: RewardScorer.load(root / name, device="cpu").score(items) for name in ("rm-lora", "rm-lora/merged")}
-    torch.testing.assert_close(
-        torch.tensor(scores["rm-lora"]), torch.tensor(scores["rm-lora/merged"]), rtol=1e-4, atol=1e-4
-    )
-    train, _ = split_rankings(load_rankings(preferences), 0.1, 0)  # the split `train rm` made (its defaults)
+    adapter = dirs["rm-lora"]
+    scores = {name: RewardScorer.load(model, device="cpu").score(items) for name, model in both(adapter).items()}
+    torch.testing.assert_close(torch.tensor(scores["adapter"]), torch.tensor(scores["merged"]), rtol=1e-4, atol=1e-4)
+    train, _ = split_rankings(load_rankings(preferences), 0.1, seed)  # the split `train rm` made (its default 0.1)
     reference = completions(train)
-    for name in ("rm-lora", "rm-lora/merged"):  # the adapter carries the offset (in its final-norm copy)
-        mean = sum(RewardScorer.load(root / name, device="cpu").score(reference)) / len(reference)
+    for name, model in both(adapter).items():  # the adapter carries the offset (in its final-norm copy)
+        mean = sum(RewardScorer.load(model, device="cpu").score(reference)) / len(reference)
         assert abs(mean) < 1e-4, (name, mean)
 
 
-def test_an_adapter_on_an_adapter_loads_as_its_merged_dir(stages, tiny_model_dir, synth_dir):
+def test_an_adapter_on_an_adapter_loads_as_its_merged_dir(stages, synth_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from rlhf.core.modeling import load_causal_lm
 
-    root, preferences, _ = stages
-    config = json.loads((root / "rm-chain" / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str((root / "sft-lora").resolve())
+    dirs, preferences, _ = stages
+    config = json.loads((dirs["rm-chain"] / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(dirs["sft-lora"].resolve())
     items = completions(load_rankings(preferences))[:100]
-    chained, merged = (
-        RewardScorer.load(root / name, device="cpu").score(items) for name in ("rm-chain", "rm-chain/merged")
-    )
+    chained, merged = (RewardScorer.load(model, device="cpu").score(items) for model in both(dirs["rm-chain"]).values())
     torch.testing.assert_close(torch.tensor(chained), torch.tensor(merged), rtol=1e-4, atol=1e-4)
     rlhf(
         "train",
         "sft",
         "--model",
-        str(root / "sft-lora"),
+        str(dirs["sft-lora"]),
         "--data",
         str(synth_dir / "sft.jsonl"),
         "--out",
-        str(root / "sft-chain"),
+        str(tmp_path / "sft-chain"),
         "--batch-size",
         "64",
         "--device",
@@ -217,8 +148,8 @@ def test_an_adapter_on_an_adapter_loads_as_its_merged_dir(stages, tiny_model_dir
         "1e-2",
     )
     with torch.no_grad():
-        got = load_causal_lm(root / "sft-chain", torch.device("cpu"), torch.float32)(input_ids=IDS).logits
-        want = AutoModelForCausalLM.from_pretrained(root / "sft-chain" / "merged")(input_ids=IDS).logits
+        got = load_causal_lm(tmp_path / "sft-chain", torch.device("cpu"), torch.float32)(input_ids=IDS).logits
+        want = AutoModelForCausalLM.from_pretrained(tmp_path / "sft-chain" / "merged")(input_ids=IDS).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 

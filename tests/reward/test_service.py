@@ -18,7 +18,7 @@ from rlhf.reward import RewardClient
 from rlhf.reward.local import LocalReward
 from rlhf.toy.processes import free_port
 from rlhf.v1 import reward_pb2
-from tests.helpers import RLHF, CliServer
+from tests.helpers import RLHF, CliServer, hang_guard
 
 PROMPT = "Human: Tell me about cats.\nAssistant:"
 MAX_ITEMS = 8
@@ -175,7 +175,7 @@ def test_score_cli_single_pair_and_jsonl(server, tmp_path):
         [*RLHF, "score", "--target", server.target, "--prompt", PROMPT, "--response", " cats."],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=hang_guard(600),
     )
     assert out.returncode == 0, out.stderr
     single = float(out.stdout)
@@ -183,7 +183,10 @@ def test_score_cli_single_pair_and_jsonl(server, tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = subprocess.run(
-        [*RLHF, "score", "--target", server.target, "--input", str(path)], capture_output=True, text=True, timeout=60
+        [*RLHF, "score", "--target", server.target, "--input", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=hang_guard(600),
     )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
@@ -196,7 +199,7 @@ def test_score_cli_bad_target_is_one_line():
         [*RLHF, "score", "--target", f"127.0.0.1:{free_port()}", "--prompt", "p", "--response", "r", "--timeout", "10"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=hang_guard(600),
     )
     assert out.returncode == 2
     assert out.stderr.startswith("rlhf: error: 127.0.0.1:") and "UNAVAILABLE" in out.stderr

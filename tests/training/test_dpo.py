@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 
 import pytest
 import torch
 
 from rlhf.core.text import encode_pair
 from rlhf.core.types import GenerationParams
-from rlhf.toy.synthetic import ground_truth_score, write_task
+from rlhf.toy.synthetic import ground_truth_score
 from rlhf.training.dpo import DPOConfig, dpo_loss, reference_logprobs
 from rlhf.training.losses import ipo_loss, preference_logits, sigmoid_loss
-from tests.helpers import RLHF, CliServer
+from tests.helpers import CliServer, rlhf
 
 # Bound set well inside the worst of seeds 0-2 (benchmarks/seed_sweep.py --only dpo: gains +0.23 to +0.38).
 DPO_TRUTH_GAIN = 0.15
@@ -76,32 +75,10 @@ def mean_ground_truth(model_dir, prompts: list[str]) -> float:
 
 
 @pytest.mark.slow
-def test_dpo_through_the_cli_raises_the_ground_truth(tiny_model_dir, synth_dir, tmp_path, seed, record_figures):
-    def rlhf(*args):
-        result = subprocess.run([*RLHF, "--log-level", "WARNING", *args], capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stdout
-
-    sft, dpo = tmp_path / "sft", tmp_path / "dpo"
-    preferences = write_task(tmp_path / "data", preference_scale=3)["preferences"]
-    rlhf(
-        "train",
-        "sft",
-        "--model",
-        str(tiny_model_dir),
-        "--data",
-        str(synth_dir / "sft.jsonl"),
-        "--out",
-        str(sft),
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--seed",
-        str(seed),
-    )
+def test_dpo_through_the_cli_raises_the_ground_truth(
+    sft_model, rm_preferences, synth_dir, tmp_path, seed, record_figures
+):
+    sft, dpo = sft_model.dir, tmp_path / "dpo"
     with CliServer(
         ["serve", "reference", "--model", str(sft), "--device", "cpu"], log_path=tmp_path / "reference.log"
     ) as reference:
@@ -111,7 +88,7 @@ def test_dpo_through_the_cli_raises_the_ground_truth(tiny_model_dir, synth_dir, 
             "--model",
             str(sft),
             "--data",
-            str(preferences),
+            str(rm_preferences),
             "--out",
             str(dpo),
             "--reference",
@@ -124,7 +101,7 @@ def test_dpo_through_the_cli_raises_the_ground_truth(tiny_model_dir, synth_dir, 
             "cpu",
             "--seed",
             str(seed),
-        )
+        ).stdout
     assert "held-out preference accuracy" in out and f"wrote {dpo}" in out
     held_out = [json.loads(line)["prompt"] for line in (synth_dir / "prompts_eval.jsonl").read_text().splitlines()]
     before, after = mean_ground_truth(sft, held_out), mean_ground_truth(dpo, held_out)

@@ -12,7 +12,7 @@ import torch
 from rlhf.reward.local import LocalReward
 from rlhf.toy.synthetic import ground_truth_score
 from rlhf.training.preferences import completions, load_rankings, split_rankings
-from tests.helpers import RLHF, CliServer
+from tests.helpers import RLHF, TRAINING_HANG_GUARD_S, CliServer, hang_guard
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def trained(tmp_path_factory, seed):
         "0.95",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=hang_guard(TRAINING_HANG_GUARD_S), env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     train_set, held_out = split_rankings(load_rankings(str(data)), EVAL_FRACTION, seed)  # the CLI's split
     return {"dir": work / "rm", "stdout": run.stdout, "stderr": run.stderr, "train": train_set, "held_out": held_out}
@@ -157,7 +157,7 @@ def test_the_finished_bar_is_not_drawn_again_below_the_last_epoch_line(tiny_mode
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=600,
+        timeout=hang_guard(TRAINING_HANG_GUARD_S),
     )
     assert run.returncode == 0, run.stdout[-3000:]
     after = run.stdout.split("epoch 2: held-out pairwise accuracy")
