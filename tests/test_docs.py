@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.helpers import hang_guard
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,7 +48,7 @@ def test_the_site_builds_with_strict(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=hang_guard(600),
         env={"PATH": "/usr/bin:/bin", "NO_MKDOCS_2_WARNING": "1", "HOME": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr[-3000:]

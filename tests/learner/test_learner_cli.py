@@ -165,7 +165,9 @@ def test_train_grpo_defaults_are_grpos_own_recipe():
         0.05,
     )
     # --help shows them
-    shown = subprocess.run([*RLHF_COMMAND, "train", "grpo", "--help"], capture_output=True, text=True, timeout=120)
+    shown = subprocess.run(
+        [*RLHF_COMMAND, "train", "grpo", "--help"], capture_output=True, text=True, timeout=hang_guard(600)
+    )
     sections = {part.split()[0]: " ".join(part.split()) for part in re.split(r"\n  (?=--)", shown.stdout)[1:]}
     for flag, default in [("--ppo-epochs", 1), ("--num-minibatches", 1), ("--kl-in", "loss"), ("--kl-coef", 0.1)]:
         assert f"(default {default})" in sections[flag], sections[flag]
