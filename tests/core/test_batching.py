@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from rlhf.core.batching import BatcherClosed, DynamicBatcher, _Pending, _tightest_window
+from tests.helpers import hang_guard
 
 
 class Recorder:
@@ -108,7 +109,7 @@ def test_close_finishes_queued_work_then_refuses():
         await asyncio.sleep(0.01)
         await batcher.close()
         assert all(e.future.done() for e in batcher._pending) and not batcher._pending
-        results = await asyncio.wait_for(asyncio.gather(*pending), timeout=1)
+        results = await asyncio.wait_for(asyncio.gather(*pending), timeout=hang_guard(30))
         assert results == [[i * 10] for i in range(5)]
         with pytest.raises(BatcherClosed):
             await batcher.submit([1])
