@@ -25,7 +25,7 @@ from rlhf.v1 import (
     reward_pb2,
     reward_pb2_grpc,
 )
-from tests.helpers import free_port
+from tests.helpers import free_port, hang_guard
 
 MAX_ITEMS = 4
 # The queue holds at most one request; a batch waits long enough for a second request to find it full.
@@ -110,7 +110,7 @@ def answers_of(name: str, service, call, stub_class) -> dict:
             release.set()
             starting.join(300)
             first = call(channel, MAX_ITEMS - 1)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + hang_guard(300)
             while service.batcher.queued < MAX_ITEMS - 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
             answers["queue full"] = outcome(call(channel, 2), name)

@@ -41,7 +41,7 @@ def label_server(config: LabelConfig, tokens: dict[str, str] | None = None, samp
     from rlhf.label.app import build_app
     from rlhf.label.items import ItemQueue, load_items
     from rlhf.label.store import RankingStore
-    from tests.helpers import free_port
+    from tests.helpers import free_port, hang_guard
 
     store = RankingStore(config.out)
     queue = ItemQueue(load_items(config), store, config.overlap, sample)
@@ -51,7 +51,7 @@ def label_server(config: LabelConfig, tokens: dict[str, str] | None = None, samp
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + hang_guard(600)
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the label server did not start"
         time.sleep(0.02)

@@ -185,7 +185,7 @@ def test_rankings_made_in_the_browser_by_a_hidden_rule_train_a_reward_model_that
     from rlhf.reward.local import LocalReward
     from rlhf.toy.synthetic import ground_truth_score
     from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
-    from tests.helpers import RLHF
+    from tests.helpers import RLHF, TRAINING_HANG_GUARD_S, hang_guard
 
     rows = rule_candidates(tmp_path / "candidates.jsonl", seed, ITEMS)
     out = tmp_path / "rankings.jsonl"
@@ -214,7 +214,13 @@ def test_rankings_made_in_the_browser_by_a_hidden_rule_train_a_reward_model_that
     lm = make_tiny_model(tmp_path / "lm", TinyModelConfig(n_embd=64))
     train = [*RLHF, "train", "rm", "--model", str(lm), "--data", str(out), "--out", str(tmp_path / "rm")]
     train += ["--epochs", "5", "--batch-size", "8", "--lr", "3e-3", "--adam-beta2", "0.95", "--device", "cpu"]
-    run = subprocess.run(train, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run = subprocess.run(
+        train,
+        capture_output=True,
+        text=True,
+        timeout=hang_guard(TRAINING_HANG_GUARD_S),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     print(f"ranked and trained: {time.monotonic() - started:.1f}s")
 

@@ -12,7 +12,7 @@ import urllib.error
 import pytest
 
 from rlhf.cli import main
-from tests.helpers import RLHF, free_port
+from tests.helpers import RLHF, free_port, hang_guard
 from tests.label.conftest import PROMPTS, call
 
 
@@ -51,7 +51,7 @@ def test_rlhf_label_serves_the_page_and_appends_rankings(tmp_path, candidates):
     command = [*RLHF, "label", "--candidates", str(candidates), "--out", str(out), "--port", str(port)]
     proc = subprocess.Popen([*command, "--annotator", "ana"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + hang_guard(600)
         while True:
             try:
                 status, item = call(f"{url}/api/next")

@@ -12,6 +12,7 @@ import pytest
 
 from rlhf.learner.data import CursorSampler
 from rlhf.learner.producer import Producer, StaleWeights, fresh_batch
+from tests.helpers import hang_guard
 
 PROMPTS = [f"prompt {i}" for i in range(10)]
 
@@ -168,7 +169,7 @@ def test_idle_times_say_who_waits_for_whom():
 def test_in_flight_lists_the_batches_not_yet_taken():
     services = FakeServices()
     producer = producer_of(services, ahead=2)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + hang_guard(60)
     while [phase for _, phase, _ in producer.in_flight()] != ["ready", "ready"] and time.monotonic() < deadline:
         time.sleep(0.01)
     assert producer.in_flight() == [(0, "ready", 3), (1, "ready", 3)]
