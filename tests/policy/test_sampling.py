@@ -116,3 +116,22 @@ def test_eos_stops_a_row_and_is_kept(model):
     for out in (held, sampled):
         assert len(out.token_ids) == 4 and eos not in out.token_ids[:3] and out.token_ids[3] == eos
         assert out.finish_reason == "eos" and all(lp < -10 for lp in out.logprobs[:3]), out.logprobs
+
+
+def test_an_end_of_turn_token_stops_a_row_as_eos_does(model):
+    """Several stop ids (EOS and a chat template's end of turn, e.g. <|im_end|>): the first one drawn ends the
+    row and is kept, so the learner's masks end the response there."""
+    end_of_turn = 7
+    with torch.no_grad():
+        saved = model.transformer.ln_f.weight.clone(), model.transformer.ln_f.bias.clone()
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(1000 * model.transformer.wte.weight[end_of_turn])
+    try:
+        stopped = decode(model, [[5, 6]], [row_generator(0, 0)], settings(temperature=0), eos_id=[0, 7], pad_id=1)[0]
+        eos_only = decode(model, [[5, 6]], [row_generator(0, 0)], settings(temperature=0), eos_id=0, pad_id=1)[0]
+    finally:
+        with torch.no_grad():
+            model.transformer.ln_f.weight.copy_(saved[0])
+            model.transformer.ln_f.bias.copy_(saved[1])
+    assert stopped.token_ids == [end_of_turn] and stopped.finish_reason == "eos"
+    assert eos_only.token_ids == [end_of_turn] * 8 and eos_only.finish_reason == "length"

@@ -137,3 +137,17 @@ def render_for_request(tokenizer, render_one, what: str):
 def plain_prompt(conversation: Sequence[Message]) -> str:
     """A model-free rendering (for reward functions): one "role: content" line per message, then "assistant: "."""
     return "".join(f"{role}: {content}\n" for role, content in conversation) + "assistant: "
+
+
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endofturn|>")  # ChatML, Llama 3, ...
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Where generation ends: EOS, the model's generation config's eos ids, and a chat template's end-of-turn
+    token where the tokenizer has one as a special token (<|im_end|>, <|eot_id|>, ...)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured] if configured is not None else []
+    special = set(tokenizer.all_special_tokens)
+    ids += [tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN if t in special]
+    return list(dict.fromkeys(ids))

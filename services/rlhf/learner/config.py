@@ -44,7 +44,9 @@ class PPOConfig(TrainingOptions):
     reference: str = ""
     """reference-policy service (pi_SFT), HOST:PORT"""
     prompts: str = ""
-    """RL prompts, JSONL with a "prompt" field per line"""
+    """RL prompts, JSONL with a "prompt" field per line: text, or a conversation (a list of messages)"""
+    chat_template: str = ""
+    """Jinja chat template file for conversational prompts, in place of the policy tokenizer's own"""
     out: str = ""
     """output dir: checkpoints/, metrics.jsonl, tb/ (TensorBoard) and the final policy/"""
     steps: int = 100

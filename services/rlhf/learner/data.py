@@ -6,8 +6,9 @@ import logging
 
 import torch
 
+from rlhf.core.chat import Conversation, is_conversation, parse_conversation, render
 from rlhf.core.errors import UserError
-from rlhf.core.jsonl import read_jsonl_field
+from rlhf.core.jsonl import read_jsonl, read_jsonl_field
 from rlhf.core.text import encode_prompt
 
 log = logging.getLogger("rlhf.learner")
@@ -35,9 +36,47 @@ class CursorSampler:
         return batch
 
 
+class ChatPrompt(str):
+    """A conversational prompt: the text the policy's chat template writes for it (with the generation prompt),
+    which is what the policy is sent, and the messages, which are what each reward service renders itself."""
+
+    messages: Conversation
+
+    def __new__(cls, text: str, messages: Conversation) -> ChatPrompt:
+        prompt = super().__new__(cls, text)
+        prompt.messages = messages
+        return prompt
+
+    def __reduce__(self):
+        return ChatPrompt, (str(self), self.messages)
+
+
+def read_prompts(path: str, tokenizer) -> list[str]:
+    """Each row's "prompt": text, or a conversation rendered with the tokenizer's template (one kind per file)."""
+    prompts: list[str] = []
+    for where, row in read_jsonl(path):
+        value = row.get("prompt")
+        if is_conversation(value):
+            conversation = parse_conversation(value, where, "prompt")
+            text = render(tokenizer, conversation, generation_prompt=True, where=where)
+            prompts.append(ChatPrompt(text, conversation))
+        elif isinstance(value, str):
+            prompts.append(value)
+        else:
+            raise UserError(f'{where}: expected a "prompt" field: text or a list of messages')
+        if isinstance(prompts[-1], ChatPrompt) != isinstance(prompts[0], ChatPrompt):
+            raise UserError(f"{where}: text and conversational (messages) prompts are mixed in one file")
+    return prompts
+
+
+def reward_prompt(prompt: str):
+    """What a reward service is sent for a prompt: its messages when it is a conversation, else its text."""
+    return prompt.messages if isinstance(prompt, ChatPrompt) else prompt
+
+
 def load_prompts(path: str, tokenizer, max_prompt_tokens: int) -> list[str]:
     """Prompts from JSONL, skipping (and counting) those too long to leave room for a response."""
-    prompts = read_jsonl_field(path, "prompt")
+    prompts = read_prompts(path, tokenizer)
     kept = [p for p in prompts if len(encode_prompt(tokenizer, p)) <= max_prompt_tokens]
     if len(kept) < len(prompts):
         log.warning(

@@ -17,6 +17,7 @@ import torch
 from rlhf.core import distributed
 from rlhf.core.types import GenerationParams, Sample
 from rlhf.learner.config import PPOConfig
+from rlhf.learner.data import reward_prompt
 from rlhf.learner.interfaces import PolicySampler
 from rlhf.learner.models import policy_forward, value_forward
 from rlhf.learner.replicas import Services, name_of
@@ -241,7 +242,8 @@ def collect_from_services(
     prompt_texts = [prompts[s.prompt_index] for s in samples]
     # Token ids, never re-tokenized text, go to the reference: re-tokenizing would corrupt the KL.
     pairs = [(s.prompt_token_ids, s.response_token_ids) for s in samples]
-    texts = [(p, s.response_text) for p, s in zip(prompt_texts, samples, strict=True)]
+    # A conversation goes to the reward services as messages: each renders it with its own template.
+    texts = [(reward_prompt(p), s.response_text) for p, s in zip(prompt_texts, samples, strict=True)]
     on_phase("score")  # the reference, and whatever runs meanwhile, at the same time
     scores = services.pool.submit(timed, "time/score", score_all, services, texts)
     ref = services.pool.submit(timed, "time/reference", services.call, services.reference, "logprobs", pairs)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from rlhf.core import distributed
+from rlhf.core.chat import use_chat_template
 from rlhf.core.errors import UserError
 from rlhf.core.modeling import context_length, load_tokenizer, resolve_device
 from rlhf.core.training import (
@@ -97,7 +98,7 @@ def build_state(config: PPOConfig) -> TrainState:
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     check_precision(config, device)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = use_chat_template(load_tokenizer(config.model), config.chat_template)
     dtype = weights_dtype(config)  # loaded as trained: bf16-true never holds a float32 copy
     # Under torchrun the models load on the CPU and move to the GPU shard by shard (distributed.shard).
     load_on = torch.device("cpu") if distributed.is_distributed() else device

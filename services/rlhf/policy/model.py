@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf.core.chat import stop_token_ids
 from rlhf.core.checks import InvalidRequest, check_fits_context, check_item_count, check_token_ids
 from rlhf.core.modeling import (
     context_length,
@@ -89,6 +90,7 @@ class PolicyModel:
         self.adapter = ServedAdapter(self.model, self.path, next(self.model.parameters()).dtype)
         self.max_context = context_length(self.model.config)
         self.vocab_size = self.model.get_input_embeddings().num_embeddings
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)  # EOS, end of turn
 
     @property
     def device(self) -> str:
@@ -131,7 +133,7 @@ class PolicyModel:
             [r.prompt_ids for r in rows],
             [row_generator(r.seed, r.index) for r in rows],
             settings,
-            self.tokenizer.eos_token_id,
+            self.stop_ids,
             self.tokenizer.pad_token_id,
         )
         return [

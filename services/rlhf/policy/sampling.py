@@ -114,11 +114,14 @@ def decode(
     prompts: Sequence[Sequence[int]],
     generators: Sequence[torch.Generator],
     settings: SamplingSettings,
-    eos_id: int | None,
+    eos_id: int | Sequence[int] | None,
     pad_id: int,
 ) -> list[Decoded]:
-    """Sample up to settings.max_new_tokens tokens after each prompt (every prompt holds >= 1 token)."""
+    """Sample up to settings.max_new_tokens tokens after each prompt (every prompt holds >= 1 token). eos_id may
+    be several ids (EOS and a chat template's end of turn): a row ends at the first of them, which it keeps."""
     device = next(model.parameters()).device
+    stops = [eos_id] if isinstance(eos_id, int) else list(eos_id or [])
+    stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
     forward = _Forward(model)
     ids, mask, positions = pad_left(prompts, pad_id, device)
     batch = len(prompts)
@@ -133,15 +136,15 @@ def decode(
     for step in range(settings.max_new_tokens):
         steps = step + 1
         allowed = logits
-        if step < settings.min_new_tokens and eos_id is not None:
+        if step < settings.min_new_tokens and stops:
             allowed = logits.clone()
-            allowed[:, eos_id] = float("-inf")  # too short to end; the log-prob below stays the raw one
+            allowed[:, stop_ids] = float("-inf")  # too short to end; the log-prob below stays the raw one
         next_tokens = choose_tokens(allowed, settings, uniforms[:, step])
         tokens[:, step] = next_tokens
         # log pi(y_t | ...) under the raw distribution, whatever temperature or truncation sampled it
         logprobs[:, step] = logits.log_softmax(-1).gather(-1, next_tokens[:, None]).squeeze(-1)
-        if settings.stop_at_eos and eos_id is not None:
-            ends_here = (next_tokens == eos_id) & ~finished
+        if settings.stop_at_eos and stops:
+            ends_here = torch.isin(next_tokens, stop_ids) & ~finished
             lengths = torch.where(ends_here, step + 1, lengths)
             finished |= ends_here
             if bool(finished.all()):
