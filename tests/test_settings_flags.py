@@ -55,6 +55,7 @@ NOT_SETTINGS = {
     "--prompt": "the input of a client command",
     "--response": "the input of a client command",
     "--input": "the input of a client command",
+    "--messages": "the input of a client command",
     "--tokenizer": "`rlhf logprobs` decodes the reply with it",
     "--json": "how a client command prints its reply",
 }
