@@ -3,6 +3,7 @@
 #
 #   docker build -t rlhf:dev .                                  # CPU (default): torch's CPU wheel
 #   docker build -t rlhf:cuda --build-arg VARIANT=cuda .        # CUDA: torch's CUDA wheel, CUDA libs inside
+#   docker build -t rlhf-vllm:cuda --build-arg VARIANT=cuda --build-arg ENGINE=vllm .   # + vLLM, for the policy
 #   docker run --rm rlhf:dev serve reward --model /models/rm --port 50051
 #
 # The CUDA variant needs only the NVIDIA driver on the node (the wheel brings the CUDA runtime),
@@ -37,12 +38,25 @@ COPY pyproject.toml README.md* ./
 COPY services ./services
 # torch is already there and satisfies the pin, so pip keeps the variant installed above.
 RUN pip install . && pip check
+# ENGINE=vllm adds vLLM for `rlhf serve policy --engine vllm` (k8s/components/vllm runs the policy on it). CUDA
+# only: vLLM's PyPI wheels are CUDA builds. vLLM pins its own torch and transformers, so this image is the policy
+# pod's, built apart from the one the other pods run.
+ARG ENGINE=hf
+RUN set -eu; \
+    case "$ENGINE" in \
+      hf)   ;; \
+      vllm) [ "$VARIANT" = cuda ] || { echo "ENGINE=vllm needs VARIANT=cuda" >&2; exit 1; }; \
+            pip install ".[vllm]" && pip check && python -c "import vllm; print('vllm', vllm.__version__)" ;; \
+      *)    echo "ENGINE must be hf or vllm, not '$ENGINE'" >&2; exit 1 ;; \
+    esac
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VARIANT=cpu
+ARG ENGINE=hf
 LABEL org.opencontainers.image.title="rlhf" \
       org.opencontainers.image.description="RLHF (SFT, reward model, PPO) as gRPC services" \
-      io.rlhf.variant="${VARIANT}"
+      io.rlhf.variant="${VARIANT}" \
+      io.rlhf.engine="${ENGINE}"
 # tini is PID 1: it forwards SIGTERM to rlhf (servers drain, the learner checkpoints) and reaps.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \

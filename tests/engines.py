@@ -28,7 +28,6 @@ from tests.helpers import CliServer, free_port
 REPO = Path(__file__).resolve().parents[1]
 # Small and quick to start on a CPU: no compilation, a 64 MiB KV cache.
 VLLM_FLAGS = ["--engine", "vllm", "--vllm-enforce-eager", "--vllm-kv-cache-gb", "0.0625"]
-VLLM_START_TIMEOUT = 900.0  # import and start take 30 s on an idle 2-core machine, minutes on a busy one
 
 
 def vllm_python() -> str | None:
@@ -75,15 +74,14 @@ def served_policy(engine: str, model_dir, log_path: Path | None = None, **config
         return
     metrics_port = free_port()
     args = ["serve", "policy", "--model", str(model_dir), "--device", "cpu", *VLLM_FLAGS, *flags_of(config)]
-    server = CliServer(
-        [*args, "--metrics-port", str(metrics_port)], log_path=log_path, command=[vllm_python(), "-m", "rlhf.cli"]
-    )
-    try:
-        server.start(timeout=VLLM_START_TIMEOUT)
+    with CliServer([*args, "--metrics-port", str(metrics_port)], log_path=log_path, **vllm_process()) as server:
         yield Served(server.target, f"http://127.0.0.1:{metrics_port}/metrics")
-    finally:
-        server.terminate()
-        server.kill()
+
+
+def vllm_process() -> dict:
+    """A ServiceProcess's options for `rlhf serve policy ... VLLM_FLAGS`: the vLLM environment's python, and time
+    for vLLM's import and start (30 s on an idle 2-core machine, minutes on a busy one)."""
+    return {"command": [vllm_python(), "-m", "rlhf.cli"], "start_timeout": 900.0}
 
 
 def model_dir_weights(model_dir) -> dict[str, torch.Tensor]:

@@ -95,3 +95,12 @@ def test_the_build_context_holds_what_the_build_copies():
     copied = {"pyproject.toml", "README.md", "services/"}
     assert {line.lstrip("!") for line in ignore if line.startswith("!")} == copied
     assert (REPO / "pyproject.toml").is_file() and (REPO / "services" / "rlhf" / "cli.py").is_file()
+
+
+def test_the_engine_argument_adds_vllm_to_the_cuda_image_only(stages):
+    build = dict(a.split("=", 1) for i, a in stages["build"] if i == "ARG" and "=" in a)
+    assert build["ENGINE"] == "hf"
+    install = next(a for i, a in stages["build"] if i == "RUN" and "$ENGINE" in a)
+    assert 'pip install ".[vllm]"' in install and "ENGINE=vllm needs VARIANT=cuda" in install
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("vllm") for dep in extras["vllm"])

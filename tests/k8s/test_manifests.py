@@ -230,3 +230,16 @@ def test_every_grpc_hop_uses_the_token_from_the_auth_secret(overlay):
             workload["metadata"]["name"],
             flag,
         )
+
+
+def test_the_vllm_component_runs_only_the_policy_on_the_vllm_image_and_engine():
+    docs = rendered("gpu", ("vllm",))
+    for doc in docs:
+        validate_strict(doc)
+    deployments, plain = of_kind(docs, "Deployment"), of_kind(rendered("gpu"), "Deployment")
+    policy = main_container(deployments["policy"])
+    assert policy["image"] == "rlhf-vllm:cuda"
+    assert policy["args"] == [*main_container(plain["policy"])["args"], "--engine=vllm", "--vllm-kv-cache-gb=16"]
+    assert policy["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    for name in ("reward", "reference"):
+        assert deployments[name] == plain[name]

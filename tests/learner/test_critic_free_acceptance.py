@@ -11,6 +11,7 @@ import pytest
 
 from rlhf.policy.client import PolicyClient
 from rlhf.reward.client import RewardClient
+from tests.engines import needs_vllm
 from tests.learner.test_learner_acceptance import Run, evaluate
 
 pytestmark = pytest.mark.slow
@@ -65,9 +66,18 @@ def run_critic_free(run: Run, estimator: str, seed: int, *extra: str) -> None:
 def test_critic_free_estimators_raise_the_ground_truth(
     trained, synth_dir, tmp_path, seed, record_figures, estimator, extra
 ):
+    raise_the_ground_truth(trained, synth_dir, tmp_path, seed, record_figures, estimator, extra)
+
+
+@needs_vllm
+def test_grpo_through_a_vllm_replica_raises_the_ground_truth(trained, synth_dir, tmp_path, seed, record_figures):
+    raise_the_ground_truth(trained, synth_dir, tmp_path, seed, record_figures, "grpo", KL_IN_LOSS, ["vllm"])
+
+
+def raise_the_ground_truth(trained, synth_dir, tmp_path, seed, record_figures, estimator, extra, engines=("hf", "hf")):
     held_out = held_out_prompts(synth_dir)
     with ExitStack() as stack:
-        run = Run(stack, trained, tmp_path / "run", replicas=2)
+        run = Run(stack, trained, tmp_path / "run", replicas=len(engines), engines=engines)
         policy = stack.enter_context(PolicyClient(run.policies[0].target))
         reward = stack.enter_context(RewardClient(run.reward.target))
         before = evaluate(policy, reward, held_out)

@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ from rlhf.policy.client import PolicyClient
 from rlhf.reward.client import RewardClient
 from rlhf.toy.processes import RLHF_COMMAND, free_port
 from rlhf.toy.synthetic import ground_truth_score
+from tests.engines import ENGINES, VLLM_FLAGS, vllm_process
 from tests.helpers import Service, hang_guard
 
 pytestmark = pytest.mark.slow
@@ -46,12 +48,17 @@ class Run:
         out: Path,
         replicas: int = 1,
         reward_function: str | None = None,
+        engines: Sequence[str] = (),
     ):
+        """engines: each policy replica's engine (tests.engines), hf for those it does not name."""
         self.models, self.out, self.logs = models, out, out.parent / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.learner_port = free_port()
+        engines = [*engines, *["hf"] * (replicas - len(engines))]
         self.policies = [
-            self._service(stack, "policy", models.sft, i, "--learner", f"127.0.0.1:{self.learner_port}")
+            self._service(
+                stack, "policy", models.sft, i, "--learner", f"127.0.0.1:{self.learner_port}", engine=engines[i]
+            )
             for i in range(replicas)
         ]
         # the reward model, or a Python function served in its place (rlhf serve reward --function)
@@ -70,14 +77,16 @@ class Run:
         self.learner: subprocess.Popen | None = None
         stack.callback(self.kill_learner)
 
-    def _service(self, stack, name, model, index=0, *extra) -> Service:
+    def _service(self, stack, name, model, index=0, *extra, engine="hf") -> Service:
         # One torch thread per service: four processes sharing two cores with the learner would
         # otherwise spin against each other (on separate machines each would take them all).
+        vllm = engine == "vllm"
         proc = Service(
-            ["serve", name, "--model", str(model), "--device", "cpu", *extra],
+            ["serve", name, "--model", str(model), "--device", "cpu", *extra, *(VLLM_FLAGS if vllm else [])],
             log_path=self.logs / f"{name}{index}.log",
             name=f"{name}{index}",
             env={"OMP_NUM_THREADS": "1"},
+            **(vllm_process() if vllm else {}),
         )
         return stack.enter_context(proc)
 
@@ -160,11 +169,12 @@ def evaluate(policy: PolicyClient, reward: RewardClient, prompts: list[str]) -> 
     return mean(reward.score(items)), mean(ground_truth_score(p, r) for p, r in items)
 
 
-def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, tmp_path, seed, record_figures):
+@pytest.mark.parametrize("engine", ENGINES)  # of the first replica; the second is hf: vllm is a mixed fleet
+def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, tmp_path, seed, record_figures, engine):
     steps, batch = 12, 32
     held_out = [json.loads(line)["prompt"] for line in (synth_dir / "prompts_eval.jsonl").read_text().splitlines()]
     with ExitStack() as stack:
-        run = Run(stack, trained, tmp_path / "ppo", replicas=2)
+        run = Run(stack, trained, tmp_path / "ppo", replicas=2, engines=[engine])
         policy = stack.enter_context(PolicyClient(run.policies[1].target))
         reward = stack.enter_context(RewardClient(run.reward.target))
         before = evaluate(policy, reward, held_out)  # the replica still serves the SFT weights
@@ -209,6 +219,10 @@ def test_ppo_raises_reward_and_ground_truth_within_kl_bound(trained, synth_dir, 
     # every step trained on samples of that step's weights, from both replicas
     assert all(r["weights_version"] == r["step"] - 1 for r in rollouts)
     assert final_version == steps
+    # each replica's sampled log-probs against the learner's, by name: float32 numerics only, in lockstep
+    for replica in run.policies:
+        mismatch = [m[f"rollout/logprob_mismatch/{replica.target}"] for m in metrics]
+        assert max(mismatch) < 1e-3, (replica.name, mismatch)
     print(
         f"held-out reward {before[0]:.3f} -> {after[0]:.3f}, ground truth {before[1]:.3f} -> {after[1]:.3f}, "
         f"KL per response: max {max(m['objective/kl'] for m in metrics):.2f}"

@@ -33,7 +33,7 @@ from rlhf.learner.control import CheckpointResult, LearnerControl
 from rlhf.learner.ranks import gather_rollout, replicas_of
 from rlhf.learner.replicas import Services, name_of
 from rlhf.learner.retries import ServiceDown, on_all_ranks
-from rlhf.learner.rollout import Rollout, collect_rollout, sampling_params
+from rlhf.learner.rollout import Rollout, collect_rollout, logprob_mismatch_by_replica, sampling_params
 from rlhf.learner.state import (
     TrainState,
     build_state,
@@ -214,6 +214,7 @@ def ppo_step(state: TrainState, services: Services, config: PPOConfig, control: 
         "rollout/weights_version": float(min(s.weights_version for s in rollout.samples)),
         # sampler vs learner log-probs of the same ids: numerics only in lockstep (~0), staleness with --rollout-ahead
         "rollout/logprob_mismatch": ppo.masked_mean((rollout.sampler_logprobs - rollout.logprobs).abs(), mask).item(),
+        **logprob_mismatch_by_replica(rollout),
         "lr": lr,
         **rollout.timings,
         **flow,

@@ -120,6 +120,7 @@ def generate_on_replicas(
                 check_sampler_logprobs(replica, samples)
                 for s in samples:
                     s.prompt_index += i * len(prompts) // n  # index into the whole batch
+                    s.extra["replica"] = name_of(replica)
                 return samples, dropped
             dropped += len(samples)
             log.warning(
@@ -135,6 +136,19 @@ def generate_on_replicas(
 
     shares_out = list(services.pool.map(generate_share, [i for i in range(n) if shares[i]]))
     return [s for share, _ in shares_out for s in share], sum(dropped for _, dropped in shares_out)
+
+
+def logprob_mismatch_by_replica(rollout: Rollout) -> dict[str, float]:
+    """rollout/logprob_mismatch/REPLICA: mean |sampler - learner| log-prob per response token of each replica's
+    samples, so that a replica whose engine (or weights) drifts from the learner's numerics shows by name."""
+    gap = (rollout.sampler_logprobs - rollout.logprobs).abs() * rollout.mask  # (B, R)
+    by_replica: dict[str, list[int]] = {}
+    for row, sample in enumerate(rollout.samples):
+        by_replica.setdefault(sample.extra.get("replica", "local"), []).append(row)
+    return {
+        f"rollout/logprob_mismatch/{name}": (gap[rows].sum() / rollout.mask[rows].sum().clamp(min=1)).item()
+        for name, rows in sorted(by_replica.items())
+    }
 
 
 def check_sampler_logprobs(replica: PolicySampler, samples: list[Sample]) -> None:

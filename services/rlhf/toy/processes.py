@@ -38,9 +38,11 @@ class ServiceProcess:
         name: str = "",
         health_port: bool = False,
         command: list[str] | None = None,
+        start_timeout: float | None = None,
     ):
         self.args = args
         self.command = command or RLHF_COMMAND  # another environment's `python -m rlhf.cli`, e.g. vLLM's
+        self.start_timeout = start_timeout  # seconds `with` waits for SERVING (None: start()'s default)
         self.name = name or (args[1] if len(args) > 1 else args[0])
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -116,7 +118,7 @@ class ServiceProcess:
 
     def __enter__(self) -> ServiceProcess:
         try:
-            return self.start()
+            return self.start() if self.start_timeout is None else self.start(self.start_timeout)
         except BaseException:
             self.kill()
             raise
