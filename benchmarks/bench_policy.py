@@ -4,10 +4,13 @@
     .venv/bin/python benchmarks/bench_policy.py --skip-weights     # generation only
     .venv/bin/python benchmarks/bench_policy.py --layers 4 --hidden 256 --heads 8   # a bigger policy
     .venv/bin/python benchmarks/bench_policy.py --threads 1        # steadier on a shared machine
+    .venv/bin/python benchmarks/bench_policy.py --engine hf,vllm --skip-weights   # the engines side by side
 
 1. Generation tokens/s of `rlhf serve policy` (a separate process) under 1, 8 and 32 concurrent
    clients, each asking for one prompt at a time, against in-process batched generation
    (LocalPolicy, all 32 prompts in one batch) on the same model. Target: 32 clients >= 0.9x.
+   With --engine hf,vllm, each engine's service in turn (vllm from .venv-vllm or $RLHF_VLLM_PYTHON), and the
+   time of a full and of a LoRA (rank 8, attention) push into it.
 2. UpdateWeights MB/s for a GPT-2 config (124M parameters, random init, fp32) pushed to a policy
    service process, against raw loopback socket throughput (sendall/recv_into between two
    processes). Target: >= 1 GB/s, or >= 50% of the raw socket figure.
@@ -83,9 +86,53 @@ def service_tokens_per_s(
     return sum(tokens) / (time.perf_counter() - start)
 
 
+def vllm_python() -> str:
+    repo = Path(__file__).resolve().parents[1]
+    python = Path(os.environ.get("RLHF_VLLM_PYTHON") or repo / ".venv-vllm" / "bin" / "python")
+    if not python.exists():
+        sys.exit(f"--engine vllm: no vLLM environment at {python} (make install builds it; or set RLHF_VLLM_PYTHON)")
+    return str(python)
+
+
+def policy_process(engine: str, serve: list[str], workdir: Path) -> ServiceProcess:
+    """`rlhf serve policy` on `engine`: vllm runs from its own environment, eager, with a 256 MiB KV cache."""
+    if engine == "hf":
+        return ServiceProcess(serve, log_path=workdir / "policy.log", name="policy")
+    flags = ["--engine", "vllm", "--vllm-enforce-eager", "--vllm-kv-cache-gb", "0.25"]
+    command = [vllm_python(), "-m", "rlhf.cli"]
+    return ServiceProcess(
+        [*serve, *flags], log_path=workdir / "vllm.log", name="policy", command=command, start_timeout=900
+    )
+
+
+def push_seconds(target: str, model_dir: Path, repeats: int) -> tuple[float, float]:
+    """Median seconds of a full push (every tensor) and of a LoRA push (rank 8 on every attention c_attn)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.policy.client import PolicyClient
+
+    full = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    generator = torch.Generator().manual_seed(0)
+    lora = {}
+    for name, tensor in full.items():
+        if name.endswith("attn.c_attn.weight"):  # Conv1D: (in, out)
+            module = name.removesuffix(".weight")
+            lora[f"{module}.lora_A"] = 0.01 * torch.randn(8, tensor.shape[0], generator=generator)
+            lora[f"{module}.lora_B"] = 0.01 * torch.randn(tensor.shape[1], 8, generator=generator)
+    times: dict[str, list[float]] = {"full": [], "lora": []}
+    with PolicyClient(target, timeout=600) as policy:
+        for version in range(1, 2 * repeats + 1):
+            kind, tensors = ("full", full) if version % 2 else ("lora", lora)
+            start = time.perf_counter()
+            policy.update_weights(tensors, version)
+            times[kind].append(time.perf_counter() - start)
+    return statistics.median(times["full"]), statistics.median(times["lora"])
+
+
 def bench_generation(args, workdir: Path) -> None:
-    """Rounds of (in-process, 1, 8, 32 clients), so a busy spell on the machine hits every figure alike;
-    each figure is its best round."""
+    """Per engine, rounds of (in-process, 1, 8, 32 clients), so a busy spell on the machine hits every figure
+    alike; each figure is its best round."""
     import torch
 
     from rlhf.policy.local import LocalPolicy
@@ -118,27 +165,31 @@ def bench_generation(args, workdir: Path) -> None:
     ]
     if args.max_wait_ms is not None:
         serve += ["--max-wait-ms", str(args.max_wait_ms)]
-    best = {"in-process": 0.0, 1: 0.0, 8: 0.0, 32: 0.0}
-    rows_per_batch = {1: [0.0, 0.0], 8: [0.0, 0.0], 32: [0.0, 0.0]}  # rows, batches
-    with ServiceProcess(serve, log_path=workdir / "policy.log", name="policy") as server:
-        for _ in range(args.repeats):
-            best["in-process"] = max(best["in-process"], in_process_tokens_per_s(local, prompts, params, args.seconds))
-            for clients in (1, 8, 32):
-                before = batch_totals(metrics_port)
-                rate = service_tokens_per_s(server.target, prompts, params, clients, args.seconds)
-                after = batch_totals(metrics_port)
-                best[clients] = max(best[clients], rate)
-                for i in (0, 1):
-                    rows_per_batch[clients][i] += after[i] - before[i]
-    baseline = best["in-process"]
-    print(f"  in-process batched (32 prompts/batch): {baseline:9.0f} tokens/s")
-    for clients in (1, 8, 32):
-        rows, batches = rows_per_batch[clients]
-        print(
-            f"  service, {clients:2d} concurrent clients:      {best[clients]:9.0f} tokens/s  "
-            f"({best[clients] / baseline:.2f}x in-process; {rows / max(batches, 1):.1f} rows per batch)"
-        )
-    print("  target: 32 clients >= 0.90x in-process")
+    for engine in args.engine.split(","):
+        best = {"in-process": 0.0, 1: 0.0, 8: 0.0, 32: 0.0}
+        rows_per_batch = {1: [0.0, 0.0], 8: [0.0, 0.0], 32: [0.0, 0.0]}  # rows, batches
+        with policy_process(engine, serve, workdir) as server:
+            for _ in range(args.repeats):
+                local_rate = in_process_tokens_per_s(local, prompts, params, args.seconds)
+                best["in-process"] = max(best["in-process"], local_rate)
+                for clients in (1, 8, 32):
+                    before = batch_totals(metrics_port)
+                    rate = service_tokens_per_s(server.target, prompts, params, clients, args.seconds)
+                    after = batch_totals(metrics_port)
+                    best[clients] = max(best[clients], rate)
+                    for i in (0, 1):
+                        rows_per_batch[clients][i] += after[i] - before[i]
+            full_s, lora_s = push_seconds(server.target, model_dir, args.repeats)
+        baseline = best["in-process"]
+        print(f"  [{engine}] in-process hf batched (32 prompts/batch): {baseline:9.0f} tokens/s")
+        for clients in (1, 8, 32):
+            rows, batches = rows_per_batch[clients]
+            print(
+                f"  [{engine}] service, {clients:2d} concurrent clients:          {best[clients]:9.0f} tokens/s  "
+                f"({best[clients] / baseline:.2f}x in-process; {rows / max(batches, 1):.1f} rows per batch)"
+            )
+        print(f"  [{engine}] UpdateWeights, median of {args.repeats}: full {full_s:.3f} s, LoRA r8 {lora_s:.3f} s")
+    print("  target (hf): 32 clients >= 0.90x in-process")
 
 
 def batch_totals(metrics_port: int) -> tuple[float, float]:
@@ -246,6 +297,9 @@ def main() -> None:
         type=int,
         default=None,
         help="torch threads, here and in the servers (default: torch's choice); 1 is steadier on a busy machine",
+    )
+    parser.add_argument(
+        "--engine", default="hf", help="the policy service's engine(s) for the generation part: hf, vllm or hf,vllm"
     )
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--skip-weights", action="store_true")

@@ -5,7 +5,9 @@
 
 On a random-init model made from a config (Llama layout, the tiny tokenizer), with the three services as
 `rlhf serve` processes on the same GPU, it prints:
-1. bf16 generation tokens/s through `rlhf serve policy`, at 1 and at 32 concurrent clients;
+1. bf16 generation tokens/s through `rlhf serve policy`, at 1 and at 32 concurrent clients, on the hf engine
+   and, where vLLM is importable (here, or in $RLHF_VLLM_PYTHON / .venv-vllm), on the vllm engine, with the
+   time of a full weight push into it; where it is not, the script says so;
 2. a learner PPO step (`rlhf train ppo --steps 2`) in full bf16-mixed and in LoRA r 16 + bf16-true, with
    each one's step time, weight-push time and GB/s (full weights, or the adapter only), and peak GPU memory
    (`memory/cuda_max_allocated_gb`, the learner's own metric); then both again as the distributed learner
@@ -42,8 +44,8 @@ LARGE = dict(
     max_position_embeddings=1024,
 )
 SMALL = dict(
-    hidden_size=64,
-    intermediate_size=128,
+    hidden_size=128,  # head dim 32: vLLM's CPU attention has no kernel for 16
+    intermediate_size=256,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
@@ -160,6 +162,18 @@ def push_bytes(model_dir: Path, lora_r: int | None, replica_dtype_bytes: int = 2
     return sum(t.numel() for t in factors.values()) * replica_dtype_bytes
 
 
+def vllm_command() -> tuple[list[str] | None, str]:
+    """(`python -m rlhf.cli` of an environment where vLLM imports, or None; where it was looked for)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return [sys.executable, "-m", "rlhf.cli"], "this environment"
+    other = Path(os.environ.get("RLHF_VLLM_PYTHON") or HERE.parent / ".venv-vllm" / "bin" / "python")
+    if other.exists() and subprocess.run([str(other), "-c", "import vllm"], capture_output=True).returncode == 0:
+        return [str(other), "-m", "rlhf.cli"], str(other)
+    return None, f"this environment nor {other}"
+
+
 def part(name: str, fn) -> None:
     start = time.monotonic()
     try:
@@ -255,7 +269,40 @@ def main() -> int:
             )
             print(done.stdout[-3000:] if done.returncode == 0 else f"bench_reward failed:\n{done.stderr[-2000:]}")
 
+        def vllm_generation() -> None:
+            from rlhf.policy.client import PolicyClient
+
+            command, where = vllm_command()
+            if command is None:
+                print(f"vllm engine: SKIPPED, vLLM is not importable in {where} (pip install 'rlhf[vllm]')")
+                return
+            kv_gb = "0.25" if args.small else "8"
+            proc = ServiceProcess(
+                ["serve", "policy", "--model", str(paths["model"]), "--device", args.device, *dtype]
+                + ["--engine", "vllm", "--vllm-kv-cache-gb", kv_gb],
+                name="policy-vllm",
+                log_path=root / "policy-vllm.log",
+                command=command,
+            )
+            proc.start(timeout=900)  # vLLM's import, compilation and CUDA graphs
+            try:
+                for clients in (1, 32):
+                    rate = generation_throughput(proc.target, clients, args.seconds, 64)
+                    print(f"generation, vllm engine ({where}): {clients:>2} client(s) {rate:9.0f} tokens/s", flush=True)
+                import torch
+                from transformers import AutoModelForCausalLM
+
+                served = torch.bfloat16 if dtype else torch.float32  # what the replica serves, and takes
+                state = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=served).state_dict()
+                with PolicyClient(proc.target, timeout=600) as policy:
+                    start = time.perf_counter()
+                    policy.update_weights(state, 1)
+                    print(f"vllm engine: full weight push {time.perf_counter() - start:.2f} s", flush=True)
+            finally:
+                proc.terminate()
+
         part("generation", generation)
+        part("vllm generation", vllm_generation)
         part("learner", learner)
     part("reward benchmark", reward)  # after the services are gone: the GPU is its own
     print(f"total {time.monotonic() - started:.0f} s")
