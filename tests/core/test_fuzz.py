@@ -22,8 +22,9 @@ from rlhf.policy.service import PolicyService, PolicyServiceConfig
 from rlhf.reference.service import ReferenceService, ReferenceServiceConfig
 from rlhf.reward.config import RewardServiceConfig
 from rlhf.reward.service import RewardService
-from rlhf.v1 import learner_pb2, policy_pb2, reference_pb2, reward_pb2
+from rlhf.v1 import learner_pb2, policy_pb2, policy_pb2_grpc, reference_pb2, reward_pb2
 from tests import fuzzing
+from tests.engines import needs_vllm, served_policy
 
 EXAMPLES = 12  # per RPC and kind of input, in `make test`; benchmarks/fuzz.py runs thousands
 SERVICES = {
@@ -35,6 +36,12 @@ SERVICES = {
 # truncated length-delimited field, unterminated tag varint, missing varint value: never a valid message
 GARBAGE_MESSAGES = [b"\x0a\x64\x01", b"\xff\xff\xff\xff", b"\x08"]
 RPCS = [(name, method.name) for name, service in SERVICES.items() for method in service.methods]
+# The policy service on the vLLM engine too: a separate process from its own environment (tests.engines)
+VLLM_POLICY = "policy-vllm"
+RPCS += [
+    pytest.param(VLLM_POLICY, method.name, marks=needs_vllm, id=f"{VLLM_POLICY}-{method.name}")
+    for method in SERVICES["policy"].methods
+]
 
 
 def make_services(model_dir, out_dir) -> dict:
@@ -68,7 +75,7 @@ def weights_digest(policy_service: PolicyService) -> str:
 
 
 @pytest.fixture(scope="module")
-def running(tiny_model_dir, tmp_path_factory):
+def running_in_process(tiny_model_dir, tmp_path_factory):
     services = make_services(tiny_model_dir, tmp_path_factory.mktemp("learner"))
     with ExitStack() as stack:
         ports = {name: stack.enter_context(ServerThread(s, ServerOptions(port=0))) for name, s in services.items()}
@@ -78,15 +85,55 @@ def running(tiny_model_dir, tmp_path_factory):
         yield services, channels
 
 
-def check(running, name: str, method_name: str, payload: bytes) -> None:
+@pytest.fixture(scope="module")
+def vllm_channel(tiny_model_dir, tmp_path_factory):
+    """The vLLM policy service with the same small limits, as a process: its channel."""
+    log = tmp_path_factory.mktemp("vllm") / "policy.log"
+    limits = {"max_wait_ms": 1, "max_items_per_request": 8, "weights_stream_timeout": 5}
+    with (
+        served_policy("vllm", tiny_model_dir, log, **limits) as served,
+        grpc.insecure_channel(served.target) as channel,
+    ):
+        yield channel
+
+
+@pytest.fixture
+def running(request, running_in_process):
+    """(services, channels): the vLLM policy's channel joins only when a test asks for it (it starts a process)."""
+    services, channels = running_in_process
+    if VLLM_POLICY in request.node.name:
+        channels = {**channels, VLLM_POLICY: request.getfixturevalue("vllm_channel")}
+    return services, channels
+
+
+def service_of(name: str):
+    return SERVICES[name.removesuffix("-vllm")]
+
+
+def served_weights(running, name: str) -> tuple:
+    """What identifies the served weights: the in-process model's tensors, or, for the vLLM process, its version
+    and the greedy ids and log-probs of a fixed prompt."""
     services, channels = running
-    service = SERVICES[name]
+    if name == "policy":
+        return (weights_digest(services["policy"]),)
+    stub = policy_pb2_grpc.PolicyInferenceStub(channels[name])
+    probe = policy_pb2.GenerateRequest(
+        prompts=[policy_pb2.Prompt(token_ids=policy_pb2.TokenIds(ids=[5, 6, 7]))],
+        params=policy_pb2.GenerationParams(max_new_tokens=4, temperature=0, n=1, top_p=1, ignore_eos=True),
+    )
+    (sample,) = stub.Generate(probe, timeout=60).samples
+    return sample.weights_version, tuple(sample.response_token_ids), tuple(sample.logprobs)
+
+
+def check(running, name: str, method_name: str, payload: bytes) -> None:
+    _, channels = running
+    service = service_of(name)
     method = service.methods_by_name[method_name]
-    before = weights_digest(services["policy"]) if method_name == "UpdateWeights" else None
+    before = served_weights(running, name) if method_name == "UpdateWeights" else None
     code = fuzzing.call(channels[name], service, method, payload)
     assert code != grpc.StatusCode.UNKNOWN, f"{method.full_name} answered UNKNOWN to {payload!r}"
     if before is not None and code != grpc.StatusCode.OK:
-        assert weights_digest(services["policy"]) == before, "a refused weight stream changed the weights"
+        assert served_weights(running, name) == before, "a refused weight stream changed the weights"
     alive = service.methods_by_name["GetStatus" if name == "learner" else "GetModelInfo"]
     health = fuzzing.call(channels[name], service, alive, b"")
     assert health == grpc.StatusCode.OK, f"{name} stopped serving after {method.full_name} got {payload!r}"
@@ -94,7 +141,7 @@ def check(running, name: str, method_name: str, payload: bytes) -> None:
 
 @pytest.mark.parametrize(("name", "method_name"), RPCS)
 def test_generated_requests_never_get_unknown(running, name, method_name):
-    method = SERVICES[name].methods_by_name[method_name]
+    method = service_of(name).methods_by_name[method_name]
 
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(message=fuzzing.messages(method.input_type))
@@ -106,7 +153,7 @@ def test_generated_requests_never_get_unknown(running, name, method_name):
 
 @pytest.mark.parametrize(("name", "method_name"), RPCS)
 def test_mutated_bytes_never_get_unknown(running, name, method_name):
-    method = SERVICES[name].methods_by_name[method_name]
+    method = service_of(name).methods_by_name[method_name]
 
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(payload=st.one_of(fuzzing.mutated(method.input_type), st.binary(max_size=32)))
@@ -119,7 +166,7 @@ def test_mutated_bytes_never_get_unknown(running, name, method_name):
 @pytest.mark.parametrize(("name", "method_name"), RPCS)
 def test_unparseable_bytes_get_invalid_argument_naming_the_problem(running, name, method_name):
     _, channels = running
-    service = SERVICES[name]
+    service = service_of(name)
     for payload in GARBAGE_MESSAGES:
         code, details = fuzzing.answer(channels[name], service, service.methods_by_name[method_name], payload)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (payload, code, details)
