@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlhf.core.server import ServerOptions, ServerThread
+from rlhf.core.types import GenerationParams
 from rlhf.learner.control import LearnerControl
 from rlhf.learner.service import LearnerService
+from rlhf.policy.convert import params_to_proto, prompts_to_proto
 from rlhf.policy.service import PolicyService, PolicyServiceConfig
 from rlhf.reference.service import ReferenceService, ReferenceServiceConfig
 from rlhf.reward.config import RewardServiceConfig
@@ -117,10 +119,8 @@ def served_weights(running, name: str) -> tuple:
     if name == "policy":
         return (weights_digest(services["policy"]),)
     stub = policy_pb2_grpc.PolicyInferenceStub(channels[name])
-    probe = policy_pb2.GenerateRequest(
-        prompts=[policy_pb2.Prompt(token_ids=policy_pb2.TokenIds(ids=[5, 6, 7]))],
-        params=policy_pb2.GenerationParams(max_new_tokens=4, temperature=0, n=1, top_p=1, ignore_eos=True),
-    )
+    greedy = GenerationParams(max_new_tokens=4, temperature=0, ignore_eos=True)
+    probe = policy_pb2.GenerateRequest(prompts=prompts_to_proto([[5, 6, 7]]), params=params_to_proto(greedy))
     (sample,) = stub.Generate(probe, timeout=60).samples
     return sample.weights_version, tuple(sample.response_token_ids), tuple(sample.logprobs)
 
