@@ -3,6 +3,7 @@
     .venv/bin/pip install -e '.[peers]'                    # trl, only for this script
     .venv/bin/python benchmarks/compare_trl.py             # 60 steps x 32 samples (groups of 8), seed 0
     .venv/bin/python benchmarks/compare_trl.py --steps 100 --samples 64 --seeds 0 1 2 3 4 --workdir /tmp/trl
+    .venv/bin/python benchmarks/compare_trl.py --rollout-ahead 1 --split-cores 0 1 --seeds 0 1 2   # async, cores split
 
 Both start from the same SFT model and score with the same reward model (the demo's recipe, trained once per
 seed by benchmarks/bench_algorithms.py's `prepare`; TRL calls it through `LocalReward`, the scorer our reward
@@ -89,16 +90,27 @@ def run_trl(paths: dict, out: Path, steps: int, samples: int, seed: int) -> floa
     return seconds
 
 
-def compare_one_seed(workdir: Path, steps: int, samples: int, seed: int) -> dict:
-    """SFT, TRL's run and ours for one seed; ground truth before and after, and each RL stage's seconds."""
+def compare_one_seed(workdir: Path, steps: int, samples: int, seed: int, split: dict | None = None) -> dict:
+    """SFT, TRL's run and ours for one seed; ground truth before and after, and each RL stage's seconds. With
+    `split` ({"learner": cores, "services": cores}), TRL's one process gets all those cores, and ours its learner
+    on the learner's cores and the services on theirs (affinity is inherited when a process starts)."""
     from rlhf.toy.processes import ServiceProcess
 
     paths = algos.prepare(workdir, seed)
     held_out = [json.loads(line)["prompt"] for line in (paths["data"] / "prompts_eval.jsonl").read_text().splitlines()]
     before = algos.evaluate(paths["sft"], paths["rm"], held_out)
+    everywhere = os.sched_getaffinity(0)
+    if split:
+        import torch
+
+        os.sched_setaffinity(0, split["learner"] | split["services"])
+        torch.set_num_threads(len(split["learner"] | split["services"]))
     trl_seconds = run_trl(paths, workdir / "runs" / "trl-grpo", steps, samples, seed)
     theirs = algos.evaluate(workdir / "runs" / "trl-grpo" / "policy", paths["rm"], held_out)
     with ExitStack() as stack:
+        stack.callback(os.sched_setaffinity, 0, everywhere)
+        if split:
+            os.sched_setaffinity(0, split["services"])
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         targets = {}
         for name, model in (("policy", paths["sft"]), ("reward", paths["rm"]), ("reference", paths["sft"])):
@@ -109,6 +121,9 @@ def compare_one_seed(workdir: Path, steps: int, samples: int, seed: int) -> dict
                 env={"OMP_NUM_THREADS": "1"},
             )
             targets[name] = stack.enter_context(proc).target
+        if split:
+            os.sched_setaffinity(0, split["learner"])
+            os.environ["OMP_NUM_THREADS"] = str(len(split["learner"]))  # the learner's subprocess inherits both
         run = algos.run_estimator("grpo", paths, targets, workdir / "runs" / "grpo", steps, samples, seed, ptx=False)
     ours = algos.evaluate(workdir / "runs" / "grpo" / "policy", paths["rm"], held_out)
     return {
@@ -140,6 +155,14 @@ def main() -> int:
         help="keep models and runs here, one subdir per seed (default: a temp dir)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--rollout-ahead", type=int, default=0, help="our learner's --rollout-ahead (async rollouts)")
+    parser.add_argument(
+        "--split-cores",
+        nargs=2,
+        metavar=("LEARNER", "SERVICES"),
+        default=None,
+        help="e.g. 0 1: our learner on core 0 and the services on core 1; TRL's one process on both",
+    )
     args = parser.parse_args()
     try:
         import trl
@@ -159,12 +182,22 @@ def main() -> int:
         "loss",
         "--kl-estimator",
         "k3",
+        "--rollout-ahead",
+        str(args.rollout_ahead),
     ]
+    split = None
+    if args.split_cores:
+        from bench_async import cores
+
+        split = {"learner": cores(args.split_cores[0]), "services": cores(args.split_cores[1])}
+        print(
+            f"cores: ours, learner {sorted(split['learner'])}, services {sorted(split['services'])}; TRL, all of them"
+        )
     with ExitStack() as stack:
         root = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="compare-trl-")))
         results = []
         for seed in args.seeds:
-            results.append(compare_one_seed(root / f"seed-{seed}", args.steps, args.samples, seed))
+            results.append(compare_one_seed(root / f"seed-{seed}", args.steps, args.samples, seed, split))
             r = results[-1]
             print(
                 f"seed {seed}: SFT {r['before']['ground_truth']:+.3f}, ours {r['ours']['ground_truth']:+.3f} in "

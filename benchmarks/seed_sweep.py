@@ -41,6 +41,9 @@ TESTS = {
     ],
     "dpo": ["tests/training/test_dpo.py::test_dpo_through_the_cli_raises_the_ground_truth"],
     "critic-free": ["tests/learner/test_critic_free_acceptance.py::test_critic_free_estimators_raise_the_ground_truth"],
+    "async": [
+        "tests/learner/test_async_acceptance.py::test_one_step_ahead_raises_the_ground_truth_within_the_kl_bound"
+    ],
 }
 # `rlhf demo` sizes: reduced (what the sweep runs by default) and full (`make demo`).
 DEMO_SIZES = {"reduced": ["--data-scale", "0.5", "--steps", "30", "--eval-prompts", "32"], "full": []}

@@ -11,9 +11,13 @@ from collections import Counter
 import pytest
 
 from rlhf.core.errors import UserError
+from rlhf.core.server import ServerOptions, ServerThread
+from rlhf.learner.client import LearnerClient
 from rlhf.learner.config import validate
+from rlhf.learner.control import LearnerControl
 from rlhf.learner.loop import train
 from rlhf.learner.replicas import Services
+from rlhf.learner.service import LearnerService
 from rlhf.policy.local import LocalPolicy
 from rlhf.reference.local import LocalReference
 from rlhf.toy.synthetic import ground_truth_score
@@ -68,6 +72,18 @@ def test_every_estimator_trains_ahead_on_samples_at_most_max_staleness_old(
     assert services.policies[0].model_info().weights_version == 4  # the final push landed
 
 
+def test_lora_bf16_and_ppo_ptx_train_ahead(tiny_model_dir, synth_dir, tmp_path, services):
+    out = tmp_path / "lora"
+    lora = dict(lora_r=8, lora_alpha=16, precision="bf16-mixed", gradient_checkpointing=True)
+    config = ahead(tiny_model_dir, synth_dir, out, "gae", steps=3, ptx_data=str(synth_dir / "pretrain.jsonl"), **lora)
+    train(config, services)
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert all("loss/ptx" in m and m["rollout/staleness_max"] <= 1 for m in metrics)
+    assert services.policies[1].model_info().weights_version == 3  # the adapters reached every replica
+    assert (out / "policy" / "adapter_config.json").exists()
+
+
 def test_lockstep_reports_the_flow_with_staleness_zero(tiny_model_dir, synth_dir, tmp_path, services):
     out = tmp_path / "lockstep"
     train(ahead(tiny_model_dir, synth_dir, out, rollout_ahead=0, steps=2), services)
@@ -109,3 +125,14 @@ def test_max_staleness_below_rollout_ahead_is_refused(tiny_model_dir, synth_dir,
         validate(config)
     config.max_staleness = None  # the default: --rollout-ahead
     assert validate(config).staleness_limit == 2
+
+
+def test_learner_status_lists_the_batches_in_flight():
+    control = LearnerControl(10, "out")
+    control.in_flight = lambda: [(4, "ready", 8), (5, "collecting", 8)]  # what a Producer reports
+    with (
+        ServerThread(LearnerService(control), ServerOptions(port=0)) as port,
+        LearnerClient(f"127.0.0.1:{port}", timeout=30) as client,
+    ):
+        status = client.status()
+    assert [(b.step, b.state, b.prompts) for b in status.in_flight] == [(4, "ready", 8), (5, "collecting", 8)]
