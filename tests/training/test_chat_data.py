@@ -116,3 +116,17 @@ def test_a_file_mixing_standard_and_conversational_preferences_is_refused(tmp_pa
         load_rankings(str(data))
     data.write_text(json.dumps(rows[1]) + "\n")
     assert load_rankings(str(data))[0].prompt == "Hi"  # the standard form, unchanged
+
+
+def test_the_synthetic_task_written_as_conversations_reads_in_every_stage(tmp_path, tokenizer):
+    from rlhf.learner.data import ChatPrompt, load_prompts
+    from rlhf.toy.synthetic import write_task
+
+    paths = write_task(tmp_path, scale=0.01, chat=True)
+    rows = load_rows(paths["sft"])
+    assert rows[0].messages[0][0] == "user" and rows[0].messages[-1][0] == "assistant"
+    rankings = render_rankings(load_rankings(str(paths["preferences"])), tokenizer)
+    assert all(r.prompt.endswith("<|im_start|>assistant\n") for r in rankings)
+    assert all(y.endswith("<|im_end|>\n") for r in rankings for y in r.responses)
+    prompts = load_prompts(str(paths["prompts"]), tokenizer, max_prompt_tokens=100)
+    assert all(isinstance(p, ChatPrompt) and p.startswith("<|im_start|>user\n") for p in prompts)

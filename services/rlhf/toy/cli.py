@@ -26,6 +26,7 @@ def register(commands) -> None:
         help="multiply the preference file's size once more: from about 3x, the tiny reward model "
         "learns the task's topic relation on every seed",
     )
+    synth.add_argument("--chat", action="store_true", help="write the rows as conversations (lists of messages)")
     synth.set_defaults(func=_synth)
 
 
@@ -49,7 +50,7 @@ def _synth(args: argparse.Namespace) -> int:
     from rlhf.toy.synthetic import write_task
 
     for name, path in write_task(
-        args.out, seed=args.seed, scale=args.scale, preference_scale=args.preference_scale
+        args.out, seed=args.seed, scale=args.scale, preference_scale=args.preference_scale, chat=args.chat
     ).items():
         lines = sum(1 for _ in path.open())
         print(f"{name:>13}: {path} ({lines} rows)")

@@ -8,6 +8,10 @@ the reward model only ever sees the labels. SFT demonstrations are deliberately 
 (often off-topic, mixed adjectives), so there is room for PPO to improve on them.
 
     rlhf data synth --out data/
+    rlhf data synth --out data/ --chat     # the same task as conversations (rlhf.core.chat)
+
+In the chat form a prompt is one user message holding the question, and a response one assistant message;
+the model's chat template then writes what "Human: ...\nAssistant:" spells out in the text form.
 """
 
 from __future__ import annotations
@@ -135,9 +139,12 @@ def pretraining_text(rng: random.Random, n: int) -> list[dict]:
     return rows
 
 
-def write_task(out: str | Path, seed: int = 0, scale: float = 1.0, preference_scale: float = 1.0) -> dict[str, Path]:
+def write_task(
+    out: str | Path, seed: int = 0, scale: float = 1.0, preference_scale: float = 1.0, chat: bool = False
+) -> dict[str, Path]:
     """Write the task's JSONL files under out; scale shrinks or grows every file, preference_scale the
-    preferences once more (a reward model needs more comparisons than SFT needs demonstrations)."""
+    preferences once more (a reward model needs more comparisons than SFT needs demonstrations); chat writes
+    the same rows as conversations."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -152,8 +159,28 @@ def write_task(out: str | Path, seed: int = 0, scale: float = 1.0, preference_sc
     paths = {}
     for name, rows in files.items():
         paths[name] = out / f"{name}.jsonl"
-        _write_jsonl_atomic(paths[name], rows)
+        _write_jsonl_atomic(paths[name], [as_chat(row) for row in rows] if chat else rows)
     return paths
+
+
+def question_of(prompt: str) -> str:
+    """The question inside a text prompt ("Human: {q}\nAssistant:")."""
+    return prompt.removeprefix("Human: ").removesuffix("\nAssistant:")
+
+
+def as_chat(row: dict) -> dict:
+    """A row of the text form as a conversation: the prompt a user message, each response an assistant one."""
+    if "prompt" not in row:
+        return row  # pretraining text stays text
+    user = [{"role": "user", "content": question_of(row["prompt"])}]
+    reply = lambda text: [{"role": "assistant", "content": text.strip()}]  # noqa: E731
+    if "response" in row:
+        return {"messages": user + reply(row["response"])}
+    if "responses" in row:
+        return {**row, "prompt": user, "responses": [reply(y) for y in row["responses"]]}
+    if "chosen" in row:
+        return {"prompt": user, "chosen": reply(row["chosen"]), "rejected": reply(row["rejected"])}
+    return {"prompt": user}
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
