@@ -79,7 +79,7 @@ def test_bad_runs_are_refused_in_one_line_before_anything_loads(tmp_path, prompt
         expected = f"rlhf: error: {prompts} holds no prompts"
     else:
         prompts.write_text('{"prompt": "Human: hi\\nAssistant:"}\n{"prompt": 3}\n')
-        expected = f'rlhf: error: {prompts}:2: expected a string "prompt" field'
+        expected = f'rlhf: error: {prompts}:2: expected a string "prompt" field (or a list of messages)'
     result = train_ppo(tmp_path, *flags)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [expected], result.stderr
 

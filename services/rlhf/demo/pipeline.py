@@ -63,6 +63,8 @@ class DemoConfig:
     """PPO samples: no EOS before this many tokens"""
     eval_prompts: int = 64
     """held-out prompts for the final comparison"""
+    chat: bool = False
+    """run on the synthetic task written as conversations, rendered with the tiny model's chat template"""
     timings: dict[str, float] = setting(factory=dict, cli=False)  # filled in as the stages run
 
     def __post_init__(self) -> None:
@@ -160,6 +162,7 @@ def run_demo(config: DemoConfig) -> dict:
                     str(config.data_scale),
                     "--preference-scale",
                     str(PREFERENCE_SCALE),
+                    *(["--chat"] if config.chat else []),
                 ]
             ),
         ),

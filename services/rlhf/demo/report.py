@@ -8,12 +8,24 @@ from pathlib import Path
 
 from rlhf.demo.live import add_ground_truth
 from rlhf.demo.plot import plot_training
-from rlhf.toy.synthetic import ground_truth_score, make_prompt, make_response, topic_of
+from rlhf.toy.synthetic import as_chat, ground_truth_score, make_prompt, make_response, topic_of
+
+
+def render_messages(tokenizer, messages: list[dict]) -> str:
+    from rlhf.core.chat import render
+
+    return render(tokenizer, [(m["role"], m["content"]) for m in messages], generation_prompt=True)
+
 
 EVAL_SEED = 1234  # sampling seed shared by both policies, so they face the same draws
 
 
-def reward_model_accuracy(reward, n_pairs: int = 400, seed: int = 99) -> float:
+def as_messages(prompt: str) -> list[dict]:
+    """A text prompt of the synthetic task as the chat form writes it (rlhf data synth --chat)."""
+    return as_chat({"prompt": prompt})["prompt"]
+
+
+def reward_model_accuracy(reward, n_pairs: int = 400, seed: int = 99, chat: bool = False) -> float:
     """Agreement of the reward model with the hidden rule on fresh pairs (never seen in training)."""
     rng = random.Random(seed)
     pairs = []
@@ -22,7 +34,7 @@ def reward_model_accuracy(reward, n_pairs: int = 400, seed: int = 99) -> float:
         a, b = (make_response(rng, topic_of(prompt), on_topic=0.5) for _ in range(2))
         if ground_truth_score(prompt, a) != ground_truth_score(prompt, b):
             pairs.append((prompt, a, b))
-    scores = reward.score([(p, r) for p, a, b in pairs for r in (a, b)])
+    scores = reward.score([(as_messages(p) if chat else p, r) for p, a, b in pairs for r in (a, b)])
     agree = sum(
         (scores[2 * i] > scores[2 * i + 1]) == (ground_truth_score(p, a) > ground_truth_score(p, b))
         for i, (p, a, b) in enumerate(pairs)
@@ -35,14 +47,15 @@ def score_policy(model_dir: Path, prompts: list[str], reward, device: str) -> di
     from rlhf.policy.local import LocalPolicy
 
     policy = LocalPolicy(str(model_dir), device=device)
-    samples = policy.generate(prompts, GenerationParams(max_new_tokens=32, temperature=1.0, seed=EVAL_SEED))
+    texts = [p if isinstance(p, str) else render_messages(policy.policy.tokenizer, p) for p in prompts]
+    samples = policy.generate(texts, GenerationParams(max_new_tokens=32, temperature=1.0, seed=EVAL_SEED))
     responses = [s.response_text for s in samples]
-    rewards = reward.score(list(zip(prompts, responses, strict=True)))
-    truth = [ground_truth_score(p, r) for p, r in zip(prompts, responses, strict=True)]
+    rewards = reward.score(list(zip(prompts, responses, strict=True)))  # a conversation: the RM renders it
+    truth = [ground_truth_score(p, r) for p, r in zip(texts, responses, strict=True)]
     return {
         "ground_truth": sum(truth) / len(truth),
         "reward": sum(rewards) / len(rewards),
-        "samples": [{"prompt": p, "response": r} for p, r in zip(prompts[:3], responses[:3], strict=True)],
+        "samples": [{"prompt": p, "response": r} for p, r in zip(texts[:3], responses[:3], strict=True)],
     }
 
 
@@ -54,7 +67,7 @@ def evaluate(config) -> dict:
     prompts = prompts[: config.eval_prompts]
     reward = LocalReward(str(p["rm"]), device=config.device)
     results = {
-        "reward_model_accuracy": reward_model_accuracy(reward),
+        "reward_model_accuracy": reward_model_accuracy(reward, chat=config.chat),
         "sft": score_policy(p["sft"], prompts, reward, config.device),
         "ppo": score_policy(p["ppo"] / "policy", prompts, reward, config.device),
         "eval_prompts": len(prompts),

@@ -135,6 +135,7 @@ def run_rank(args: argparse.Namespace, here) -> int:
     from rlhf.core.server import ServerOptions, ServerThread, check_port_free
     from rlhf.learner.config import PPOConfig, validate
     from rlhf.learner.control import LearnerControl
+    from rlhf.learner.data import prompt_rows
     from rlhf.learner.loop import train
     from rlhf.learner.preflight import check_services
     from rlhf.learner.service import LearnerService
@@ -143,7 +144,7 @@ def run_rank(args: argparse.Namespace, here) -> int:
     # Everything that can be checked without a model or a service first: each fails in one line, at once.
     config = validate(config_from_args(args, PPOConfig))
     check_out_dir(config)
-    read_jsonl_field(config.prompts, "prompt")
+    prompt_rows(config.prompts)
     if config.ptx_data:
         read_jsonl_field(config.ptx_data, "text")
     if here.is_main:

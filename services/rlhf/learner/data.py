@@ -51,22 +51,31 @@ class ChatPrompt(str):
         return ChatPrompt, (str(self), self.messages)
 
 
-def read_prompts(path: str, tokenizer) -> list[str]:
-    """Each row's "prompt": text, or a conversation rendered with the tokenizer's template (one kind per file)."""
-    prompts: list[str] = []
+def prompt_rows(path: str) -> list[tuple[str, str | Conversation]]:
+    """(where, prompt) per row: text, or a checked conversation; one kind per file. Needs no tokenizer, so a bad
+    file fails before any model loads."""
+    rows: list[tuple[str, str | Conversation]] = []
     for where, row in read_jsonl(path):
         value = row.get("prompt")
         if is_conversation(value):
-            conversation = parse_conversation(value, where, "prompt")
-            text = render(tokenizer, conversation, generation_prompt=True, where=where)
-            prompts.append(ChatPrompt(text, conversation))
+            rows.append((where, parse_conversation(value, where, "prompt")))
         elif isinstance(value, str):
-            prompts.append(value)
+            rows.append((where, value))
         else:
-            raise UserError(f'{where}: expected a "prompt" field: text or a list of messages')
-        if isinstance(prompts[-1], ChatPrompt) != isinstance(prompts[0], ChatPrompt):
+            raise UserError(f'{where}: expected a string "prompt" field (or a list of messages)')
+        if isinstance(rows[-1][1], str) != isinstance(rows[0][1], str):
             raise UserError(f"{where}: text and conversational (messages) prompts are mixed in one file")
-    return prompts
+    if not rows:
+        raise UserError(f"{path} holds no prompts")
+    return rows
+
+
+def read_prompts(path: str, tokenizer) -> list[str]:
+    """Each row's prompt: text, or a conversation rendered with the tokenizer's template and a generation prompt."""
+    return [
+        p if isinstance(p, str) else ChatPrompt(render(tokenizer, p, generation_prompt=True, where=where), p)
+        for where, p in prompt_rows(path)
+    ]
 
 
 def reward_prompt(prompt: str):
