@@ -144,3 +144,35 @@ def test_a_push_that_does_not_fit_is_refused_and_the_old_version_keeps_serving(
     assert [(s.response_token_ids, s.logprobs, s.weights_version) for s in after] == [
         (s.response_token_ids, s.logprobs, s.weights_version) for s in before
     ]
+
+
+def test_generation_stops_at_an_end_of_turn_id_as_the_hf_engine_does(tiny_model_dir, tmp_path):
+    """The generation config's eos ids (like a chat template's end of turn) end a sample on both engines, the
+    stop token kept as its last (rlhf.core.chat.stop_token_ids)."""
+    import json
+    import shutil
+
+    with served_policy("hf", tiny_model_dir) as hf, PolicyClient(hf.target) as policy:
+        (free,) = policy.generate([[5, 6, 7]], GREEDY)
+    end_of_turn = free.response_token_ids[2]
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config["eos_token_id"] = [load_tokenizer(model_dir).eos_token_id, end_of_turn]
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    stopping = GenerationParams(max_new_tokens=16, temperature=0)
+    with (
+        served_policy("hf", model_dir) as hf,
+        served_policy("vllm", model_dir, tmp_path / "vllm.log") as vllm,
+        PolicyClient(hf.target) as hf_policy,
+        PolicyClient(vllm.target) as vllm_policy,
+    ):
+        (want,), (got,) = hf_policy.generate([[5, 6, 7]], stopping), vllm_policy.generate([[5, 6, 7]], stopping)
+    assert want.response_token_ids[-1] == end_of_turn and len(want.response_token_ids) <= 3
+    assert (
+        (got.response_token_ids, got.finish_reason)
+        == (want.response_token_ids, "eos")
+        == (
+            want.response_token_ids,
+            want.finish_reason,
+        )
+    )

@@ -103,6 +103,8 @@ class VllmPolicyModel(PolicyModel):
             top_p=s.top_p,
             top_k=s.top_k,
             ignore_eos=not s.stop_at_eos,
+            # EOS and end-of-turn ids (rlhf.core.chat.stop_token_ids), as the hf engine stops; kept as the last token
+            stop_token_ids=list(self.stop_ids) if s.stop_at_eos else [],
             seed=None if row.seed is None else row_seed(row.seed, row.index),
             logprobs=0,  # the sampled token's only, raw (logprobs_mode's default)
             detokenize=False,  # the host tokenizer decodes, as the transformers engine does
