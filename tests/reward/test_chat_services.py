@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from contextlib import ExitStack
 
 import grpc
 import pytest
@@ -134,3 +135,32 @@ def test_the_policy_renders_a_conversation_with_its_template_and_a_generation_pr
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown role" in err.value.details()
         with PolicyClient(proc.target) as client:  # still serving
             assert len(client.generate(["hi"], GenerationParams(max_new_tokens=2))) == 1
+
+
+def test_policy_and_reward_with_different_templates_each_render_their_own(tiny_llama_dir, reward_model_dir, tmp_path):
+    """The learner's path: a conversational prompt rendered with the policy's template (the tiny Llama's, with
+    <|im_end|>) is generated from, and the reward service (the tiny GPT-2's, whose turns end with EOS) is sent
+    the messages and scores its own rendering, as the same reward model does in-process on that rendering."""
+    from rlhf.learner.data import read_prompts, reward_prompt
+
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text(json.dumps({"prompt": HISTORY}) + "\n")
+    [prompt] = read_prompts(str(prompts_file), load_tokenizer(tiny_llama_dir))
+    reward_tokenizer = load_tokenizer(reward_model_dir)
+    own = render(reward_tokenizer, reward_prompt(prompt), generation_prompt=True)
+    assert "<|im_end|>" in prompt and "<|im_end|>" not in own and own.endswith("<|im_start|>assistant\n")
+    with ExitStack() as stack:
+        policy = stack.enter_context(
+            CliServer(["serve", "policy", "--model", str(tiny_llama_dir), "--device", "cpu"], log_path=tmp_path / "p")
+        )
+        reward = stack.enter_context(
+            CliServer(["serve", "reward", "--model", str(reward_model_dir), "--device", "cpu"], log_path=tmp_path / "r")
+        )
+        [sample] = stack.enter_context(PolicyClient(policy.target)).generate(
+            [prompt], GenerationParams(max_new_tokens=6, seed=3)
+        )
+        served = stack.enter_context(RewardClient(reward.target)).score([(reward_prompt(prompt), sample.response_text)])
+    assert sample.prompt_token_ids == load_tokenizer(tiny_llama_dir)(str(prompt))["input_ids"]
+    local = LocalReward(str(reward_model_dir), device="cpu")
+    reply = sample.response_text + reward_tokenizer.eos_token + "\n"  # the GPT-2 template closes a turn with EOS
+    assert served == pytest.approx(local.scorer.score([(own, reply)]), abs=1e-5)
