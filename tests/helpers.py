@@ -41,7 +41,8 @@ def rlhf(*args: str, timeout: float = TRAINING_HANG_GUARD_S, env: dict | None = 
 
 
 class Service(ServiceProcess):
-    """A ServiceProcess whose wait for SERVING is the tests' hang guard."""
+    """A ServiceProcess whose wait for SERVING is a hang guard: start's timeout, scaled here by
+    $RLHF_TEST_TIME_SCALE (pass it unscaled)."""
 
     def start(self, timeout: float = SERVICE_START_HANG_GUARD_S) -> Service:
         return super().start(hang_guard(timeout))

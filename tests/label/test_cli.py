@@ -64,7 +64,7 @@ def test_rlhf_label_serves_the_page_and_appends_rankings(tmp_path, candidates):
         assert call(f"{url}/api/rankings", body)[1]["stored"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=30)[0].decode()
+        output = proc.communicate(timeout=hang_guard(60))[0].decode()
     assert f"3 prompts (0 fully ranked) -> {out}" in output and f"open {url}/" in output
     assert '"ranking": [1, 0, 2]' in out.read_text()
     assert os.path.getsize(out) == len(out.read_bytes())
