@@ -18,8 +18,9 @@ TIME_SCALE = float(os.environ.get("RLHF_TEST_TIME_SCALE", "1"))
 # What one `rlhf train ...` of the tests may take before it counts as hung: their longest takes a few minutes on
 # an idle 2-core machine.
 TRAINING_HANG_GUARD_S = 3600.0
-# What a service may take to load and answer SERVING (about 10 s idle; several start at once in some tests).
-SERVICE_START_HANG_GUARD_S = 600.0
+# What a service may take to load and answer SERVING (about 10 s idle, a vLLM policy 30 s; several start at once in
+# some tests).
+SERVICE_START_HANG_GUARD_S = 900.0
 
 
 def hang_guard(seconds: float) -> float:

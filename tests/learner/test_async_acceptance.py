@@ -15,9 +15,10 @@ import pytest
 
 from rlhf.policy.client import PolicyClient
 from rlhf.reward.client import RewardClient
+from tests.helpers import hang_guard
 from tests.learner.test_critic_free_acceptance import KL_IN_LOSS, RECIPE, held_out_prompts
 from tests.learner.test_distributed_learner import SHORT, TWO_RANKS
-from tests.learner.test_learner_acceptance import Run, evaluate, read_jsonl
+from tests.learner.test_learner_acceptance import LEARNER_HANG_GUARD_S, Run, evaluate, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +100,7 @@ def test_sigterm_and_sigkill_with_two_batches_ahead_train_every_prompt_once_per_
         run.start_learner(*flags)
         run.wait_for_step(2)
         run.learner.send_signal(signal.SIGTERM)
-        assert run.learner.wait(600) == 0, (run.logs / "learner.log").read_text()[-4000:]
+        assert run.learner.wait(hang_guard(LEARNER_HANG_GUARD_S)) == 0, (run.logs / "learner.log").read_text()[-4000:]
         terminated_at = max(m["step"] for m in run.metrics())
         assert terminated_at < steps and latest.read_text() == f"step-{terminated_at:06d}"
 

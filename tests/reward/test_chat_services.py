@@ -19,7 +19,7 @@ from rlhf.policy import PolicyClient
 from rlhf.reward import RewardClient
 from rlhf.reward.local import LocalReward
 from rlhf.v1 import common_pb2, policy_pb2, reward_pb2
-from tests.helpers import RLHF, CliServer
+from tests.helpers import RLHF, CliServer, hang_guard
 
 HISTORY = [
     {"role": "system", "content": "Be brief."},
@@ -90,7 +90,7 @@ def test_rlhf_score_messages_file(reward_server, tmp_path):
         [*RLHF, "score", "--target", reward_server.target, "--messages", str(messages), "--response", "Dogs bark."],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=hang_guard(600),
     )
     assert out.returncode == 0, out.stderr
     with RewardClient(reward_server.target) as client:
@@ -100,7 +100,7 @@ def test_rlhf_score_messages_file(reward_server, tmp_path):
         [*RLHF, "score", "--target", reward_server.target, "--messages", str(messages), "--response", "x"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=hang_guard(600),
     )
     assert out.returncode == 2 and "field 'messages'[0] has unknown role 'bot'" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
