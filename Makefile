@@ -65,7 +65,7 @@ docs: install
 protos: install
 	$(PY) scripts/gen_protos.py
 
-demo: install
+demo: $(VENV)/.installed
 	$(VENV)/bin/rlhf demo $(DEMO_ARGS)
 
 bench: install

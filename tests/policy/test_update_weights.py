@@ -15,6 +15,7 @@ from rlhf.policy.service import PolicyService, PolicyServiceConfig
 from rlhf.v1 import learner_pb2_grpc, policy_pb2, policy_pb2_grpc
 from rlhf.v1.common_pb2 import GetModelInfoRequest, WeightChunk
 from tests.engines import ENGINES, fresh_policy, served_policy
+from tests.helpers import hang_guard
 
 EOS = 0  # the tiny tokenizer's EOS id
 GREEDY = GenerationParams(max_new_tokens=6, temperature=0)
@@ -158,13 +159,13 @@ def test_a_stalled_stream_is_cut_by_the_stream_timeout_and_changes_nothing(tiny_
 
         def stalls():
             yield chunks[0]
-            time.sleep(5)  # the sender hangs mid-stream
+            time.sleep(60)  # the sender hangs mid-stream
             yield from chunks[1:]
 
         start = time.monotonic()
         error = refused(policy, stalls())
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "--weights-stream-timeout" in error.details()
-        assert time.monotonic() - start < 4.5  # cut by the server, not by the sender finishing
+        assert time.monotonic() - start < hang_guard(30)  # cut by the server, not by the sender finishing
         assert generated(policy) == before and policy.model_info().weights_version == 0
         policy.stub.UpdateWeights(iter(chunks), timeout=30)  # and the next push is taken
         assert policy.model_info().weights_version == 9
