@@ -130,3 +130,30 @@ def test_the_synthetic_task_written_as_conversations_reads_in_every_stage(tmp_pa
     assert all(y.endswith("<|im_end|>\n") for r in rankings for y in r.responses)
     prompts = load_prompts(str(paths["prompts"]), tokenizer, max_prompt_tokens=100)
     assert all(isinstance(p, ChatPrompt) and p.startswith("<|im_start|>user\n") for p in prompts)
+
+
+def test_bad_conversations_stop_the_cli_in_one_line(tiny_llama_dir, tmp_path):
+    import subprocess
+
+    from tests.helpers import RLHF
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [user("Hi"), assistant("Yo")]}) + "\n")
+    data.write_text(data.read_text() + json.dumps({"messages": [user("Hi"), {"role": "bot", "content": "x"}]}) + "\n")
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text(json.dumps({"prompt": [user("Hi")], "chosen": [assistant("A")], "rejected": [assistant("B")]}))
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{{ raise_exception('no such role here') }}")
+    cases = [
+        (["sft", "--data", str(data)], f"{data}:2: field 'messages'[1] has unknown role 'bot'"),
+        (["rm", "--data", str(prefs), "--eval-fraction", "0", "--chat-template", str(broken)], "failed to render"),
+    ]
+    for args, message in cases:
+        out = subprocess.run(
+            [*RLHF, "train", *args, "--model", str(tiny_llama_dir), "--out", str(tmp_path / "out"), "--device", "cpu"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
