@@ -9,8 +9,9 @@ text is tokenized as plain text is (rlhf.core.text). Each model renders with its
 rendering is the policy's, the reward model re-renders the same messages with its own.
 
 Spans come from rendering prefixes of the conversation and diffing their lengths (robust to any template that
-renders incrementally; `{% generation %}` tags are rare), so a message's span starts after the header the
-template puts before it and runs to the end of its turn, end-of-turn marker included.
+renders incrementally; `{% generation %}` tags are rare): an assistant message's span starts after its header
+(the generation prompt), any other's where the previous turn ended, and each runs to the end of its turn,
+end-of-turn marker included.
 """
 
 from __future__ import annotations
@@ -88,9 +89,8 @@ def _adds_bos(tokenizer) -> bool:
 
 
 def message_spans(tokenizer, conversation: Sequence[Message], where: str = "") -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and, per message, its (start, end) characters in it: from after the header the
-    template writes before the message (an assistant message's header is its generation prompt) to the end of
-    its turn."""
+    """The rendered conversation and, per message, its (start, end) characters in it: from after the generation
+    prompt for an assistant message (from the previous turn's end for any other) to the end of its turn."""
     text = render(tokenizer, conversation, where=where)
     spans = []
     for i, (role, _) in enumerate(conversation):
