@@ -25,6 +25,7 @@ from rlhf.core.errors import UserError
 COMMAND_MODULES = [
     "rlhf.toy.cli",
     "rlhf.label.cli",
+    "rlhf.training.cli",
     "rlhf.reward.cli",
     "rlhf.policy.cli",
     "rlhf.reference.cli",

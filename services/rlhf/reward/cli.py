@@ -1,4 +1,4 @@
-"""Reward commands: `rlhf train rm`, `rlhf serve reward`, `rlhf score`."""
+"""Reward commands: `rlhf serve reward`, `rlhf score`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 from rlhf.core.flags import add_config_arguments, config_from_args
 from rlhf.reward.config import DEFAULT_PORT, RewardServiceConfig
-from rlhf.training.config import RewardTrainConfig
 
 SCORE_CHUNK = 256  # --input lines scored per round trip
 
@@ -18,13 +17,6 @@ SCORE_CHUNK = 256  # --input lines scored per round trip
 def register(commands) -> None:
     from rlhf.core.client import ClientOptions
     from rlhf.core.server import ServerOptions
-
-    train = commands.train.add_parser("rm", help="train a reward model on preference rankings")
-    from rlhf.core.launch import add_launch_arguments
-
-    add_config_arguments(train, RewardTrainConfig)
-    add_launch_arguments(train)
-    train.set_defaults(func=_train)
 
     serve = commands.serve.add_parser("reward", help="serve a reward model, or a Python function (RewardScoring)")
     add_config_arguments(serve, RewardServiceConfig)
@@ -47,23 +39,6 @@ def register(commands) -> None:
     )
     ClientOptions.add_arguments(score)
     score.set_defaults(func=_score)
-
-
-def _train(args: argparse.Namespace) -> int:
-    from rlhf.core.distributed import is_main_process
-    from rlhf.training.rm import train_reward_model
-
-    result = train_reward_model(config_from_args(args, RewardTrainConfig))
-    if not is_main_process():  # under torchrun: rank 0 reports
-        return 0
-    if result.eval_accuracy is not None:
-        print(f"held-out pairwise accuracy: {result.eval_accuracy:.4f} ({result.eval_comparisons} comparisons)")
-    print(
-        f"normalized: training completions' mean reward {result.reference_mean_before:+.4f} -> "
-        f"{result.reference_mean_after:+.2e} (folded into {result.folded_into})"
-    )
-    print(f"wrote {result.out}")
-    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
