@@ -13,7 +13,7 @@ import pytest
 from rlhf.cli import main
 from rlhf.k8s import manifests
 from rlhf.v1 import learner_pb2
-from tests.helpers import free_port
+from tests.helpers import free_port, hang_guard
 from tests.k8s.manifests import needs_kubectl, validate_strict
 from tests.k8s.servers import FakeApiServer, FakeLearner, start_learner, status_body, write_kubeconfig
 
@@ -87,7 +87,9 @@ def test_an_unreachable_api_server_is_one_line_and_quick(tmp_path, rlhf_k8s):
     write_kubeconfig(tmp_path, f"http://127.0.0.1:{free_port()}")
     start = time.monotonic()
     code, _, err = rlhf_k8s("status")
-    assert code == 2 and time.monotonic() - start < 10
+    assert code == 2 and time.monotonic() - start < hang_guard(
+        60
+    )  # a hang guard, not a speed bound: the point is the one-line error
     assert "cannot reach the Kubernetes API server at http://127.0.0.1:" in one_line_error(err)
     assert "Connection refused" in err
 

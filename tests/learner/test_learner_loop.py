@@ -29,6 +29,7 @@ from rlhf.policy.local import LocalPolicy
 from rlhf.reference.local import LocalReference
 from rlhf.toy.synthetic import ground_truth_score
 from rlhf.toy.tiny import TinyModelConfig, make_tiny_model
+from tests.helpers import hang_guard
 from tests.learner.inprocess import CallableReward, RestartingReplica
 
 REQUIRED_METRICS = [
@@ -379,7 +380,7 @@ def test_a_stop_request_ends_retrying_at_once():
     start = time.monotonic()
     with pytest.raises(ServiceDown, match="stop requested"):
         with_retries("generate on p", 300.0, always_down, abort=lambda: len(calls) >= 2)
-    assert len(calls) == 2 and time.monotonic() - start < 5  # not the 300 s --service-timeout
+    assert len(calls) == 2 and time.monotonic() - start < hang_guard(60)  # not the 300 s --service-timeout
 
 
 def test_policy_names_are_followed_through_scaling_and_dns_failures(tiny_model_dir, synth_dir, tmp_path, monkeypatch):

@@ -37,6 +37,7 @@ class FakeServices:
         self.calls: Counter[int] = Counter()
         self.lock = threading.Lock()
         self.under_way = self.most_under_way = 0
+        self.intervals: list[tuple[float, float]] = []  # (start, end) of each collection
 
     def collect(self, prompts: list[str], step: int) -> FakeCollected:
         with self.lock:
@@ -45,9 +46,11 @@ class FakeServices:
             self.under_way += 1
             self.most_under_way = max(self.most_under_way, self.under_way)
             version = self.producer.ready_version - self.lag.pop(step, 0)
+        start = time.perf_counter()
         time.sleep(self.seconds)
         with self.lock:
             self.under_way -= 1
+            self.intervals.append((start, time.perf_counter()))
         return FakeCollected(prompts, version)
 
 
@@ -58,12 +61,18 @@ def producer_of(services: FakeServices, ahead: int, step: int = 0, cursor: int =
     return services.producer
 
 
-def train(producer: Producer, steps: range, max_staleness: int, update_seconds: float = 0.0) -> list:
-    """The learner's loop: take each step's fresh batch, 'update', then the new weights reach the replicas."""
+def train(
+    producer: Producer, steps: range, max_staleness: int, update_seconds: float = 0.0, updates: list | None = None
+) -> list:
+    """The learner's loop: take each step's fresh batch, 'update' (its (start, end) appended to `updates`), then
+    the new weights reach the replicas."""
     trained = []
     for step in steps:
         batch, dropped, waited = fresh_batch(producer, step, max_staleness)
+        start = time.perf_counter()
         time.sleep(update_seconds)
+        if updates is not None:
+            updates.append((start, time.perf_counter()))
         trained.append((batch, dropped, waited))
         producer.weights_ready(step + 1)
     return trained
@@ -98,12 +107,13 @@ def test_never_more_than_ahead_steps_or_versions_ahead():
 def test_lockstep_bound_ahead_one_overlaps_one_batch_with_the_update():
     services = FakeServices(seconds=0.05)
     producer = producer_of(services, ahead=1)
-    start = time.perf_counter()
-    trained = train(producer, range(6), max_staleness=1, update_seconds=0.05)
-    elapsed = time.perf_counter() - start
+    updates: list[tuple[float, float]] = []
+    trained = train(producer, range(6), max_staleness=1, update_seconds=0.05, updates=updates)
     producer.stop()
-    # lockstep would take 6 x (0.05 + 0.05) = 0.6 s; overlapped, about 0.05 + 6 x 0.05 = 0.35 s
-    assert elapsed < 0.5
+    # a collection runs while the learner updates (lockstep would keep them apart); no wall-clock bound, which a
+    # loaded machine could break: the intervals themselves must overlap
+    overlapping = [(c, u) for c in services.intervals for u in updates if c[0] < u[1] and u[0] < c[1]]
+    assert overlapping, (services.intervals, updates)
     assert max(batch.step - batch.weights_version for batch, _, _ in trained) == 1
 
 
